@@ -1,0 +1,277 @@
+//! The search space: a grammar of primitives read from TOML
+//! (`search_spaces/*.toml`, documented in `search_spaces/README.md`), and the
+//! operators that draw genomes from it: sampling, mutation and crossover.
+//!
+//! Pipeline position: the search policy asks this module for new genomes;
+//! everything it returns satisfies the grammar and the budgets
+//! ([`SearchSpace::admits`]). Free of Burn.
+
+mod admit;
+mod baselines;
+mod error;
+mod evolve;
+mod feasible;
+mod parse;
+mod sample;
+mod toml_walk;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::genome::{Norm, ParamValue, Primitive};
+use crate::tasks::TaskKind;
+
+pub use admit::Rejection;
+pub use baselines::{Baseline, PAPER_BASELINES};
+pub use error::{Location, SpaceError};
+pub use evolve::Operator;
+pub use feasible::Feasibility;
+
+/// The search space shipped with the binary (`search_spaces/default.toml`).
+pub const DEFAULT_SPACE: &str = include_str!("../../search_spaces/default.toml");
+/// The name shown for the embedded default in messages.
+pub const DEFAULT_SPACE_NAME: &str = "<embedded>/search_spaces/default.toml";
+
+/// Width, depth and norm choices.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelChoices {
+    /// Allowed widths.
+    pub d_model: Vec<usize>,
+    /// Allowed depths, in layers (a pair block counts 2, a fused block 1).
+    pub layers: Vec<usize>,
+    /// Allowed norms.
+    pub norm: Vec<Norm>,
+}
+
+/// How layers compose into a model.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Structure {
+    /// At most this many distinct sequence mixers (fused blocks included) in
+    /// one model: 1 gives homogeneous models, 2 allows the paper's striping.
+    pub max_sequence_mixer_kinds: usize,
+    /// Whether every block of a model uses the same channel-mixer primitive,
+    /// as in all of the paper's architectures.
+    pub same_channel_mixer: bool,
+}
+
+/// Hard limits checked before any compute is spent.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Budget {
+    /// Most non-embedding parameters (layers, norms).
+    pub max_params: u64,
+    /// Fewest non-embedding parameters (0 for no lower bound).
+    pub min_params: u64,
+    /// Most fixed recurrent state, summed over layers.
+    pub max_state: u64,
+    /// Most state growth per context token (attention's KV cache, 2·d per layer).
+    pub max_state_per_token: u64,
+    /// The sequence length at which parameters that depend on it are counted.
+    pub seq_len: usize,
+}
+
+/// One allowed primitive: how often it is drawn and the values each of its
+/// hyper-parameters may take. Parameters absent here keep the primitive's default.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PrimitiveChoices {
+    /// Relative sampling weight among primitives of the same role.
+    pub weight: f64,
+    /// Allowed values per parameter name.
+    pub params: BTreeMap<&'static str, Vec<ParamValue>>,
+}
+
+/// Parameters of the search policy (used by the daemon).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SearchSettings {
+    /// Reduction factor of successive halving: the top 1/η of a stage is promoted.
+    pub eta: usize,
+    /// Size of the aging population that parents are drawn from.
+    pub population: usize,
+    /// Tournament size for parent selection.
+    pub tournament: usize,
+    /// Probability that a new candidate is a mutant.
+    pub mutation: f64,
+    /// Probability that a new candidate is a crossover child; the rest are fresh samples.
+    pub crossover: f64,
+}
+
+/// Which settings of a task a stage runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Grid {
+    /// Each task at its baseline setting only.
+    Baseline,
+    /// The baseline and every one-factor variation (66 settings over six tasks).
+    Full,
+}
+
+/// What one stage runs under a preset.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StageSettings {
+    /// The tasks.
+    pub tasks: Vec<TaskKind>,
+    /// Baseline settings only, or the full difficulty grid.
+    pub grid: Grid,
+    /// Cap on training examples per setting (`None`: the protocol's counts).
+    pub train_examples: Option<usize>,
+    /// Test examples per setting.
+    pub test_examples: usize,
+    /// Maximum epochs.
+    pub max_epochs: usize,
+    /// Cap on optimiser steps (`None`: no cap beyond the epochs).
+    pub max_steps: Option<usize>,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Learning rates swept.
+    pub lr: Vec<f64>,
+    /// Weight decays swept.
+    pub weight_decay: Vec<f64>,
+    /// AdamW betas.
+    pub betas: [f64; 2],
+    /// Stop once validation accuracy reaches this.
+    pub early_stop: f64,
+}
+
+impl StageSettings {
+    /// The protocol's settings (mad-protocol §2): the screen runs baselines at
+    /// one optimiser setting, `mad` the full grid and lr × wd sweep.
+    pub fn protocol(stage: StageName) -> StageSettings {
+        let full = stage == StageName::Mad;
+        StageSettings {
+            tasks: TaskKind::ALL.to_vec(),
+            grid: if full { Grid::Full } else { Grid::Baseline },
+            train_examples: None,
+            test_examples: 1280,
+            max_epochs: 200,
+            max_steps: None,
+            batch_size: 128,
+            lr: if full {
+                vec![1e-4, 5e-4, 1e-3]
+            } else {
+                vec![5e-4]
+            },
+            weight_decay: if full { vec![0.0, 0.1] } else { vec![0.0] },
+            betas: [0.9, 0.98],
+            early_stop: 0.999,
+        }
+    }
+}
+
+/// The stages a preset configures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageName {
+    /// Cheap screen on the task baselines.
+    Screen,
+    /// The full MAD protocol.
+    Mad,
+}
+
+impl StageName {
+    /// Both stages, cheapest first.
+    pub const ALL: &'static [StageName] = &[StageName::Screen, StageName::Mad];
+
+    /// The file name of this stage.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageName::Screen => "screen",
+            StageName::Mad => "mad",
+        }
+    }
+}
+
+/// A named set of stage settings (`tiny`, `cpu`, `paper`, ...).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Preset {
+    /// The screen stage.
+    pub screen: StageSettings,
+    /// The MAD stage.
+    pub mad: StageSettings,
+}
+
+impl Preset {
+    /// The settings of `stage`.
+    pub fn stage(&self, stage: StageName) -> &StageSettings {
+        match stage {
+            StageName::Screen => &self.screen,
+            StageName::Mad => &self.mad,
+        }
+    }
+}
+
+/// A parsed, validated search space.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SearchSpace {
+    /// Short name.
+    pub name: String,
+    /// One-line description.
+    pub description: String,
+    /// Width, depth, norm.
+    pub model: ModelChoices,
+    /// Composition rules.
+    pub structure: Structure,
+    /// Hard limits.
+    pub budget: Budget,
+    /// The allowed primitives.
+    pub primitives: BTreeMap<Primitive, PrimitiveChoices>,
+    /// Search-policy parameters.
+    pub search: SearchSettings,
+    /// Named stage presets.
+    pub presets: BTreeMap<String, Preset>,
+}
+
+impl SearchSpace {
+    /// Reads and validates a search-space file.
+    ///
+    /// # Errors
+    /// [`SpaceError`] naming the file, line and field of the first problem.
+    pub fn load(path: &Path) -> Result<SearchSpace, SpaceError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpaceError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        SearchSpace::parse(path, &text)
+    }
+
+    /// Parses and validates `text`, naming `file` in errors.
+    ///
+    /// # Errors
+    /// [`SpaceError`] naming the file, line and field of the first problem.
+    pub fn parse(file: &Path, text: &str) -> Result<SearchSpace, SpaceError> {
+        parse::parse(file, text)
+    }
+
+    /// The search space embedded in the binary.
+    pub fn embedded_default() -> SearchSpace {
+        SearchSpace::parse(Path::new(DEFAULT_SPACE_NAME), DEFAULT_SPACE)
+            .expect("the embedded default space is validated by the test suite")
+    }
+
+    /// The primitives of `role`, with their choices, in a stable order.
+    pub fn primitives_with_role(
+        &self,
+        role: crate::genome::Role,
+    ) -> Vec<(Primitive, &PrimitiveChoices)> {
+        self.primitives
+            .iter()
+            .filter(|(p, _)| p.role() == role)
+            .map(|(p, c)| (*p, c))
+            .collect()
+    }
+
+    /// The named preset.
+    ///
+    /// # Errors
+    /// A message listing the presets this space defines.
+    pub fn preset(&self, name: &str) -> Result<&Preset, String> {
+        self.presets.get(name).ok_or_else(|| {
+            let names: Vec<_> = self.presets.keys().map(String::as_str).collect();
+            format!(
+                "unknown preset `{name}`; the space `{}` defines: {}",
+                self.name,
+                names.join(", ")
+            )
+        })
+    }
+}

@@ -1,0 +1,83 @@
+//! The six MAD synthetic tasks (mad-protocol §1). This module is free of
+//! Burn. For now it names the tasks; the generators arrive with the tasks
+//! issue.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// One MAD task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// Multi-query associative recall (CR).
+    InContextRecall,
+    /// Recall with keys and values as multi-token motifs (FR).
+    FuzzyInContextRecall,
+    /// Recall with noise tokens interleaved (NR).
+    NoisyInContextRecall,
+    /// Copy the content tokens scattered among blanks (SC).
+    SelectiveCopying,
+    /// Reconstruct the sequence from the last position's state (C).
+    Compression,
+    /// Recall a fixed key→value map from the weights (M).
+    Memorization,
+}
+
+impl TaskKind {
+    /// The six tasks, in protocol order.
+    pub const ALL: &'static [TaskKind] = &[
+        TaskKind::InContextRecall,
+        TaskKind::FuzzyInContextRecall,
+        TaskKind::NoisyInContextRecall,
+        TaskKind::SelectiveCopying,
+        TaskKind::Compression,
+        TaskKind::Memorization,
+    ];
+
+    /// The name used in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::InContextRecall => "in-context-recall",
+            TaskKind::FuzzyInContextRecall => "fuzzy-in-context-recall",
+            TaskKind::NoisyInContextRecall => "noisy-in-context-recall",
+            TaskKind::SelectiveCopying => "selective-copying",
+            TaskKind::Compression => "compression",
+            TaskKind::Memorization => "memorization",
+        }
+    }
+
+    /// The reference's shorthand (CR, FR, NR, SC, C, M).
+    pub fn short(self) -> &'static str {
+        match self {
+            TaskKind::InContextRecall => "CR",
+            TaskKind::FuzzyInContextRecall => "FR",
+            TaskKind::NoisyInContextRecall => "NR",
+            TaskKind::SelectiveCopying => "SC",
+            TaskKind::Compression => "C",
+            TaskKind::Memorization => "M",
+        }
+    }
+}
+
+impl FromStr for TaskKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TaskKind, String> {
+        TaskKind::ALL
+            .iter()
+            .copied()
+            .find(|t| t.name() == s || t.short() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = TaskKind::ALL.iter().map(|t| t.name()).collect();
+                format!("unknown task `{s}`; expected one of: {}", names.join(", "))
+            })
+    }
+}
+
+impl fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
