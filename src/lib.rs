@@ -8,6 +8,10 @@
 
 pub mod cli;
 pub mod genome;
+#[cfg(feature = "models")]
+pub mod layers;
 pub mod seed;
 pub mod space;
 pub mod tasks;
+#[cfg(feature = "models")]
+pub mod train;

@@ -21,7 +21,8 @@ pub struct Attention {
     pub n_heads: usize,
     /// Rotary dims per head (even, ≤ head_dim); `None` rotates the whole head.
     pub rotary_dim: Option<usize>,
-    /// Local window to the left (tokens, the current one included); `None` is global.
+    /// Local window: each token sees itself and the `window` tokens before it
+    /// (flash-attn's left window); `None` is global.
     pub window: Option<usize>,
 }
 

@@ -264,6 +264,16 @@ impl ArchSpec {
     /// # Errors
     /// The first problem found, naming the layer index and parameter.
     pub fn validate(&self) -> Result<(), GenomeError> {
+        self.validate_layers()?;
+        self.blocks().map(|_| ())
+    }
+
+    /// Checks every layer against the width, without the block grammar: what
+    /// the model builder needs (it builds any sequence of valid layers).
+    ///
+    /// # Errors
+    /// The first problem found, naming the layer index and parameter.
+    pub fn validate_layers(&self) -> Result<(), GenomeError> {
         if self.d_model == 0 {
             return Err(GenomeError::ZeroWidth);
         }
@@ -279,7 +289,7 @@ impl ArchSpec {
                     source: Box::new(e),
                 })?;
         }
-        self.blocks().map(|_| ())
+        Ok(())
     }
 
     /// Splits the layers into blocks.

@@ -1,0 +1,39 @@
+//! Burn modules, one file per primitive of mad-protocol §3, and the model
+//! builder ([`Model::new`]) that turns an [`ArchSpec`](crate::genome::ArchSpec)
+//! into a network.
+//!
+//! Everything is generic over the backend: `Flex` on CPU, `Cuda` with the
+//! `cuda` feature, wrapped in `Autodiff` for training. Every sequence mixer
+//! is causal; the recurrent layers (linear attention, GLA, Mamba) are computed
+//! in chunked parallel form and keep their token-by-token form for tests.
+//! Parameter counts equal the genome's formulas exactly (tested).
+
+pub mod attention;
+pub mod channel;
+pub mod device;
+pub mod gla;
+pub mod hyena;
+pub mod hyena_experts;
+pub mod hyena_filter;
+mod init;
+pub mod linear_attention;
+pub mod long_conv;
+pub mod mamba;
+pub mod mh_hyena;
+pub mod model;
+pub mod norm;
+pub mod ops;
+pub mod rotary;
+pub mod routing;
+pub mod short_conv;
+
+pub use init::Init;
+pub use model::{Mixer, Model};
+
+/// The CPU backend.
+pub type Cpu = burn::backend::Flex;
+/// The CPU backend with gradients.
+pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,53 @@
+//! Rotary position embedding (base 10000, non-interleaved: dims `i` and
+//! `i + r/2` form a pair) on the first `r` dims of each head.
+
+use burn::prelude::*;
+
+use super::ops::{contiguous, fit};
+
+/// Rotates the first `rotary_dim` dims of each head by position.
+///
+/// # Shapes
+/// - x: `[batch, heads, seq, head_dim]` → same
+pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, rotary_dim: usize) -> Tensor<B, 4> {
+    let [batch, heads, seq, head_dim] = x.dims();
+    if rotary_dim == 0 {
+        return x;
+    }
+    let half = rotary_dim / 2;
+    let device = x.device();
+    let mut angles = Vec::with_capacity(seq * half);
+    for p in 0..seq {
+        for i in 0..half {
+            let inv_freq = 10000f64.powf(-(2.0 * i as f64) / rotary_dim as f64);
+            angles.push(p as f64 * inv_freq);
+        }
+    }
+    let cos: Vec<f32> = angles.iter().map(|a| a.cos() as f32).collect();
+    let sin: Vec<f32> = angles.iter().map(|a| a.sin() as f32).collect();
+    let cos = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(cos, [seq, half]), &device)
+        .reshape([1, 1, seq, half]);
+    let sin = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(sin, [seq, half]), &device)
+        .reshape([1, 1, seq, half]);
+    let all = [0..batch, 0..heads, 0..seq];
+    let x1 = contiguous(
+        x.clone()
+            .slice([all[0].clone(), all[1].clone(), all[2].clone(), 0..half]),
+    );
+    let x2 = contiguous(x.clone().slice([
+        all[0].clone(),
+        all[1].clone(),
+        all[2].clone(),
+        half..rotary_dim,
+    ]));
+    let target = [batch, heads, seq, half];
+    let (cos, sin) = (fit(cos, target), fit(sin, target));
+    let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let r2 = x2 * cos + x1 * sin;
+    if rotary_dim == head_dim {
+        Tensor::cat(vec![r1, r2], 3)
+    } else {
+        let rest = x.slice([0..batch, 0..heads, 0..seq, rotary_dim..head_dim]);
+        Tensor::cat(vec![r1, r2, rest], 3)
+    }
+}

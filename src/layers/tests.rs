@@ -1,0 +1,393 @@
+//! Tests of every primitive: causality, chunked = recurrent, the long
+//! convolution paths against the definition, parameter counts against the
+//! genome's formulas, and finite non-zero gradients for every parameter.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::{Distribution, Int, TensorData};
+
+use super::{Cpu, CpuAutodiff, Init, Mixer, Model};
+use crate::genome::{ArchSpec, Context, Layer, ParamValue, Primitive, Role};
+use crate::space::SearchSpace;
+
+type B = Cpu;
+
+fn device() -> burn::tensor::Device<B> {
+    Default::default()
+}
+
+/// A tensor of N(0, 1) values from a fixed seed (host-side, deterministic).
+fn randn<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<B, D> {
+    let dev = device();
+    let mut init = Init::<B>::new(seed, &dev);
+    init.normal(shape, 1.0).val()
+}
+
+fn max_abs_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+    (a - b).abs().max().into_scalar()
+}
+
+fn max_abs<const D: usize>(a: Tensor<B, D>) -> f32 {
+    a.abs().max().into_scalar()
+}
+
+fn assert_close<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, rel: f32, what: &str) {
+    let scale = max_abs(b.clone()).max(1.0);
+    let diff = max_abs_diff(a, b);
+    assert!(
+        diff <= rel * scale,
+        "{what}: max |diff| = {diff} (scale {scale})"
+    );
+}
+
+/// Every sequence mixer (and fused block) at small width with default
+/// hyper-parameters scaled to fit.
+fn sequence_mixers(d: usize) -> Vec<Layer> {
+    Primitive::ALL
+        .iter()
+        .filter(|p| p.role() != Role::Channel)
+        .map(|&p| {
+            let mut l = Layer::default_for(p);
+            if let Some(ParamValue::Int(h)) = l.param("n_heads", d) {
+                l.set_param("n_heads", ParamValue::Int(h.min(d / 4)))
+                    .unwrap();
+            }
+            if let Some(ParamValue::Int(_)) = l.param("window", d) {
+                l.set_param("window", ParamValue::Int(5)).unwrap();
+            }
+            l.validate(d).unwrap();
+            l
+        })
+        .collect()
+}
+
+#[test]
+fn every_sequence_mixer_is_causal() {
+    let (d, seq, t) = (32, 40, 17);
+    for layer in sequence_mixers(d) {
+        let mixer = Mixer::<B>::new(&layer, d, seq, &mut Init::new(3, &device()));
+        let x = randn([2, seq, d], 1);
+        let y = mixer.forward(x.clone());
+        // Change every input after position t.
+        let noise = randn([2, seq - t - 1, d], 2) * 3.0;
+        let changed = x.clone().slice_assign(
+            [0..2, t + 1..seq, 0..d],
+            x.slice([0..2, t + 1..seq, 0..d]) + noise,
+        );
+        let y2 = mixer.forward(changed);
+        let before = |y: Tensor<B, 3>| y.slice([0..2, 0..t + 1, 0..d]);
+        let after = |y: Tensor<B, 3>| y.slice([0..2, t + 1..seq, 0..d]);
+        let diff = max_abs_diff(before(y.clone()), before(y2.clone()));
+        assert!(
+            diff <= 1e-5,
+            "{}: output at ≤ {t} moved by {diff}",
+            layer.primitive()
+        );
+        // And the later outputs do depend on the later inputs.
+        assert!(
+            max_abs_diff(after(y), after(y2)) > 1e-3,
+            "{}: later outputs ignore later inputs",
+            layer.primitive()
+        );
+    }
+}
+
+#[test]
+fn linear_attention_chunked_equals_recurrent() {
+    use super::linear_attention::{chunked, recurrent};
+    // Positive features keep the normaliser away from 0 for a clean comparison.
+    let q = randn([2, 3, 19, 4], 10).abs() + 0.1;
+    let k = randn([2, 3, 19, 4], 11).abs() + 0.1;
+    let v = randn([2, 3, 19, 5], 12);
+    let reference = recurrent(q.clone(), k.clone(), v.clone());
+    for chunk in [4, 8, 19, 64] {
+        let y = chunked(q.clone(), k.clone(), v.clone(), chunk);
+        assert_close(
+            y,
+            reference.clone(),
+            1e-4,
+            &format!("linear attention, chunk {chunk}"),
+        );
+    }
+}
+
+#[test]
+fn gla_chunked_equals_recurrent() {
+    use super::gla::{chunked, recurrent};
+    let q = randn([2, 2, 23, 4], 20);
+    let k = randn([2, 2, 23, 4], 21);
+    let v = randn([2, 2, 23, 3], 22);
+    // Log-decays from gentle to very strong (exp(−30) per step): the chunked
+    // form must not overflow.
+    let gk = -(randn([2, 2, 23, 4], 23).abs() * 10.0);
+    let reference = recurrent(q.clone(), k.clone(), v.clone(), gk.clone());
+    for chunk in [1, 4, 16, 32] {
+        let y = chunked(q.clone(), k.clone(), v.clone(), gk.clone(), chunk);
+        assert!(
+            !y.clone().is_nan().any().into_scalar(),
+            "NaN at chunk {chunk}"
+        );
+        assert_close(y, reference.clone(), 1e-4, &format!("GLA, chunk {chunk}"));
+    }
+}
+
+#[test]
+fn mamba_chunked_scan_equals_recurrent() {
+    use super::mamba::{chunked_scan, recurrent};
+    let (b, seq, di, n) = (2, 37, 6, 4);
+    let x = randn([b, seq, di], 30);
+    let dt = randn([b, seq, di], 31).abs() * 2.0; // large Δ: strong decays
+    let a = -(randn([di, n], 32).abs() + 0.5);
+    let bm = randn([b, seq, n], 33);
+    let cm = randn([b, seq, n], 34);
+    let reference = recurrent(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone());
+    for chunk in [1, 3, 8, 32, 64] {
+        let y = chunked_scan(
+            x.clone(),
+            dt.clone(),
+            a.clone(),
+            bm.clone(),
+            cm.clone(),
+            chunk,
+        );
+        assert_close(
+            y,
+            reference.clone(),
+            1e-4,
+            &format!("mamba scan, chunk {chunk}"),
+        );
+    }
+}
+
+#[test]
+fn long_convolution_paths_equal_the_definition() {
+    use super::long_conv::{block_toeplitz_conv, direct, toeplitz_conv};
+    let v = randn([3, 37, 5], 40);
+    let h = randn([5, 37], 41);
+    let reference = direct(v.clone(), h.clone());
+    assert_close(
+        toeplitz_conv(v.clone(), h.clone()),
+        reference.clone(),
+        1e-5,
+        "toeplitz",
+    );
+    for block in [1, 5, 8, 37, 64] {
+        let y = block_toeplitz_conv(v.clone(), h.clone(), block);
+        assert_close(
+            y,
+            reference.clone(),
+            1e-5,
+            &format!("block toeplitz, block {block}"),
+        );
+    }
+}
+
+#[test]
+fn mh_hyena_mixing_equals_the_outer_product_definition() {
+    use super::mh_hyena::{direct, head_kernels, mix, mix_blocked};
+    let (b, heads, seq, hd) = (2, 3, 29, 4);
+    let q = randn([b, heads, seq, hd], 50);
+    let k = randn([b, heads, seq, hd], 51);
+    let v = randn([b, heads, seq, hd], 52);
+    let h = randn([heads, seq], 53);
+    let skip = randn([heads], 54);
+    let reference = direct(q.clone(), k.clone(), v.clone(), h.clone(), skip.clone());
+    let kernel = head_kernels(h, skip);
+    let y = mix(q.clone(), k.clone(), v.clone(), kernel.clone());
+    assert_close(y, reference.clone(), 1e-4, "mh-hyena, full");
+    for block in [1, 7, 16] {
+        let y = mix_blocked(q.clone(), k.clone(), v.clone(), kernel.clone(), block);
+        assert_close(
+            y,
+            reference.clone(),
+            1e-4,
+            &format!("mh-hyena, block {block}"),
+        );
+    }
+}
+
+#[test]
+fn parameter_counts_match_the_genome_for_every_primitive() {
+    let (d, seq) = (128, 128);
+    for &p in Primitive::ALL {
+        let layer = Layer::default_for(p);
+        let mixer = Mixer::<B>::new(&layer, d, seq, &mut Init::new(0, &device()));
+        assert_eq!(mixer.num_params() as u64, layer.params(d, seq), "{p}");
+    }
+    // Non-default hyper-parameters too.
+    let mut m = Layer::default_for(Primitive::Mamba);
+    m.set_param("d_state", ParamValue::Int(8)).unwrap();
+    m.set_param("dt_rank", ParamValue::Int(3)).unwrap();
+    let mut s = Layer::default_for(Primitive::SwiGlu);
+    s.set_param("inner", ParamValue::Int(100)).unwrap();
+    for layer in [m, s] {
+        let mixer = Mixer::<B>::new(&layer, 64, 50, &mut Init::new(0, &device()));
+        assert_eq!(mixer.num_params() as u64, layer.params(64, 50));
+    }
+}
+
+#[test]
+fn parameter_counts_match_for_sampled_genomes_and_both_backbones() {
+    let space = SearchSpace::embedded_default();
+    let mut rng = crate::seed::rng(1, &["layers-test"]);
+    let ctx = Context {
+        vocab: 24,
+        seq_len: 64,
+    };
+    for i in 0..200 {
+        let mut spec = space.sample(&mut rng).unwrap();
+        if i % 10 == 0 {
+            spec.backbone = crate::genome::Backbone::AutoEncoder;
+        }
+        if i % 7 == 0 {
+            spec.norm = crate::genome::Norm::Layer;
+        }
+        let model = Model::<B>::new(&spec, ctx, i, &device()).unwrap();
+        assert_eq!(
+            model.num_params() as u64,
+            spec.params(ctx).total(),
+            "{}",
+            spec.compact_string()
+        );
+    }
+}
+
+#[test]
+fn models_run_forward_and_are_deterministic() {
+    let spec = ArchSpec::from_layers_str("mh-hyena moe-mlp mh-attention moe-mlp").unwrap();
+    let ctx = Context {
+        vocab: 16,
+        seq_len: 24,
+    };
+    let tokens = Tensor::<B, 2, Int>::random([3, 24], Distribution::Uniform(0.0, 16.0), &device());
+    let a = Model::<B>::new(&spec, ctx, 7, &device()).unwrap();
+    let b = Model::<B>::new(&spec, ctx, 7, &device()).unwrap();
+    let ya = a.forward(tokens.clone());
+    assert_eq!(ya.dims(), [3, 24, 16]);
+    assert_eq!(max_abs_diff(ya.clone(), b.forward(tokens.clone())), 0.0);
+    let c = Model::<B>::new(&spec, ctx, 8, &device()).unwrap();
+    assert!(max_abs_diff(ya, c.forward(tokens.clone())) > 0.0);
+    // Compression backbone.
+    let mut ae = spec.clone();
+    ae.backbone = crate::genome::Backbone::AutoEncoder;
+    let m = Model::<B>::new(&ae, ctx, 7, &device()).unwrap();
+    assert_eq!(m.forward(tokens).dims(), [3, 24, 16]);
+}
+
+/// Collects, for every parameter, whether its gradient is finite and non-zero.
+struct GradCheck<'a> {
+    grads: &'a <CpuAutodiff as burn::tensor::backend::AutodiffBackend>::Gradients,
+    path: Vec<String>,
+    problems: Vec<String>,
+    seen: usize,
+}
+
+impl ModuleVisitor<CpuAutodiff> for GradCheck<'_> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<CpuAutodiff, D>>) {
+        self.seen += 1;
+        let at = self.path.join(".");
+        match param.val().grad(self.grads) {
+            None => self.problems.push(format!("{at}: no gradient")),
+            Some(g) => {
+                let finite = !g.clone().is_nan().any().into_scalar()
+                    && !g.clone().is_inf().any().into_scalar();
+                let nonzero = g.abs().max().into_scalar() > 0.0;
+                if !finite {
+                    self.problems.push(format!("{at}: non-finite gradient"));
+                } else if !nonzero {
+                    self.problems.push(format!("{at}: zero gradient"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_parameter_gets_a_finite_nonzero_gradient() {
+    let dev = device();
+    let d = 32;
+    let ctx = Context {
+        vocab: 11,
+        seq_len: 20,
+    };
+    let mut layers = sequence_mixers(d);
+    for p in [Primitive::SwiGlu, Primitive::Mlp, Primitive::MoeMlp] {
+        layers.push(Layer::default_for(p));
+    }
+    let mut topk = Layer::default_for(Primitive::MoeMlp);
+    topk.set_param("routing", ParamValue::Routing(crate::genome::Routing::TopK))
+        .unwrap();
+    layers.push(topk);
+    for backbone in [
+        crate::genome::Backbone::LanguageModel,
+        crate::genome::Backbone::AutoEncoder,
+    ] {
+        for layer in &layers {
+            let mut spec = ArchSpec::new(d, vec![layer.clone()]);
+            spec.backbone = backbone;
+            let model = Model::<CpuAutodiff>::new(&spec, ctx, 5, &dev).unwrap();
+            let tokens = Tensor::<CpuAutodiff, 2, Int>::from_data(
+                TensorData::new((0..4 * 20).map(|i| (i * 7 % 11) as i64).collect(), [4, 20]),
+                &dev,
+            );
+            let targets = Tensor::<CpuAutodiff, 1, Int>::from_data(
+                TensorData::new((0..4 * 20).map(|i| (i * 3 % 11) as i64).collect(), [80]),
+                &dev,
+            );
+            let logits = model.forward(tokens).reshape([80, 11]);
+            let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+                .init(&dev)
+                .forward(logits, targets);
+            let grads = loss.backward();
+            let mut check = GradCheck {
+                grads: &grads,
+                path: Vec::new(),
+                problems: Vec::new(),
+                seen: 0,
+            };
+            model.visit(&mut check);
+            assert!(
+                check.seen > 4,
+                "{}: visited {} params",
+                layer.primitive(),
+                check.seen
+            );
+            assert!(
+                check.problems.is_empty(),
+                "{} ({}): {:?}",
+                layer.primitive(),
+                backbone.name(),
+                check.problems
+            );
+        }
+    }
+}
+
+#[test]
+fn a_thousand_sampled_genomes_build_and_run() {
+    let space = SearchSpace::embedded_default();
+    let mut rng = crate::seed::rng(2, &["build-1000"]);
+    let ctx = Context {
+        vocab: 16,
+        seq_len: 16,
+    };
+    let tokens = Tensor::<B, 2, Int>::from_data(
+        TensorData::new((0..16).map(|i| (i % 16) as i64).collect(), [1, 16]),
+        &device(),
+    );
+    for i in 0..1000 {
+        let spec = space.sample(&mut rng).unwrap();
+        let model = Model::<B>::new(&spec, ctx, i, &device()).unwrap();
+        let y = model.forward(tokens.clone());
+        assert_eq!(y.dims(), [1, 16, 16]);
+        assert!(!y.is_nan().any().into_scalar(), "{}", spec.compact_string());
+    }
+}
