@@ -1,6 +1,34 @@
-//! The six MAD synthetic tasks (mad-protocol §1). This module is free of
-//! Burn. For now it names the tasks; the generators arrive with the tasks
-//! issue.
+//! The six MAD synthetic tasks (mad-protocol §1): their settings, their
+//! instance generators, and data sets with train / test / validation splits.
+//! Free of Burn: the training loop turns [`Dataset`]s into tensors.
+//!
+//! Conventions (mad-protocol §1.0): tokens are `0..vocab`, special tokens at
+//! the top; unscored positions carry target [`IGNORE`]; every setting draws
+//! its splits sequentially from one seeded stream, train first, then test,
+//! then validation (mad-search's addition, used for early stopping).
+
+mod compression;
+mod copying;
+mod dataset;
+mod fuzzy;
+mod memorization;
+mod recall;
+mod setting;
+
+pub use dataset::{Dataset, Splits};
+pub use setting::TaskSetting;
+
+/// The target of a position that is not scored (the reference's −100).
+pub const IGNORE: i64 = -100;
+
+/// One generated sequence: model inputs and per-position targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// Token ids fed to the model.
+    pub inputs: Vec<i64>,
+    /// Target per input position, [`IGNORE`] where not scored.
+    pub targets: Vec<i64>,
+}
 
 use std::fmt;
 use std::str::FromStr;
@@ -81,3 +109,5 @@ impl fmt::Display for TaskKind {
         f.write_str(self.name())
     }
 }
+#[cfg(test)]
+mod tests;
