@@ -11,11 +11,15 @@ mod compression;
 mod copying;
 mod dataset;
 mod fuzzy;
+mod grid;
 mod memorization;
+mod npy;
 mod recall;
 mod setting;
 
 pub use dataset::{Dataset, Splits};
+pub use grid::{Variation, variations};
+pub use npy::{NpyError, read_i64, write_i64};
 pub use setting::TaskSetting;
 
 /// The target of a position that is not scored (the reference's −100).

@@ -4,8 +4,7 @@
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-/// The target of a position that is not scored.
-pub const IGNORE: i64 = -100;
+pub use crate::tasks::IGNORE;
 
 /// Mean cross-entropy over positions whose target is not [`IGNORE`]
 /// (0 when none is scored).
