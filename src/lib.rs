@@ -12,6 +12,8 @@ pub mod genome;
 pub mod layers;
 pub mod seed;
 pub mod space;
+#[cfg(feature = "models")]
+pub mod stages;
 pub mod tasks;
 #[cfg(feature = "models")]
 pub mod train;

@@ -2,6 +2,8 @@
 //! `run` function. This is the edge where library errors get context
 //! (`anyhow`) and are printed once.
 
+#[cfg(feature = "models")]
+mod eval;
 mod space;
 
 use std::io::Write;
@@ -24,6 +26,9 @@ pub enum Command {
     /// Check a search-space file, sample genomes from it, or list the paper's baselines.
     #[command(subcommand)]
     Space(space::SpaceCommand),
+    /// Train and score one architecture on a stage (screen or mad), without a daemon.
+    #[cfg(feature = "models")]
+    Eval(eval::EvalArgs),
 }
 
 /// Runs a parsed command line.
@@ -33,6 +38,8 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let result = match cli.command {
         Command::Space(cmd) => space::run(cmd),
+        #[cfg(feature = "models")]
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         // A closed pipe (`mad-search space sample | head`) is not an error.

@@ -107,7 +107,7 @@ pub enum Grid {
 }
 
 /// What one stage runs under a preset.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageSettings {
     /// The tasks.
     pub tasks: Vec<TaskKind>,
@@ -117,6 +117,9 @@ pub struct StageSettings {
     pub train_examples: Option<usize>,
     /// Test examples per setting.
     pub test_examples: usize,
+    /// Cap on sequence lengths (`None`: the protocol's); tasks keep their
+    /// own minimum (selective copying needs `2n + 2`).
+    pub max_seq_len: Option<usize>,
     /// Maximum epochs.
     pub max_epochs: usize,
     /// Cap on optimiser steps (`None`: no cap beyond the epochs).
@@ -143,6 +146,7 @@ impl StageSettings {
             grid: if full { Grid::Full } else { Grid::Baseline },
             train_examples: None,
             test_examples: 1280,
+            max_seq_len: None,
             max_epochs: 200,
             max_steps: None,
             batch_size: 128,

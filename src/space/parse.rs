@@ -450,6 +450,7 @@ fn parse_stage(t: &Table<'_, '_>, stage: StageName) -> R<StageSettings> {
         "grid",
         "train_examples",
         "test_examples",
+        "max_seq_len",
         "max_epochs",
         "max_steps",
         "batch_size",
@@ -492,6 +493,7 @@ fn parse_stage(t: &Table<'_, '_>, stage: StageName) -> R<StageSettings> {
         test_examples: t
             .get("test_examples", |v| v.positive())?
             .unwrap_or(base.test_examples),
+        max_seq_len: t.get("max_seq_len", |v| v.positive())?.or(base.max_seq_len),
         max_epochs: t
             .get("max_epochs", |v| v.positive())?
             .unwrap_or(base.max_epochs),

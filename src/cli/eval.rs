@@ -1,0 +1,216 @@
+//! `mad-search eval`: one architecture through one stage, without a daemon.
+//! Prints a per-task table (or the whole result as JSON with `--json`);
+//! progress goes to stderr, one line per epoch.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+
+use super::out;
+use crate::genome::ArchSpec;
+use crate::layers::device::DeviceSpec;
+use crate::space::StageName;
+use crate::stages::{StageProgress, StageResult, evaluate};
+
+/// The stages `eval` can run.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StageArg {
+    /// Each task's baseline setting, one optimiser setting.
+    Screen,
+    /// The MAD protocol: the difficulty grid and the lr × wd sweep.
+    Mad,
+}
+
+/// Arguments of `eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The architecture: a reference layer string ("mh-hyena swiglu
+    /// mh-attention swiglu"), a short run id ("mH-Sg-mA-Sg"), or a genome
+    /// file (.json or .toml, as `export` writes).
+    #[arg(long)]
+    pub arch: String,
+    /// Which stage to run.
+    #[arg(long, value_enum, default_value_t = StageArg::Screen)]
+    pub stage: StageArg,
+    /// Stage preset from the search space (`tiny`, `cpu`, `paper` in the default).
+    #[arg(long, default_value = "cpu")]
+    pub preset: String,
+    /// Search space holding the presets (default: the embedded default.toml).
+    #[arg(long)]
+    pub space: Option<PathBuf>,
+    /// Print the full result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// CPU threads for tensor ops (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seed of weights and batch order.
+    #[arg(long, default_value_t = 12345)]
+    pub seed: u64,
+}
+
+/// Reads `--arch`: a genome file if one exists at that path, else a layer string.
+pub(crate) fn parse_arch(arg: &str) -> anyhow::Result<ArchSpec> {
+    let path = Path::new(arg);
+    let spec = if path.is_file() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the genome file {}", path.display()))?;
+        let json = || serde_json::from_str::<ArchSpec>(&text).map_err(anyhow::Error::from);
+        let toml = || toml::from_str::<ArchSpec>(&text).map_err(anyhow::Error::from);
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => json(),
+            Some("toml") => toml(),
+            _ => json().or_else(|_| toml()),
+        }
+        .with_context(|| {
+            format!(
+                "{}: not a genome (JSON or TOML with d_model and layers)",
+                path.display()
+            )
+        })?
+    } else if !arg.contains(char::is_whitespace)
+        && arg.contains('-')
+        && ArchSpec::from_short_str(arg).is_ok()
+    {
+        ArchSpec::from_short_str(arg)?
+    } else {
+        ArchSpec::from_layers_str(arg).with_context(|| {
+            format!("--arch `{arg}` is not a file, a layer string or a short run id")
+        })?
+    };
+    spec.validate_layers()
+        .with_context(|| format!("--arch `{arg}`"))?;
+    Ok(spec)
+}
+
+/// Runs `eval`.
+///
+/// # Errors
+/// A bad architecture, space, preset or device; never a failed run (that is a result).
+pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let spec = parse_arch(&args.arch)?;
+    let (space, shown) = super::space::load_space(args.space.as_deref())?;
+    let preset = space
+        .preset(&args.preset)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("--preset (space {shown})"))?;
+    let stage = match args.stage {
+        StageArg::Screen => StageName::Screen,
+        StageArg::Mad => StageName::Mad,
+    };
+    let device: DeviceSpec = args.device.parse()?;
+    device.check()?;
+    if let Some(n) = args.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting the CPU thread count")?;
+    }
+    let settings = preset.stage(stage).clone();
+    let mut report = |p: &StageProgress<'_>| {
+        let s = p.setting;
+        eprintln!(
+            "[{}/{} {} vocab {} len {} lr {:e} wd {}] epoch {}/{} loss {:.4} valid {:.3}",
+            p.run.0,
+            p.run.1,
+            s.task,
+            s.vocab,
+            s.seq_len,
+            p.lr,
+            p.weight_decay,
+            p.epoch.epoch,
+            p.epoch.max_epochs,
+            p.epoch.loss,
+            p.epoch.valid.macro_
+        );
+    };
+    let result = match device {
+        DeviceSpec::Cpu => evaluate::<crate::layers::CpuAutodiff>(
+            &spec,
+            stage,
+            &settings,
+            args.seed,
+            &Default::default(),
+            &mut report,
+        )?,
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(i) => evaluate::<burn::backend::Autodiff<burn::backend::Cuda>>(
+            &spec,
+            stage,
+            &settings,
+            args.seed,
+            &burn::backend::cuda::CudaDevice::new(i),
+            &mut report,
+        )?,
+        #[cfg(not(feature = "cuda"))]
+        DeviceSpec::Cuda(_) => unreachable!("DeviceSpec::check refuses CUDA without the feature"),
+    };
+    if args.json {
+        let value = serde_json::json!({
+            "arch": spec.layers_string(),
+            "arch_id": spec.arch_id().to_string(),
+            "genome": &spec,
+            "preset": &args.preset,
+            "result": &result,
+        });
+        out(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
+    } else {
+        out(&table(&spec, &args.preset, &result))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(spec: &ArchSpec, preset: &str, r: &StageResult) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} — stage {} (preset {preset}), {:.1} s",
+        spec.compact_string(),
+        r.stage.name(),
+        r.seconds
+    );
+    let _ = writeln!(
+        s,
+        "{:<26} {:>8} {:>8} {:>8} {:>9}",
+        "task", "settings", "score", "micro", "seconds"
+    );
+    for (task, score) in &r.per_task {
+        let settings: Vec<_> = r
+            .per_setting
+            .iter()
+            .filter(|x| x.setting.task == *task)
+            .collect();
+        let micro = settings.iter().map(|x| x.best.micro).sum::<f64>() / settings.len() as f64;
+        let secs: f64 = settings
+            .iter()
+            .flat_map(|x| x.runs.iter())
+            .map(|run| run.result.seconds)
+            .sum();
+        let _ = writeln!(
+            s,
+            "{:<26} {:>8} {:>8.3} {:>8.3} {:>9.1}",
+            task.name(),
+            settings.len(),
+            score,
+            micro,
+            secs
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{:<26} {:>8} {:>8.3}",
+        "MAD score (mean of tasks)",
+        r.per_setting.len(),
+        r.score
+    );
+    s
+}
