@@ -1,19 +1,29 @@
 //! mad-search: an architecture-search daemon for hybrid sequence models,
 //! screened on the MAD synthetic tasks (Poli et al. 2024).
 //!
-//! The pipeline, in the order data flows through it:
-//! [`space`] (grammar, sampling, mutation) → [`genome`] (one architecture,
-//! its id and accounting). Later stages (layers, tasks, training, search,
-//! store, daemon) build on these two, which are free of Burn.
+//! The pipeline, from the top down (imports point down it):
+//! [`cli`] → `daemon` (scheduler, workers, control socket) → [`search`]
+//! (the policy) and [`store`] (sled) → `stages` (screen, mad) → `train`
+//! (one run, checkpoints) → `layers` (Burn modules) → [`tasks`] (the six
+//! generators) and [`space`] (grammar, sampling, mutation) → [`genome`]
+//! (one architecture, its id and accounting). `genome`, `space`, `tasks`,
+//! `search` and `store` are free of Burn; the rest needs the `models` feature.
 
 pub mod cli;
+#[cfg(feature = "models")]
+pub mod daemon;
+#[cfg(feature = "models")]
+pub mod export;
+pub mod fsutil;
 pub mod genome;
 #[cfg(feature = "models")]
 pub mod layers;
+pub mod search;
 pub mod seed;
 pub mod space;
 #[cfg(feature = "models")]
 pub mod stages;
+pub mod store;
 pub mod tasks;
 #[cfg(feature = "models")]
 pub mod train;

@@ -4,7 +4,19 @@
 
 #[cfg(feature = "models")]
 mod eval;
+#[cfg(feature = "models")]
+mod export;
+#[cfg(feature = "models")]
+mod show;
 mod space;
+#[cfg(feature = "models")]
+mod start;
+#[cfg(feature = "models")]
+mod state;
+#[cfg(feature = "models")]
+mod status;
+#[cfg(feature = "models")]
+mod stop;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -29,6 +41,21 @@ pub enum Command {
     /// Train and score one architecture on a stage (screen or mad), without a daemon.
     #[cfg(feature = "models")]
     Eval(eval::EvalArgs),
+    /// Start (or resume) a search: a daemon in the background, or attached with --foreground.
+    #[cfg(feature = "models")]
+    Start(start::StartArgs),
+    /// The search at a glance: daemon, jobs, throughput, budget, leaderboard, Pareto front.
+    #[cfg(feature = "models")]
+    Status(status::StatusArgs),
+    /// Stop the daemon: running jobs checkpoint and go back to the queue.
+    #[cfg(feature = "models")]
+    Stop(stop::StopArgs),
+    /// One candidate in full: genome, lineage, every evaluation.
+    #[cfg(feature = "models")]
+    Show(show::ShowArgs),
+    /// Write the best candidates as genome files, layer strings or model cards.
+    #[cfg(feature = "models")]
+    Export(export::ExportArgs),
 }
 
 /// Runs a parsed command line.
@@ -40,6 +67,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Space(cmd) => space::run(cmd),
         #[cfg(feature = "models")]
         Command::Eval(args) => eval::run(args),
+        #[cfg(feature = "models")]
+        Command::Start(args) => start::run(args),
+        #[cfg(feature = "models")]
+        Command::Status(args) => status::run(args),
+        #[cfg(feature = "models")]
+        Command::Stop(args) => stop::run(args),
+        #[cfg(feature = "models")]
+        Command::Show(args) => show::run(args),
+        #[cfg(feature = "models")]
+        Command::Export(args) => export::run(args),
     };
     match result {
         // A closed pipe (`mad-search space sample | head`) is not an error.

@@ -94,6 +94,8 @@ pub struct SearchSettings {
     pub mutation: f64,
     /// Probability that a new candidate is a crossover child; the rest are fresh samples.
     pub crossover: f64,
+    /// Seed every search with the paper's architectures (warm start).
+    pub baselines: bool,
 }
 
 /// Which settings of a task a stage runs.

@@ -76,6 +76,7 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<SearchSpace, SpaceError> 
             tournament: 8,
             mutation: 0.5,
             crossover: 0.25,
+            baselines: true,
         },
     };
     let presets = match top.val("presets") {
@@ -369,13 +370,21 @@ fn check_combinations(
 }
 
 fn parse_search(t: &Table<'_, '_>) -> R<SearchSettings> {
-    t.only(&["eta", "population", "tournament", "mutation", "crossover"])?;
+    t.only(&[
+        "eta",
+        "population",
+        "tournament",
+        "mutation",
+        "crossover",
+        "baselines",
+    ])?;
     let s = SearchSettings {
         eta: t.get("eta", |v| v.positive())?.unwrap_or(3),
         population: t.get("population", |v| v.positive())?.unwrap_or(64),
         tournament: t.get("tournament", |v| v.positive())?.unwrap_or(8),
         mutation: t.get("mutation", |v| v.number())?.unwrap_or(0.5),
         crossover: t.get("crossover", |v| v.number())?.unwrap_or(0.25),
+        baselines: t.get("baselines", |v| v.boolean())?.unwrap_or(true),
     };
     let at = |key: &str, msg: String| t.doc.error(&t.span_of(key), &t.child_path(key), msg);
     if s.eta < 2 {

@@ -6,15 +6,21 @@
 //! are macro accuracies (the reference's metric); micro is kept alongside.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-use crate::genome::{ArchSpec, GenomeError};
+use crate::genome::ArchSpec;
 use crate::space::{Grid, StageName, StageSettings};
-use crate::tasks::{TaskKind, TaskSetting};
-use crate::train::{EpochReport, RunConfig, RunResult, Scores, run};
+use crate::tasks::{Dataset, Splits, TaskKind, TaskSetting};
+use crate::train::checkpoint::write_atomic;
+use crate::train::{
+    CheckpointError, EpochReport, RunConfig, RunControl, RunResult, Scores, TrainError, run,
+};
 
 /// One optimiser setting's run on one task setting.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -104,18 +110,176 @@ fn shorten(s: &mut TaskSetting, cap: usize) {
     s.seq_len = len + len % 2;
 }
 
+/// How a stage runs: where its runs keep checkpoints and finished results,
+/// how many run side by side, and who may stop it.
+#[derive(Clone, Copy, Debug)]
+pub struct StageControl<'a> {
+    /// Directory for this (genome, stage, seed): one checkpoint per run in
+    /// progress and one result file per finished run. A stage started again
+    /// with the same directory reuses finished runs and resumes the others.
+    pub dir: Option<&'a Path>,
+    /// Checkpoint interval in optimiser steps.
+    pub checkpoint_every: usize,
+    /// Raised to stop: runs checkpoint and the stage returns
+    /// [`TrainError::Interrupted`].
+    pub stop: Option<&'a AtomicBool>,
+    /// Runs side by side (each in its own thread pool).
+    pub parallel: usize,
+    /// Threads per run's pool; `None` with `parallel == 1` uses the caller's pool.
+    pub threads: Option<usize>,
+    /// Read each setting's data from this root in the reference layout
+    /// (`<root>/<setting dir>/{train,test}/{inputs,targets}.npy`) instead of
+    /// generating it; the test split doubles as validation split, as in the
+    /// reference. The preset's example caps keep the first rows.
+    pub data: Option<&'a Path>,
+}
+
+impl Default for StageControl<'_> {
+    fn default() -> Self {
+        StageControl {
+            dir: None,
+            checkpoint_every: 50,
+            stop: None,
+            parallel: 1,
+            threads: None,
+            data: None,
+        }
+    }
+}
+
+/// A finished run as stored in the stage directory.
+#[derive(Serialize, Deserialize)]
+struct DoneRun {
+    fingerprint: String,
+    run: SweepRun,
+}
+
+/// The file stem of one run in a stage directory.
+fn run_key(setting: &TaskSetting, lr: f64, wd: f64) -> String {
+    format!("{}_lr{lr:e}_wd{wd:e}", setting.reference_dir_name())
+}
+
+/// A setting directory's name without its example counts (`ntr-`, `nte-`),
+/// which presets cap.
+fn without_counts(name: &str) -> String {
+    name.split('_')
+        .filter(|f| !f.starts_with("ntr-") && !f.starts_with("nte-"))
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+/// The directory under `root` holding `setting`'s data: the exact name, or
+/// one that differs only in its example counts (the preset keeps fewer).
+fn find_data_dir(setting: &TaskSetting, root: &Path) -> Option<PathBuf> {
+    let exact = setting.data_dir(root);
+    if exact.is_dir() {
+        return Some(exact);
+    }
+    let want = without_counts(&setting.reference_dir_name());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir() && without_counts(&e.file_name().to_string_lossy()) == want)
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// The splits of `setting` from reference-layout files under `root`.
+fn load_splits(setting: &TaskSetting, root: &Path) -> Result<Splits, TrainError> {
+    let Some(dir) = find_data_dir(setting, root) else {
+        return Err(TrainError::Data(format!(
+            "no data for setting {} under {} (looked for that directory, with any example \
+             counts; a preset's max_seq_len changes the names: use one without it, such as \
+             `paper`)",
+            setting.reference_dir_name(),
+            root.display()
+        )));
+    };
+    let read = |split: &str, keep: usize| -> Result<Dataset, TrainError> {
+        let mut d =
+            Dataset::load_npy(&dir.join(split)).map_err(|e| TrainError::Data(e.to_string()))?;
+        if d.len != setting.model_len() {
+            return Err(TrainError::Data(format!(
+                "{}: sequences of length {}, but setting {} needs {}",
+                dir.join(split).display(),
+                d.len,
+                setting.reference_dir_name(),
+                setting.model_len()
+            )));
+        }
+        if keep > d.n {
+            return Err(TrainError::Data(format!(
+                "{}: {} examples, the preset needs {keep}",
+                dir.join(split).display(),
+                d.n
+            )));
+        }
+        if keep < d.n {
+            d.n = keep;
+            d.inputs.truncate(keep * d.len);
+            d.targets.truncate(keep * d.len);
+        }
+        Ok(d)
+    };
+    let train = read("train", setting.num_train)?;
+    let test = read("test", setting.num_test)?;
+    Ok(Splits {
+        train,
+        valid: test.clone(),
+        test,
+    })
+}
+
+/// Removes `path` and the temporary files a killed writer left beside it
+/// (`<name>.<pid>.tmp`).
+fn remove_with_leftovers(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let n = entry.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && n.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The optimiser settings of one run.
+fn run_config(settings: &StageSettings, lr: f64, wd: f64, seed: u64) -> RunConfig {
+    RunConfig {
+        lr,
+        weight_decay: wd,
+        betas: settings.betas,
+        batch_size: settings.batch_size,
+        max_epochs: settings.max_epochs,
+        max_steps: settings.max_steps,
+        early_stop: settings.early_stop,
+        seed,
+        ..RunConfig::default()
+    }
+}
+
 /// Runs `stage` on `spec`.
 ///
 /// # Errors
-/// The genome's validation error, before any compute.
+/// The genome's validation error (before any compute), a checkpoint or
+/// result file that cannot be written, or an interruption.
+///
+/// # Panics
+/// When a run panics (propagated once all runs have stopped).
 pub fn evaluate<B: AutodiffBackend>(
     spec: &ArchSpec,
     stage: StageName,
     settings: &StageSettings,
     seed: u64,
     device: &B::Device,
-    progress: &mut dyn FnMut(&StageProgress<'_>),
-) -> Result<StageResult, GenomeError> {
+    ctl: StageControl<'_>,
+    progress: &(dyn Fn(&StageProgress<'_>) + Sync),
+) -> Result<StageResult, TrainError> {
     spec.validate_layers()?;
     let start = Instant::now();
     let task_settings = stage_settings(settings);
@@ -124,42 +288,129 @@ pub fn evaluate<B: AutodiffBackend>(
         .iter()
         .flat_map(|&lr| settings.weight_decay.iter().map(move |&wd| (lr, wd)))
         .collect();
-    let total = task_settings.len() * sweep.len();
-    let mut per_setting = Vec::with_capacity(task_settings.len());
-    let mut index = 0;
-    for setting in task_settings {
-        let splits = setting
-            .generate()
-            .expect("stage settings satisfy the tasks' constraints");
-        let mut runs = Vec::with_capacity(sweep.len());
-        for &(lr, wd) in &sweep {
-            index += 1;
-            let cfg = RunConfig {
-                lr,
-                weight_decay: wd,
-                betas: settings.betas,
-                batch_size: settings.batch_size,
-                max_epochs: settings.max_epochs,
-                max_steps: settings.max_steps,
-                early_stop: settings.early_stop,
-                seed,
-                ..RunConfig::default()
-            };
-            let result = run::<B>(spec, &setting, &splits, &cfg, device, &mut |epoch| {
+    let jobs: Vec<(usize, f64, f64)> = (0..task_settings.len())
+        .flat_map(|i| sweep.iter().map(move |&(lr, wd)| (i, lr, wd)))
+        .collect();
+    let total = jobs.len();
+    let one = |index: usize| -> Result<SweepRun, TrainError> {
+        let (i, lr, wd) = jobs[index];
+        let setting = &task_settings[i];
+        let cfg = run_config(settings, lr, wd, seed);
+        let print = crate::train::run::fingerprint(spec, setting, &cfg);
+        let key = run_key(setting, lr, wd);
+        let done_path = ctl.dir.map(|d| d.join(format!("{key}.done.json")));
+        if let Some(path) = &done_path
+            && let Ok(text) = std::fs::read(path)
+            && let Ok(done) = serde_json::from_slice::<DoneRun>(&text)
+            && done.fingerprint == print
+        {
+            return Ok(done.run);
+        }
+        let ckpt = ctl.dir.map(|d| d.join(format!("{key}.ckpt")));
+        let run_ctl = RunControl {
+            checkpoint: ckpt.as_deref().map(|p| (p, ctl.checkpoint_every)),
+            stop: ctl.stop,
+        };
+        let splits = match ctl.data {
+            Some(root) => load_splits(setting, root)?,
+            None => setting
+                .generate()
+                .expect("stage settings satisfy the tasks' constraints"),
+        };
+        let result = run::<B>(
+            spec,
+            setting,
+            &splits,
+            &cfg,
+            device,
+            run_ctl,
+            &mut |epoch| {
                 progress(&StageProgress {
-                    setting: &setting,
+                    setting,
                     lr,
                     weight_decay: wd,
-                    run: (index, total),
+                    run: (index + 1, total),
                     epoch,
                 })
+            },
+        )?;
+        let done = SweepRun {
+            lr,
+            weight_decay: wd,
+            result,
+        };
+        if let (Some(path), Some(ckpt)) = (&done_path, &ckpt) {
+            let bytes = serde_json::to_vec_pretty(&DoneRun {
+                fingerprint: print,
+                run: done.clone(),
+            })
+            .expect("results serialise");
+            write_atomic(path, &bytes).map_err(|source| CheckpointError::Io {
+                path: path.clone(),
+                source,
             })?;
-            runs.push(SweepRun {
-                lr,
-                weight_decay: wd,
-                result,
-            });
+            remove_with_leftovers(ckpt);
         }
+        Ok(done)
+    };
+    let slots: Vec<Mutex<Option<Result<SweepRun, TrainError>>>> =
+        (0..total).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let parallel = ctl.parallel.clamp(1, total.max(1));
+    let worker = || {
+        let pool = (parallel > 1 || ctl.threads.is_some()).then(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(ctl.threads.unwrap_or(1))
+                .build()
+                .expect("a thread pool")
+        });
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            if index >= total || failed.load(Ordering::Relaxed) {
+                break;
+            }
+            let r = match &pool {
+                Some(p) => p.install(|| one(index)),
+                None => one(index),
+            };
+            if r.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            *slots[index].lock().expect("no poisoning") = Some(r);
+        }
+    };
+    if parallel == 1 {
+        worker();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..parallel {
+                s.spawn(worker);
+            }
+        });
+    }
+    let mut runs = Vec::with_capacity(total);
+    let mut interrupted = None;
+    for slot in slots {
+        match slot.into_inner().expect("no poisoning") {
+            Some(Ok(r)) => runs.push(r),
+            Some(Err(TrainError::Interrupted { steps })) => {
+                interrupted.get_or_insert(TrainError::Interrupted { steps });
+            }
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    if let Some(e) = interrupted {
+        return Err(e);
+    }
+    if runs.len() < total {
+        return Err(TrainError::Interrupted { steps: 0 });
+    }
+    let mut per_setting = Vec::with_capacity(task_settings.len());
+    let mut runs = runs.into_iter();
+    for setting in task_settings {
+        let runs: Vec<SweepRun> = runs.by_ref().take(sweep.len()).collect();
         let best = runs
             .iter()
             .map(|r| r.result.test)

@@ -5,16 +5,21 @@
 //! after every epoch for early stopping and for choosing the checkpoint whose
 //! test accuracy is reported. A NaN or infinite loss ends the run as diverged.
 
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder};
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::{Checkpoint, CheckpointError, Progress};
 use super::loss::masked_cross_entropy;
 use super::metrics::{Accuracy, Scores};
 use crate::genome::{ArchSpec, Backbone, Context, GenomeError};
@@ -178,18 +183,71 @@ pub fn evaluate<B: Backend>(
     acc.scores()
 }
 
+/// Where and how often a run checkpoints, and who may stop it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunControl<'a> {
+    /// Checkpoint file and the interval in optimiser steps (also written
+    /// after every epoch and when stopped). A checkpoint there from the same
+    /// run is resumed; one from another run is ignored and replaced.
+    pub checkpoint: Option<(&'a Path, usize)>,
+    /// Checked after every step: once set, the run checkpoints (if it can)
+    /// and returns [`TrainError::Interrupted`].
+    pub stop: Option<&'a AtomicBool>,
+}
+
+/// Why a run did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The genome cannot be built.
+    #[error(transparent)]
+    Genome(#[from] GenomeError),
+    /// A checkpoint could not be written or read back.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// Data files that cannot be read or do not fit the setting.
+    #[error("{0}")]
+    Data(String),
+    /// The stop flag was raised; the run can be resumed from its checkpoint.
+    #[error("interrupted after {steps} steps")]
+    Interrupted {
+        /// Optimiser steps taken.
+        steps: usize,
+    },
+}
+
+/// The identity of a run: genome (as the task builds it), data and
+/// optimiser; not the control.
+pub fn fingerprint(spec: &ArchSpec, setting: &TaskSetting, cfg: &RunConfig) -> String {
+    let spec = spec_for(spec, setting.task);
+    let text = serde_json::to_string(&(spec.arch_id().to_string(), setting, cfg))
+        .expect("run identity serialises");
+    blake3::hash(text.as_bytes()).to_hex()[..32].to_string()
+}
+
+type Mpk = NamedMpkBytesRecorder<FullPrecisionSettings>;
+
+fn save<B: Backend, R: Record<B>>(record: R) -> Vec<u8> {
+    Recorder::<B>::record(&Mpk::new(), record, ()).expect("records serialise to memory")
+}
+
+fn load<B: Backend, R: Record<B>>(bytes: &[u8], device: &B::Device) -> Result<R, String> {
+    Recorder::<B>::load(&Mpk::new(), bytes.to_vec(), device).map_err(|e| e.to_string())
+}
+
 /// Trains `spec` on `splits` of `setting`.
 ///
 /// # Errors
-/// The genome's validation error, before any compute.
+/// The genome's validation error (before any compute), a checkpoint that
+/// cannot be written, or an interruption through `ctl.stop`.
 pub fn run<B: AutodiffBackend>(
     spec: &ArchSpec,
     setting: &TaskSetting,
     splits: &Splits,
     cfg: &RunConfig,
     device: &B::Device,
+    ctl: RunControl<'_>,
     report: &mut dyn FnMut(&EpochReport),
-) -> Result<RunResult, GenomeError> {
+) -> Result<RunResult, TrainError> {
     let start = Instant::now();
     let spec = spec_for(spec, setting.task);
     let ctx = Context {
@@ -208,41 +266,107 @@ pub fn run<B: AutodiffBackend>(
         .with_epsilon(cfg.epsilon as f32)
         .with_weight_decay(cfg.weight_decay as f32)
         .init::<B, Model<B>>();
+    let print = fingerprint(&spec, setting, cfg);
     let vocab = setting.vocab;
     let train = &splits.train;
-    let (mut steps, mut epochs, mut train_loss) = (0usize, 0usize, f64::NAN);
+    let mut at = Progress {
+        fingerprint: print.clone(),
+        epoch: 0,
+        batch: 0,
+        steps: 0,
+        loss_sum: 0.0,
+        last_loss: None,
+        best: None,
+        seconds: 0.0,
+    };
     let mut best: Option<(usize, Scores, Model<B::InnerBackend>)> = None;
+    if let Some((path, _)) = ctl.checkpoint {
+        // A damaged checkpoint or one of another run: start afresh (it is
+        // overwritten by the first new checkpoint).
+        if let Ok(Some(c)) = Checkpoint::read(path)
+            && c.progress.fingerprint == print
+            && let Ok(restored) = restore::<B>(&c, model.clone(), optim, device)
+        {
+            (model, optim, best) = restored;
+            at = c.progress;
+        } else {
+            optim = AdamWConfig::new()
+                .with_beta_1(cfg.betas[0] as f32)
+                .with_beta_2(cfg.betas[1] as f32)
+                .with_epsilon(cfg.epsilon as f32)
+                .with_weight_decay(cfg.weight_decay as f32)
+                .init::<B, Model<B>>();
+        }
+    }
+    let spent_before = at.seconds;
+    let checkpoint = |at: &Progress,
+                      model: &Model<B>,
+                      optim: &OptimizerAdaptor<AdamW, Model<B>, B>,
+                      best: &Option<(usize, Scores, Model<B::InnerBackend>)>|
+     -> Result<(), TrainError> {
+        let Some((path, _)) = ctl.checkpoint else {
+            return Ok(());
+        };
+        let mut progress = at.clone();
+        progress.seconds = spent_before + start.elapsed().as_secs_f64();
+        Checkpoint {
+            progress,
+            model: save::<B, _>(model.clone().into_record()),
+            optim: save::<B, _>(optim.to_record()),
+            best: best
+                .as_ref()
+                .map(|(_, _, m)| save::<B::InnerBackend, _>(m.clone().into_record())),
+        }
+        .write(path)?;
+        Ok(())
+    };
+    let every = ctl.checkpoint.map_or(usize::MAX, |(_, n)| n.max(1));
+    let stopped = || ctl.stop.is_some_and(|s| s.load(Ordering::Relaxed));
     let mut outcome = Outcome::Completed;
-    'epochs: for epoch in 0..cfg.max_epochs {
+    let mut epochs = at.epoch;
+    while at.epoch < cfg.max_epochs {
+        let epoch = at.epoch;
         let lr = cosine_lr(cfg, epoch);
         let mut order: Vec<usize> = (0..train.n).collect();
         let mut rng = crate::seed::rng(cfg.seed, &["shuffle", &epoch.to_string()]);
         for i in (1..order.len()).rev() {
             order.swap(i, rng.random_range(0..=i));
         }
-        let (mut loss_sum, mut batches) = (0.0, 0usize);
-        for idx in order.chunks(cfg.batch_size.max(1)) {
-            if cfg.max_steps.is_some_and(|m| steps >= m) {
+        let batches: Vec<&[usize]> = order.chunks(cfg.batch_size.max(1)).collect();
+        let mut diverged = false;
+        while at.batch < batches.len() {
+            if cfg.max_steps.is_some_and(|m| at.steps >= m) {
                 break;
             }
+            let idx = batches[at.batch];
             let (x, y) = batch::<B>(train, idx, device);
             let n = idx.len() * train.len;
             let logits = model.forward(x).reshape([n, vocab]);
             let loss = masked_cross_entropy(logits, y);
             let value: f64 = loss.clone().into_scalar().elem();
             if !value.is_finite() {
-                outcome = Outcome::Diverged { step: steps };
-                epochs = epoch + 1;
-                break 'epochs;
+                outcome = Outcome::Diverged { step: at.steps };
+                diverged = true;
+                break;
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
-            steps += 1;
-            loss_sum += value;
-            batches += 1;
+            at.steps += 1;
+            at.batch += 1;
+            at.loss_sum += value;
+            if stopped() {
+                checkpoint(&at, &model, &optim, &best)?;
+                return Err(TrainError::Interrupted { steps: at.steps });
+            }
+            if at.steps.is_multiple_of(every) {
+                checkpoint(&at, &model, &optim, &best)?;
+            }
         }
         epochs = epoch + 1;
-        train_loss = loss_sum / batches.max(1) as f64;
+        if diverged {
+            break;
+        }
+        let train_loss = at.loss_sum / at.batch.max(1) as f64;
         let inner = model.valid();
         let valid = evaluate(&inner, &splits.valid, vocab, cfg.batch_size, device);
         report(&EpochReport {
@@ -256,13 +380,21 @@ pub fn run<B: AutodiffBackend>(
             .is_none_or(|(_, b, _)| valid.macro_ > b.macro_)
         {
             best = Some((epochs, valid, inner));
+            at.best = Some((epochs, valid));
         }
+        at.last_loss = Some(train_loss);
+        at.epoch += 1;
+        at.batch = 0;
+        at.loss_sum = 0.0;
         if valid.macro_ >= cfg.early_stop {
             outcome = Outcome::EarlyStopped;
             break;
         }
-        if cfg.max_steps.is_some_and(|m| steps >= m) {
+        if cfg.max_steps.is_some_and(|m| at.steps >= m) {
             break;
+        }
+        if at.epoch < cfg.max_epochs {
+            checkpoint(&at, &model, &optim, &best)?;
         }
     }
     let (best_epoch, valid, weights) = match best {
@@ -273,13 +405,43 @@ pub fn run<B: AutodiffBackend>(
     Ok(RunResult {
         outcome,
         epochs,
-        steps,
+        steps: at.steps,
         best_epoch,
         valid,
         test,
-        train_loss,
-        seconds: start.elapsed().as_secs_f64(),
+        train_loss: at.last_loss.unwrap_or(f64::NAN),
+        seconds: spent_before + start.elapsed().as_secs_f64(),
     })
+}
+
+type Restored<B> = (
+    Model<B>,
+    OptimizerAdaptor<AdamW, Model<B>, B>,
+    Option<(usize, Scores, Model<<B as AutodiffBackend>::InnerBackend>)>,
+);
+
+/// The model, optimiser and best weights of checkpoint `c`, loaded into
+/// freshly built modules (the records carry the parameter ids, so the
+/// optimiser's moments attach to the right tensors).
+fn restore<B: AutodiffBackend>(
+    c: &Checkpoint,
+    model: Model<B>,
+    optim: OptimizerAdaptor<AdamW, Model<B>, B>,
+    device: &B::Device,
+) -> Result<Restored<B>, String> {
+    let inner = model.valid();
+    let model = model.load_record(load::<B, _>(&c.model, device)?);
+    let optim = optim.load_record(load::<B, _>(&c.optim, device)?);
+    let best = match (&c.best, c.progress.best) {
+        (Some(bytes), Some((epoch, scores))) => Some((
+            epoch,
+            scores,
+            inner.load_record(load::<B::InnerBackend, _>(bytes, device)?),
+        )),
+        (None, None) => None,
+        _ => return Err("best weights and best scores disagree".into()),
+    };
+    Ok((model, optim, best))
 }
 
 #[cfg(test)]
@@ -340,6 +502,7 @@ mod tests {
             &splits,
             &cfg,
             &Default::default(),
+            RunControl::default(),
             &mut |e| reports.push(e.clone()),
         )
         .unwrap();
@@ -373,6 +536,7 @@ mod tests {
             &splits,
             &cfg,
             &Default::default(),
+            RunControl::default(),
             &mut |_| {},
         )
         .unwrap();
@@ -386,6 +550,7 @@ mod tests {
             &splits,
             &cfg,
             &Default::default(),
+            RunControl::default(),
             &mut |_| {},
         )
         .unwrap();
@@ -393,5 +558,113 @@ mod tests {
             (again.test, again.valid, again.train_loss),
             (r.test, r.valid, r.train_loss)
         );
+    }
+
+    /// Everything but wall time.
+    fn same(a: &RunResult, b: &RunResult) {
+        assert_eq!(
+            (&a.outcome, a.epochs, a.steps, a.best_epoch),
+            (&b.outcome, b.epochs, b.steps, b.best_epoch)
+        );
+        assert_eq!((a.valid, a.test), (b.valid, b.test));
+        assert_eq!(a.train_loss.to_bits(), b.train_loss.to_bits());
+    }
+
+    #[test]
+    fn a_stopped_run_resumes_to_the_uninterrupted_result() {
+        let (setting, splits) = tiny_recall();
+        let mut spec = ArchSpec::from_layers_str("mh-hyena moe-mlp mh-attention swiglu").unwrap();
+        spec.d_model = 32;
+        let cfg = RunConfig {
+            lr: 3e-3,
+            weight_decay: 0.1,
+            batch_size: 128,
+            max_epochs: 4,
+            ..RunConfig::default()
+        };
+        let dev = Default::default();
+        let whole = run::<CpuAutodiff>(
+            &spec,
+            &setting,
+            &splits,
+            &cfg,
+            &dev,
+            RunControl::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(whole.steps, 32);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.ckpt");
+        // Stop twice: mid-epoch (one step after epoch 1's report), then at
+        // the end of epoch 3's batches, before its validation.
+        let stop = AtomicBool::new(false);
+        let ctl = RunControl {
+            checkpoint: Some((&path, 3)),
+            stop: Some(&stop),
+        };
+        let mut seen = Vec::new();
+        let err = run::<CpuAutodiff>(&spec, &setting, &splits, &cfg, &dev, ctl, &mut |e| {
+            seen.push(e.epoch);
+            stop.store(true, Ordering::Relaxed);
+        })
+        .unwrap_err();
+        assert!(matches!(err, TrainError::Interrupted { steps: 9 }), "{err}");
+        assert_eq!(seen, [1]);
+        let c = Checkpoint::read(&path).unwrap().unwrap();
+        assert_eq!(
+            (c.progress.epoch, c.progress.batch, c.progress.steps),
+            (1, 1, 9)
+        );
+        stop.store(false, Ordering::Relaxed);
+        let stop_at_24 = AtomicBool::new(false);
+        let ctl = RunControl {
+            checkpoint: Some((&path, 3)),
+            stop: Some(&stop_at_24),
+        };
+        let err = run::<CpuAutodiff>(&spec, &setting, &splits, &cfg, &dev, ctl, &mut |e| {
+            seen.push(e.epoch);
+            if e.epoch == 2 {
+                stop_at_24.store(true, Ordering::Relaxed);
+            }
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, TrainError::Interrupted { steps: 17 }),
+            "{err}"
+        );
+        let ctl = RunControl {
+            checkpoint: Some((&path, 3)),
+            stop: None,
+        };
+        let resumed = run::<CpuAutodiff>(&spec, &setting, &splits, &cfg, &dev, ctl, &mut |e| {
+            seen.push(e.epoch)
+        })
+        .unwrap();
+        assert_eq!(seen, [1, 2, 3, 4]);
+        same(&resumed, &whole);
+        // A checkpoint of another run is not resumed.
+        let other = RunConfig {
+            lr: 1e-3,
+            ..cfg.clone()
+        };
+        let fresh =
+            run::<CpuAutodiff>(&spec, &setting, &splits, &other, &dev, ctl, &mut |_| {}).unwrap();
+        let plain = run::<CpuAutodiff>(
+            &spec,
+            &setting,
+            &splits,
+            &other,
+            &dev,
+            RunControl::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        same(&fresh, &plain);
+        // A damaged checkpoint is ignored: the run starts afresh.
+        std::fs::write(&path, b"garbage").unwrap();
+        let again =
+            run::<CpuAutodiff>(&spec, &setting, &splits, &cfg, &dev, ctl, &mut |_| {}).unwrap();
+        same(&again, &whole);
     }
 }

@@ -1,0 +1,357 @@
+//! `mad-search start`: create or resume a search and run its daemon, in the
+//! background (default) or attached (`--foreground`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use super::state::{StateArgs, daemon_pid};
+use crate::daemon::DaemonConfig;
+use crate::daemon::control::{Answer, Request, request};
+use crate::layers::device::DeviceSpec;
+use crate::search::candidate;
+use crate::space::{DEFAULT_SPACE, DEFAULT_SPACE_NAME, Operator, SearchSpace, StageName};
+use crate::store::{SearchBudget, SearchRecord, Store, StoreError, now};
+
+/// Arguments of `start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub at: StateArgs,
+    /// Search-space file (new searches; default: the embedded default.toml).
+    #[arg(long)]
+    pub space: Option<PathBuf>,
+    /// Stage preset of the space (new searches; default: cpu).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Seed of every random choice (new searches; default: 1).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Limits, comma-separated: `hours=H`, `screen=N`, `mad=N` (evaluations
+    /// per stage). Replaces the stored budget when given.
+    #[arg(long)]
+    pub budget: Option<String>,
+    /// Stay attached (for systemd, Slurm, containers) instead of detaching.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Jobs side by side (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Tensor threads per job (default: the cores divided among the workers).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// A job running longer than this (seconds) is stopped and retried.
+    #[arg(long, default_value_t = 86_400.0)]
+    pub job_timeout: f64,
+    /// Checkpoint interval in optimiser steps.
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    /// Add an architecture to screen first (a layers string, a short run id
+    /// or a genome file as `export` writes); repeatable. A layers string is
+    /// read at width 128, or at the space's first width if 128 is not allowed.
+    #[arg(long = "seed-arch", value_name = "ARCH")]
+    pub seed_arch: Vec<String>,
+}
+
+/// Parses `hours=H,screen=N,mad=N`.
+fn parse_budget(text: &str) -> anyhow::Result<SearchBudget> {
+    let mut b = SearchBudget::default();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .with_context(|| format!("--budget `{part}`: expected KEY=VALUE"))?;
+        let bad =
+            || format!("--budget `{part}`: expected a positive number (keys: hours, screen, mad)");
+        match key.trim() {
+            "hours" => {
+                let h: f64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|h: &f64| *h > 0.0)
+                    .with_context(bad)?;
+                b.hours = Some(h);
+            }
+            "screen" | "mad" => {
+                let n: u64 = value.trim().parse().with_context(bad)?;
+                let stage = if key.trim() == "screen" {
+                    StageName::Screen
+                } else {
+                    StageName::Mad
+                };
+                b.evaluations.insert(stage, n);
+            }
+            other => bail!("--budget: unknown key `{other}`; expected hours, screen or mad"),
+        }
+    }
+    Ok(b)
+}
+
+/// Runs `start`.
+///
+/// # Errors
+/// Bad input, a state dir in use, or a daemon that fails to come up.
+pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
+    let state = args.at.dir();
+    if let Some(pid) = daemon_pid(&state) {
+        bail!(
+            "a daemon (pid {pid}) is already running on {}; stop it with `mad-search stop --state {}`",
+            state.display(),
+            state.display()
+        );
+    }
+    let device: DeviceSpec = args.device.parse()?;
+    device.check()?;
+    if args.workers == Some(0) || args.threads == Some(0) || args.checkpoint_every == 0 {
+        bail!("--workers, --threads and --checkpoint-every must be at least 1");
+    }
+    if args.job_timeout.is_nan() || args.job_timeout <= 0.0 {
+        bail!("--job-timeout must be a positive number of seconds");
+    }
+    let budget = args.budget.as_deref().map(parse_budget).transpose()?;
+    let store = open_or_create(&args, &state, budget.as_ref())?;
+    let record = store.search()?.context("no search record")?;
+    let space = SearchSpace::parse(Path::new(&record.space_file), &record.space_text)?;
+    for arch in &args.seed_arch {
+        let mut genome = super::eval::parse_arch(arch)?;
+        // Layer strings carry no width: read them at the space's first width
+        // when the reference's 128 is not allowed.
+        if !Path::new(arch).is_file() && !space.model.d_model.contains(&genome.d_model) {
+            genome.d_model = space.model.d_model[0];
+        }
+        if let Err(why) = space.admits(&genome) {
+            bail!(
+                "--seed-arch `{arch}`: the space does not admit it: {}",
+                why.0
+            );
+        }
+        let c = candidate(&space, genome, vec![], Operator::Seed, None);
+        match store.add_candidate(&c, StageName::Screen)? {
+            Some(job) => eprintln!("queued {} for screening (job {job})", c.id.short()),
+            None => eprintln!("{} is already in the population", c.id.short()),
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = args.workers.unwrap_or(cores);
+    let threads = args.threads.unwrap_or((cores / workers).max(1));
+    if args.foreground {
+        let cfg = DaemonConfig {
+            state: state.clone(),
+            workers,
+            threads,
+            device,
+            job_timeout: args.job_timeout,
+            checkpoint_every: args.checkpoint_every,
+        };
+        crate::daemon::run(cfg, store)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    store.flush()?;
+    drop(store);
+    detach(&args, &state, workers, threads)
+}
+
+/// Opens the search in `state`, or creates it from the flags.
+fn open_or_create(
+    args: &StartArgs,
+    state: &Path,
+    budget: Option<&SearchBudget>,
+) -> anyhow::Result<Store> {
+    let in_use = |e: StoreError| match e {
+        StoreError::Locked { .. } => anyhow::anyhow!(
+            "{} is in use by another process (a daemon starting or stopping?): {e}",
+            state.display()
+        ),
+        e => e.into(),
+    };
+    match super::state::open_store(state) {
+        Ok(store) => {
+            let record = store.search()?.context("no search record")?;
+            let differs = |what: &str, stored: &str| {
+                anyhow::anyhow!(
+                    "{} holds the search `{}` with {what} {stored}; drop the flag to resume it, \
+                     or pass another --state (or --name) for a new search",
+                    state.display(),
+                    record.name
+                )
+            };
+            if let Some(p) = &args.preset
+                && *p != record.preset
+            {
+                return Err(differs("preset", &record.preset));
+            }
+            if let Some(s) = args.seed
+                && s != record.seed
+            {
+                return Err(differs("seed", &record.seed.to_string()));
+            }
+            if let Some(path) = &args.space {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if text != record.space_text {
+                    return Err(differs("the space from", &record.space_file));
+                }
+            }
+            if let Some(b) = budget {
+                store.set_budget(b)?;
+            }
+            eprintln!(
+                "resuming the search `{}` in {} ({} candidates)",
+                record.name,
+                state.display(),
+                store.stats()?.candidates
+            );
+            Ok(store)
+        }
+        Err(StoreError::Missing { .. }) => {
+            let (space_file, space_text) = match &args.space {
+                Some(path) => (
+                    path.display().to_string(),
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => (DEFAULT_SPACE_NAME.to_string(), DEFAULT_SPACE.to_string()),
+            };
+            let space = SearchSpace::parse(Path::new(&space_file), &space_text)?;
+            let preset = args.preset.clone().unwrap_or_else(|| "cpu".into());
+            space
+                .preset(&preset)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--preset (space {space_file})"))?;
+            let record = SearchRecord {
+                name: args.at.name(),
+                created_by: format!("mad-search {}", env!("CARGO_PKG_VERSION")),
+                created: now(),
+                seed: args.seed.unwrap_or(1),
+                space_file,
+                space_text,
+                preset,
+                budget: budget.cloned().unwrap_or_default(),
+            };
+            let store = Store::create_or_open(state, &record).map_err(in_use)?;
+            eprintln!(
+                "new search `{}` in {} (space {}, preset {}, seed {})",
+                record.name,
+                state.display(),
+                record.space_file,
+                record.preset,
+                record.seed
+            );
+            Ok(store)
+        }
+        Err(e) => Err(in_use(e)),
+    }
+}
+
+/// Starts the daemon in its own session with output to `daemon.log`, and
+/// returns once it answers on its socket.
+fn detach(
+    args: &StartArgs,
+    state: &Path,
+    workers: usize,
+    threads: usize,
+) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe().context("locating the mad-search binary")?;
+    let log_path = state.join("daemon.log");
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("start")
+        .arg("--foreground")
+        .arg("--state")
+        .arg(state)
+        .args(["--workers", &workers.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .args(["--device", &args.device])
+        .args(["--job-timeout", &args.job_timeout.to_string()])
+        .args(["--checkpoint-every", &args.checkpoint_every.to_string()])
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf);
+    // SAFETY: setsid is async-signal-safe; the child gets its own session so
+    // the terminal's hangup and Ctrl-C do not reach it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the daemon process")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Answer::Pong { pid }) = request(state, &Request::Ping, Duration::from_secs(2)) {
+            println!(
+                "mad-search daemon started (pid {pid}) on {}\n  watch:  mad-search status --state {}\n  stop:   mad-search stop --state {}\n  log:    {}",
+                state.display(),
+                state.display(),
+                state.display(),
+                log_path.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "the daemon exited ({status}) before serving; the end of {}:\n{}",
+                log_path.display(),
+                tail.join("\n")
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the daemon (pid {}) did not answer within 60 s; see {}",
+                child.id(),
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn budgets_parse_and_bad_ones_are_named() {
+        let b = parse_budget("hours=1.5, screen=20,mad=3").unwrap();
+        assert_eq!(b.hours, Some(1.5));
+        assert_eq!(
+            b.evaluations,
+            BTreeMap::from([(StageName::Screen, 20), (StageName::Mad, 3)])
+        );
+        assert!(
+            parse_budget("days=3")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown key `days`")
+        );
+        assert!(
+            parse_budget("hours=-1")
+                .unwrap_err()
+                .to_string()
+                .contains("positive")
+        );
+        assert!(
+            parse_budget("screen")
+                .unwrap_err()
+                .to_string()
+                .contains("KEY=VALUE")
+        );
+    }
+}

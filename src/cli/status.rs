@@ -1,0 +1,218 @@
+//! `mad-search status`: the search at a glance (text), or as JSON
+//! (schema `mad-search.status/1`).
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::out;
+use super::state::{Reach, StateArgs, close_read_only, reach, unexpected};
+use crate::daemon::control::{Answer, Request};
+use crate::daemon::report::{Row, StatusReport, status};
+use crate::space::StageName;
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub at: StateArgs,
+    /// Leaderboard rows.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every N seconds until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<u64>,
+}
+
+/// The report, from the daemon or the database.
+///
+/// # Errors
+/// No search, or a damaged database.
+pub fn fetch(args: &StatusArgs) -> anyhow::Result<StatusReport> {
+    let state = args.at.dir();
+    match reach(&state, &Request::Status { top: args.top })? {
+        Reach::Daemon(Answer::Status { report }) => Ok(*report),
+        Reach::Daemon(other) => Err(unexpected(other)),
+        Reach::Store(store) => {
+            let report = status(&store, None, args.top)?;
+            close_read_only(store);
+            Ok(report)
+        }
+    }
+}
+
+/// Runs `status`.
+///
+/// # Errors
+/// As [`fetch`].
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    loop {
+        let report = fetch(&args)?;
+        let text = if args.json {
+            format!("{}\n", serde_json::to_string_pretty(&report)?)
+        } else {
+            render(&report)
+        };
+        match args.watch {
+            Some(secs) => {
+                // Clear the screen and home the cursor.
+                out(&format!("\x1b[2J\x1b[H{text}"))?;
+                std::thread::sleep(Duration::from_secs(secs.max(1)));
+            }
+            None => {
+                out(&text)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
+fn hours(h: f64) -> String {
+    if h < 1.0 {
+        format!("{:.0} min", h * 60.0)
+    } else {
+        format!("{h:.1} h")
+    }
+}
+
+fn score(r: &Row) -> String {
+    match (r.score, r.stage) {
+        (Some(s), Some(st)) => format!("{s:.3} {}", st.name()),
+        _ => "-".into(),
+    }
+}
+
+fn table(s: &mut String, title: &str, rows: &[Row]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "\n{title}");
+    let _ = writeln!(
+        s,
+        "  {:>4}  {:<12}  {:<12}  {:>9}  {:>7}  layers",
+        "rank", "id", "score", "params", "state"
+    );
+    for r in rows {
+        let name = r
+            .baseline
+            .as_ref()
+            .map(|b| format!("  [{b}]"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {:>4}  {:<12}  {:<12}  {:>9}  {:>7}  {}{name}",
+            if r.rank == 0 {
+                "-".into()
+            } else {
+                r.rank.to_string()
+            },
+            r.arch.short(),
+            score(r),
+            r.params,
+            r.state,
+            r.layers
+        );
+    }
+}
+
+/// The text form.
+pub fn render(r: &StatusReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "search `{}` in {} — preset {}, seed {}, space {}",
+        r.name, r.state_dir, r.preset, r.seed, r.space
+    );
+    match &r.daemon {
+        Some(d) => {
+            let _ = writeln!(
+                s,
+                "daemon: up (pid {}, uptime {}, {} worker(s)){}{}",
+                d.pid,
+                hours(d.uptime / 3600.0),
+                d.workers,
+                if d.stopping { ", stopping" } else { "" },
+                d.idle
+                    .as_ref()
+                    .map(|i| format!(", idle: {i}"))
+                    .unwrap_or_default()
+            );
+            for j in &d.running {
+                let _ = writeln!(
+                    s,
+                    "  worker {}: job {} {} (attempt {}) {} — {:.0} s{}",
+                    j.worker,
+                    j.job,
+                    j.stage.name(),
+                    j.attempt,
+                    j.layers,
+                    j.seconds,
+                    j.progress
+                        .as_ref()
+                        .map(|p| format!(" — {p}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(s, "daemon: down");
+        }
+    }
+    let _ = writeln!(s, "candidates: {}", r.candidates);
+    let _ = writeln!(
+        s,
+        "jobs:   {:<7} {:>7} {:>7} {:>7} {:>7}",
+        "stage", "queued", "running", "done", "failed"
+    );
+    for stage in StageName::ALL {
+        let c = r.jobs.get(stage).copied().unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "        {:<7} {:>7} {:>7} {:>7} {:>7}",
+            stage.name(),
+            c.queued,
+            c.running,
+            c.done,
+            c.failed
+        );
+    }
+    let b = &r.budget;
+    let mut line = format!("time: {} of daemon time", hours(b.hours_used));
+    if let Some(h) = b.hours {
+        let _ = write!(line, " (budget {})", hours(h));
+    }
+    if let Some(t) = r.throughput_per_hour {
+        let _ = write!(line, "; {t:.1} evaluations/h");
+    }
+    let _ = writeln!(s, "{line}");
+    for (stage, (max, used)) in &b.evaluations {
+        if let Some(max) = max {
+            let _ = writeln!(s, "budget: {} {used} of {max} evaluations", stage.name());
+        }
+    }
+    if let Some(f) = b.forecast_hours_left {
+        let _ = writeln!(s, "forecast: budget spent in about {}", hours(f));
+    }
+    table(&mut s, "leaderboard", &r.leaderboard);
+    for (stage, rows) in &r.pareto {
+        table(
+            &mut s,
+            &format!(
+                "pareto front at {} (score ↑, params ↓, state ↓)",
+                stage.name()
+            ),
+            rows,
+        );
+    }
+    table(
+        &mut s,
+        "baselines (the paper's architectures)",
+        &r.baselines,
+    );
+    s
+}

@@ -1,0 +1,504 @@
+//! The daemon (design §4): one scheduler thread (this one) and N worker
+//! threads joined by crossbeam channels, a control-socket thread, and the
+//! store as the single source of truth.
+//!
+//! Every job runs under a lease written before the worker sees it. A job
+//! whose lease lapses is stopped (it checkpoints) and goes back to the
+//! queue; a lease left by a dead daemon is put back at the next start (the
+//! database lock proves that daemon gone). Stopping (SIGINT, SIGTERM,
+//! `mad-search stop`) takes no new jobs, asks running ones to checkpoint,
+//! requeues them, flushes and exits.
+
+pub mod control;
+pub mod pidfile;
+pub mod report;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use crossbeam_channel::RecvTimeoutError;
+
+use crate::layers::device::DeviceSpec;
+use crate::search::{Policy, Proposal};
+use crate::space::{Baseline, SearchSpace, StageName};
+use crate::store::{EventKind, JobId, Release, StageSummary, Store, now};
+use control::{Answer, Request};
+use report::{Live, RunningJob};
+use worker::{Done, Outcome, WorkItem};
+
+/// How the daemon runs (not persisted: a restart may change them).
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// The state dir.
+    pub state: PathBuf,
+    /// Worker threads (jobs side by side).
+    pub workers: usize,
+    /// Tensor threads per worker.
+    pub threads: usize,
+    /// Where models train.
+    pub device: DeviceSpec,
+    /// A job's lease, seconds: a job running longer is stopped and retried.
+    pub job_timeout: f64,
+    /// Checkpoint interval, optimiser steps.
+    pub checkpoint_every: usize,
+}
+
+/// State shared with the socket thread and the workers.
+pub(crate) struct Shared {
+    store: Store,
+    stop: AtomicBool,
+    started: Instant,
+    pid: u32,
+    workers: usize,
+    running: Mutex<BTreeMap<JobId, RunningJob>>,
+    idle: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn live(&self) -> Live {
+        let started = self.started;
+        let mut running: Vec<RunningJob> = self
+            .running
+            .lock()
+            .expect("no poisoning")
+            .values()
+            .cloned()
+            .collect();
+        for r in &mut running {
+            r.seconds = now() - r.seconds;
+        }
+        Live {
+            pid: self.pid,
+            uptime: started.elapsed().as_secs_f64(),
+            workers: self.workers,
+            running,
+            idle: self.idle.lock().expect("no poisoning").clone(),
+            stopping: self.stop.load(Ordering::Relaxed),
+        }
+    }
+
+    fn answer(&self, req: Request) -> Answer {
+        let err = |e: &dyn std::fmt::Display| Answer::Error {
+            message: e.to_string(),
+        };
+        match req {
+            Request::Ping => Answer::Pong { pid: self.pid },
+            Request::Stop => {
+                self.stop.store(true, Ordering::SeqCst);
+                log("stop requested over the socket");
+                Answer::Stopping { pid: self.pid }
+            }
+            Request::Status { top } => match report::status(&self.store, Some(self.live()), top) {
+                Ok(r) => Answer::Status {
+                    report: Box::new(r),
+                },
+                Err(e) => err(&e),
+            },
+            Request::Show { id } => match report::show(&self.store, &id) {
+                Ok(r) => Answer::Show {
+                    report: Box::new(r),
+                },
+                Err(e) => err(&e),
+            },
+            Request::Select { selection } => match report::select(&self.store, selection) {
+                Ok(candidates) => Answer::Selected { candidates },
+                Err(e) => err(&e),
+            },
+        }
+    }
+}
+
+/// A line in the daemon's log (its stderr: `daemon.log` when detached).
+pub fn log(msg: impl AsRef<str>) {
+    eprintln!("{} {}", timestamp(now()), msg.as_ref());
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
+pub fn timestamp(t: f64) -> String {
+    let secs = t.max(0.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A job handed to a worker.
+struct InFlight {
+    attempt: u32,
+    deadline: f64,
+    stop: Arc<AtomicBool>,
+    lapsed: bool,
+}
+
+/// Why a stage's result counts as a failure: a divergence that another try
+/// would repeat (training is deterministic).
+fn divergence(result: &crate::stages::StageResult) -> Option<String> {
+    for s in &result.per_setting {
+        let diverged: Vec<_> = s
+            .runs
+            .iter()
+            .filter_map(|r| match r.result.outcome {
+                crate::train::Outcome::Diverged { step } => Some(step),
+                _ => None,
+            })
+            .collect();
+        if !s.runs.is_empty() && diverged.len() == s.runs.len() {
+            return Some(format!(
+                "diverged (NaN or infinite loss) on {} at step {} in every optimiser setting",
+                s.setting.reference_dir_name(),
+                diverged[0]
+            ));
+        }
+    }
+    None
+}
+
+/// Runs the daemon on an open store until it is stopped or its budget is
+/// spent. The caller holds nothing else of the state dir.
+///
+/// # Errors
+/// A damaged database, or a socket that cannot be bound.
+pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
+    let record = store
+        .search()?
+        .context("the database holds no search record")?;
+    let space = SearchSpace::parse(Path::new(&record.space_file), &record.space_text)
+        .with_context(|| format!("the search's space ({})", record.space_file))?;
+    let preset = space
+        .preset(&record.preset)
+        .map_err(anyhow::Error::msg)?
+        .clone();
+    let policy = Policy::new(space.clone(), record.seed, Baseline::embedded());
+    let pid = std::process::id();
+    pidfile::write(&cfg.state, pid)?;
+    let recovered = store.recover_leases()?;
+    if !recovered.is_empty() {
+        log(format!(
+            "requeued {} job(s) left running by a previous daemon: {recovered:?}",
+            recovered.len()
+        ));
+    }
+    store.daemon_event(0.0, Some(EventKind::DaemonStarted { pid }))?;
+    store.flush()?;
+    let shared = Arc::new(Shared {
+        store,
+        stop: AtomicBool::new(false),
+        started: Instant::now(),
+        pid,
+        workers: cfg.workers,
+        running: Mutex::new(BTreeMap::new()),
+        idle: Mutex::new(None),
+    });
+    let listener = control::bind(&cfg.state).context("binding the control socket")?;
+    {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control::serve(listener, |req| shared.answer(req)))
+            .context("starting the control thread")?;
+    }
+    {
+        let shared = Arc::clone(&shared);
+        // Only the first handler of a process counts; later starts in the
+        // same process (tests) keep the first.
+        let _ = ctrlc::set_handler(move || {
+            shared.stop.store(true, Ordering::SeqCst);
+        });
+    }
+    log(format!(
+        "serving {} (pid {pid}, preset {}, seed {}, {} worker(s) × {} thread(s), device {})",
+        cfg.state.display(),
+        record.preset,
+        record.seed,
+        cfg.workers,
+        cfg.threads,
+        cfg.device
+    ));
+
+    let (work_tx, work_rx) = crossbeam_channel::unbounded::<WorkItem>();
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+    let mut handles = Vec::new();
+    let wcfg = Arc::new(worker::WorkerConfig {
+        state: cfg.state.clone(),
+        preset,
+        seed: record.seed,
+        threads: cfg.threads,
+        device: cfg.device,
+        checkpoint_every: cfg.checkpoint_every,
+    });
+    for w in 0..cfg.workers {
+        let (rx, tx, wcfg, shared) = (
+            work_rx.clone(),
+            done_tx.clone(),
+            Arc::clone(&wcfg),
+            Arc::clone(&shared),
+        );
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{w}"))
+                .spawn(move || worker::work(w, &rx, &tx, &wcfg, &shared))
+                .context("starting a worker")?,
+        );
+    }
+    drop(done_tx);
+
+    let store = &shared.store;
+    let budget = record.budget.clone();
+    let mut free: Vec<usize> = (0..cfg.workers).rev().collect();
+    let mut in_flight: BTreeMap<JobId, InFlight> = BTreeMap::new();
+    let mut accounted = Instant::now();
+    let mut finished_reason = None;
+    loop {
+        let stopping = shared.stop.load(Ordering::SeqCst);
+        if !stopping && let Some(h) = budget.hours {
+            let used = store.stats()?.daemon_seconds + accounted.elapsed().as_secs_f64();
+            if used >= h * 3600.0 {
+                log(format!("the time budget ({h} h) is spent; stopping"));
+                shared.stop.store(true, Ordering::SeqCst);
+                finished_reason = Some("time budget spent".to_string());
+                continue;
+            }
+        }
+        if !stopping {
+            while let Some(&w) = free.last() {
+                if let Some(job) = store.next_queued()? {
+                    let deadline = now() + cfg.job_timeout;
+                    let Some(job) = store.lease(job.id, w, deadline)? else {
+                        continue;
+                    };
+                    let Some(cand) = store.candidate(job.arch)? else {
+                        store.release(
+                            job.id,
+                            job.attempt,
+                            &Release::Failed {
+                                reason: "its candidate is missing".into(),
+                                retry: false,
+                            },
+                        )?;
+                        continue;
+                    };
+                    free.pop();
+                    let stop = Arc::new(AtomicBool::new(false));
+                    shared.running.lock().expect("no poisoning").insert(
+                        job.id,
+                        RunningJob {
+                            job: job.id,
+                            arch: job.arch,
+                            layers: cand.genome.layers_string(),
+                            stage: job.stage,
+                            attempt: job.attempt,
+                            worker: w,
+                            seconds: now(),
+                            progress: None,
+                        },
+                    );
+                    log(format!(
+                        "job {} (attempt {}): {} {} → worker {w}",
+                        job.id,
+                        job.attempt,
+                        job.stage.name(),
+                        cand.genome.layers_string()
+                    ));
+                    in_flight.insert(
+                        job.id,
+                        InFlight {
+                            attempt: job.attempt,
+                            deadline,
+                            stop: Arc::clone(&stop),
+                            lapsed: false,
+                        },
+                    );
+                    work_tx
+                        .send(WorkItem {
+                            job,
+                            genome: cand.genome,
+                            worker: w,
+                            stop,
+                        })
+                        .context("a worker is gone")?;
+                    continue;
+                }
+                match policy.propose(store, &budget)? {
+                    Proposal::Promote { arch, stage } => {
+                        if let Some(j) = store.enqueue(arch, stage)? {
+                            log(format!(
+                                "promoted {} to {} (job {j})",
+                                arch.short(),
+                                stage.name()
+                            ));
+                        }
+                    }
+                    Proposal::New(c) => {
+                        if let Some(j) = store.add_candidate(&c, StageName::Screen)? {
+                            log(format!(
+                                "new candidate {} by {}: {} (job {j})",
+                                c.id.short(),
+                                c.operator,
+                                c.genome.layers_string()
+                            ));
+                        }
+                    }
+                    Proposal::Idle(why) => {
+                        let mut idle = shared.idle.lock().expect("no poisoning");
+                        if idle.as_deref() != Some(why.as_str()) {
+                            log(format!("idle: {why}"));
+                        }
+                        *idle = Some(why);
+                        break;
+                    }
+                }
+            }
+        }
+        let idle = shared.idle.lock().expect("no poisoning").clone();
+        if in_flight.is_empty() && (stopping || idle.is_some()) {
+            if !stopping {
+                finished_reason = idle;
+            }
+            break;
+        }
+        if stopping {
+            for f in in_flight.values() {
+                f.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        match done_rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(done) => {
+                let Some(f) = in_flight.remove(&done.job) else {
+                    continue;
+                };
+                shared
+                    .running
+                    .lock()
+                    .expect("no poisoning")
+                    .remove(&done.job);
+                *shared.idle.lock().expect("no poisoning") = None;
+                free.push(done.worker);
+                settle(store, &cfg.state, &done, &f)?;
+                let dt = accounted.elapsed().as_secs_f64();
+                accounted = Instant::now();
+                store.daemon_event(dt, None)?;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => anyhow::bail!("every worker is gone"),
+        }
+        let t = now();
+        for (job, f) in &mut in_flight {
+            if !f.lapsed && t > f.deadline {
+                log(format!(
+                    "job {job}: lease lapsed after {:.0} s; stopping it",
+                    cfg.job_timeout
+                ));
+                f.lapsed = true;
+                f.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        if accounted.elapsed() > Duration::from_secs(30) {
+            store.daemon_event(accounted.elapsed().as_secs_f64(), None)?;
+            accounted = Instant::now();
+        }
+    }
+    drop(work_tx);
+    for h in handles {
+        let _ = h.join();
+    }
+    store.daemon_event(
+        accounted.elapsed().as_secs_f64(),
+        Some(EventKind::DaemonStopped { pid }),
+    )?;
+    store.flush()?;
+    let _ = std::fs::remove_file(control::socket_path(&cfg.state));
+    pidfile::remove(&cfg.state, pid);
+    match finished_reason {
+        Some(why) => log(format!("search finished: {why}")),
+        None => log("stopped"),
+    }
+    Ok(())
+}
+
+/// Records what a worker reported.
+fn settle(store: &Store, state: &Path, done: &Done, f: &InFlight) -> anyhow::Result<()> {
+    let job = done.job;
+    match &done.outcome {
+        Outcome::Finished(result) => {
+            if let Some(why) = divergence(result) {
+                log(format!("job {job}: failed: {why}"));
+                store.release(
+                    job,
+                    f.attempt,
+                    &Release::Failed {
+                        reason: why,
+                        retry: false,
+                    },
+                )?;
+            } else {
+                let summary = StageSummary {
+                    job,
+                    score: result.score,
+                    per_task: result.per_task.clone(),
+                    seconds: result.seconds,
+                    finished: now(),
+                };
+                if store.finish(job, f.attempt, &summary, result)? {
+                    log(format!(
+                        "job {job}: {} score {:.4} in {:.1} s",
+                        result.stage.name(),
+                        result.score,
+                        result.seconds
+                    ));
+                }
+            }
+            let _ = std::fs::remove_dir_all(worker::runs_dir(state, done.arch, result.stage));
+        }
+        Outcome::Interrupted => {
+            let how = if f.lapsed {
+                Release::Lapsed
+            } else {
+                Release::Interrupted
+            };
+            let state = store.release(job, f.attempt, &how)?;
+            log(format!("job {job}: interrupted; now {state:?}"));
+        }
+        Outcome::Failed { reason, retry } => {
+            let state = store.release(
+                job,
+                f.attempt,
+                &Release::Failed {
+                    reason: reason.clone(),
+                    retry: *retry,
+                },
+            )?;
+            log(format!("job {job}: failed: {reason}; now {state:?}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(timestamp(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(951_782_400.0), "2000-02-29T00:00:00Z");
+        assert_eq!(timestamp(1_796_035_932.0), "2026-11-30T10:52:12Z");
+    }
+}

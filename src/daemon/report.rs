@@ -1,0 +1,421 @@
+//! What `status`, `show` and `export` read, computed from the store alone
+//! (plus, when the daemon answers, its live view): the same code serves the
+//! socket and a direct read of the database.
+//!
+//! The JSON form of [`StatusReport`] is `mad-search status --json`'s output
+//! (schema `mad-search.status/1`, documented in the README).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::genome::ArchId;
+use crate::space::{Operator, StageName};
+use crate::store::{Candidate, Counts, Job, JobId, Store, StoreError};
+
+/// Identifies the status schema.
+pub const STATUS_SCHEMA: &str = "mad-search.status/1";
+
+/// A job in progress, as the daemon sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunningJob {
+    /// The job.
+    pub job: JobId,
+    /// Its candidate.
+    pub arch: ArchId,
+    /// Layers string.
+    pub layers: String,
+    /// Stage.
+    pub stage: StageName,
+    /// Try number.
+    pub attempt: u32,
+    /// Worker index.
+    pub worker: usize,
+    /// Seconds since it started.
+    pub seconds: f64,
+    /// The last progress line.
+    pub progress: Option<String>,
+}
+
+/// The daemon's live view.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Live {
+    /// Its pid.
+    pub pid: u32,
+    /// Seconds since it started.
+    pub uptime: f64,
+    /// Worker threads.
+    pub workers: usize,
+    /// Jobs in progress.
+    pub running: Vec<RunningJob>,
+    /// Why it proposes nothing (budget spent, space exhausted), if so.
+    pub idle: Option<String>,
+    /// Whether it is draining to stop.
+    pub stopping: bool,
+}
+
+/// One row of a ranking.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// 1-based rank within its stage.
+    pub rank: usize,
+    /// Candidate id.
+    pub arch: ArchId,
+    /// Reference layers string.
+    pub layers: String,
+    /// The stage the score comes from (the most advanced one finished).
+    pub stage: Option<StageName>,
+    /// Score at that stage.
+    pub score: Option<f64>,
+    /// Per-task scores at that stage.
+    pub per_task: BTreeMap<String, f64>,
+    /// Non-embedding parameters.
+    pub params: u64,
+    /// Recurrent state at the budget's context.
+    pub state: u64,
+    /// Baseline name, if one.
+    pub baseline: Option<String>,
+}
+
+/// Budget use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BudgetReport {
+    /// Wall-time budget, hours.
+    pub hours: Option<f64>,
+    /// Hours the daemon has run.
+    pub hours_used: f64,
+    /// Per stage: (budget, evaluations done or failed).
+    pub evaluations: BTreeMap<StageName, (Option<u64>, u64)>,
+    /// Hours until a budget is spent at the current throughput.
+    pub forecast_hours_left: Option<f64>,
+}
+
+/// `mad-search status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// [`STATUS_SCHEMA`].
+    pub schema: String,
+    /// The state dir.
+    pub state_dir: String,
+    /// Search name.
+    pub name: String,
+    /// Preset.
+    pub preset: String,
+    /// Seed.
+    pub seed: u64,
+    /// Space file.
+    pub space: String,
+    /// The daemon, when it answered.
+    pub daemon: Option<Live>,
+    /// Candidates in the population.
+    pub candidates: u64,
+    /// Jobs per stage and state.
+    pub jobs: BTreeMap<StageName, Counts>,
+    /// Evaluations finished per hour of daemon time.
+    pub throughput_per_hour: Option<f64>,
+    /// Budget use and forecast.
+    pub budget: BudgetReport,
+    /// The best candidates: the `mad` board, then the `screen` board.
+    pub leaderboard: Vec<Row>,
+    /// Non-dominated candidates (score up, params down, state down) per stage.
+    pub pareto: BTreeMap<StageName, Vec<Row>>,
+    /// The paper's architectures, for reference.
+    pub baselines: Vec<Row>,
+}
+
+fn row(c: &Candidate, rank: usize, stage: Option<StageName>) -> Row {
+    let stage = stage.or_else(|| c.best_stage().map(|(s, _)| s));
+    let summary = stage.and_then(|s| c.stages.get(&s));
+    Row {
+        rank,
+        arch: c.id,
+        layers: c.genome.layers_string(),
+        stage: summary.and(stage),
+        score: summary.map(|s| s.score),
+        per_task: summary
+            .map(|s| {
+                s.per_task
+                    .iter()
+                    .map(|(t, v)| (t.name().to_string(), *v))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        params: c.params,
+        state: c.state,
+        baseline: c.baseline.clone(),
+    }
+}
+
+/// The status of the search in `store`.
+///
+/// # Errors
+/// A damaged database.
+pub fn status(store: &Store, live: Option<Live>, top: usize) -> Result<StatusReport, StoreError> {
+    let record = store.search()?.ok_or_else(|| StoreError::Corrupt {
+        dir: store.dir().to_owned(),
+        detail: "no search record".into(),
+    })?;
+    let stats = store.stats()?;
+    let hours_used = (stats.daemon_seconds + live.as_ref().map_or(0.0, |l| l.uptime)) / 3600.0;
+    let spent: u64 = stats.jobs.values().map(Counts::spent).sum();
+    let throughput = (hours_used > 0.0 && spent > 0).then(|| spent as f64 / hours_used);
+    let mut evaluations = BTreeMap::new();
+    let mut forecast: Option<f64> = record.budget.hours.map(|h| (h - hours_used).max(0.0));
+    for &stage in StageName::ALL {
+        let max = record.budget.evaluations.get(&stage).copied();
+        let used = stats.jobs.get(&stage).map_or(0, Counts::spent);
+        if max.is_some() || used > 0 {
+            evaluations.insert(stage, (max, used));
+        }
+        if let (Some(max), Some(rate)) = (max, throughput) {
+            // The stage's share of the throughput so far.
+            let share = used as f64 / spent.max(1) as f64;
+            if share > 0.0 {
+                let left = max.saturating_sub(used) as f64 / (rate * share);
+                forecast = Some(forecast.map_or(left, |f| f.min(left)));
+            }
+        }
+    }
+    let mut leaderboard = Vec::new();
+    let mut listed = std::collections::HashSet::new();
+    for &stage in StageName::ALL.iter().rev() {
+        if leaderboard.len() >= top {
+            break;
+        }
+        for (i, c) in store.top(stage, top)?.iter().enumerate() {
+            if leaderboard.len() >= top {
+                break;
+            }
+            if listed.insert(c.id) {
+                leaderboard.push(row(c, i + 1, Some(stage)));
+            }
+        }
+    }
+    let mut pareto = BTreeMap::new();
+    for &stage in StageName::ALL {
+        let front = store.front(stage)?;
+        if front.is_empty() {
+            continue;
+        }
+        let mut rows = Vec::with_capacity(front.len());
+        for p in front {
+            if let Some(c) = store.candidate(p.arch)? {
+                let rank = store.rank_of(stage, p.score, p.arch)? + 1;
+                rows.push(row(&c, rank, Some(stage)));
+            }
+        }
+        pareto.insert(stage, rows);
+    }
+    let mut baselines = Vec::new();
+    for (_, id) in store.baselines()? {
+        if let Some(c) = store.candidate(id)? {
+            let rank = match c.best_stage() {
+                Some((s, r)) => store.rank_of(s, r.score, c.id)? + 1,
+                None => 0,
+            };
+            baselines.push(row(&c, rank, None));
+        }
+    }
+    Ok(StatusReport {
+        schema: STATUS_SCHEMA.into(),
+        state_dir: store.dir().display().to_string(),
+        name: record.name,
+        preset: record.preset,
+        seed: record.seed,
+        space: record.space_file,
+        daemon: live,
+        candidates: stats.candidates,
+        jobs: stats.jobs,
+        throughput_per_hour: throughput,
+        budget: BudgetReport {
+            hours: record.budget.hours,
+            hours_used,
+            evaluations,
+            forecast_hours_left: forecast,
+        },
+        leaderboard,
+        pareto,
+        baselines,
+    })
+}
+
+/// One ancestor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ancestor {
+    /// Generations back (1 = parent).
+    pub depth: usize,
+    /// Its id.
+    pub arch: ArchId,
+    /// How it was made.
+    pub operator: Operator,
+    /// Its layers.
+    pub layers: String,
+}
+
+/// One candidate in full: `mad-search show`, and what `export` writes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CandidateReport {
+    /// The record.
+    pub candidate: Candidate,
+    /// Reference layers string.
+    pub layers: String,
+    /// Its rank per finished stage (1-based).
+    pub ranks: BTreeMap<StageName, usize>,
+    /// Ancestors, breadth first (at most 32).
+    pub lineage: Vec<Ancestor>,
+    /// Its jobs.
+    pub jobs: Vec<Job>,
+    /// Full results of its finished jobs (with every setting, run and time).
+    pub results: BTreeMap<JobId, serde_json::Value>,
+    /// The search's preset and seed.
+    pub preset: String,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// Why `show` found nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ShowError {
+    /// No candidate matches.
+    #[error("no candidate with an id starting `{0}` (ids are hex; `mad-search status` lists them)")]
+    Unknown(String),
+    /// Several match.
+    #[error("`{prefix}` matches several candidates: {}; give more digits", matches.join(", "))]
+    Ambiguous {
+        /// The prefix given.
+        prefix: String,
+        /// Some of the matches.
+        matches: Vec<String>,
+    },
+    /// Not hex.
+    #[error("`{0}` is not an id prefix (expected at least 4 hex digits, or a baseline's name)")]
+    Malformed(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The full report of the candidate whose id starts with `key` (or the
+/// baseline named `key`).
+///
+/// # Errors
+/// No match, several, or a damaged database.
+pub fn show(store: &Store, key: &str) -> Result<CandidateReport, ShowError> {
+    let key = key.trim();
+    if let Some((_, id)) = store
+        .baselines()?
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(key))
+    {
+        return candidate_report(store, id)?.ok_or(ShowError::Unknown(key.into()));
+    }
+    if key.len() < 4 || key.len() > 32 || !key.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ShowError::Malformed(key.into()));
+    }
+    let found = store.candidates_with_prefix(key, 6)?;
+    match found.len() {
+        0 => Err(ShowError::Unknown(key.into())),
+        1 => Ok(candidate_report(store, found[0].id)?.ok_or(ShowError::Unknown(key.into()))?),
+        _ => Err(ShowError::Ambiguous {
+            prefix: key.into(),
+            matches: found.iter().map(|c| c.id.short()).collect(),
+        }),
+    }
+}
+
+/// The full report of candidate `id`.
+///
+/// # Errors
+/// A damaged database.
+pub fn candidate_report(store: &Store, id: ArchId) -> Result<Option<CandidateReport>, StoreError> {
+    let Some(c) = store.candidate(id)? else {
+        return Ok(None);
+    };
+    let record = store.search()?;
+    let mut ranks = BTreeMap::new();
+    for (stage, s) in &c.stages {
+        ranks.insert(*stage, store.rank_of(*stage, s.score, c.id)? + 1);
+    }
+    let mut lineage = Vec::new();
+    let mut frontier: Vec<(usize, ArchId)> = c.parents.iter().map(|p| (1, *p)).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some((depth, p)) = (!frontier.is_empty()).then(|| frontier.remove(0)) {
+        if lineage.len() >= 32 || !seen.insert(p) {
+            continue;
+        }
+        if let Some(a) = store.candidate(p)? {
+            frontier.extend(a.parents.iter().map(|q| (depth + 1, *q)));
+            lineage.push(Ancestor {
+                depth,
+                arch: a.id,
+                operator: a.operator,
+                layers: a.genome.layers_string(),
+            });
+        }
+    }
+    let mut jobs = Vec::new();
+    let mut results = BTreeMap::new();
+    for &j in &c.jobs {
+        if let Some(job) = store.job(j)? {
+            jobs.push(job);
+        }
+        if let Some(r) = store.result(j)? {
+            results.insert(j, r);
+        }
+    }
+    Ok(Some(CandidateReport {
+        layers: c.genome.layers_string(),
+        candidate: c,
+        ranks,
+        lineage,
+        jobs,
+        results,
+        preset: record
+            .as_ref()
+            .map(|r| r.preset.clone())
+            .unwrap_or_default(),
+        seed: record.map_or(0, |r| r.seed),
+    }))
+}
+
+/// Which candidates `export` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selection {
+    /// The best `n` of the leaderboard.
+    Top(usize),
+    /// The Pareto front of the most advanced stage with results.
+    Pareto,
+}
+
+/// The candidates of `selection`, best first.
+///
+/// # Errors
+/// A damaged database.
+pub fn select(store: &Store, selection: Selection) -> Result<Vec<CandidateReport>, StoreError> {
+    let ids: Vec<ArchId> = match selection {
+        Selection::Top(n) => status(store, None, n)?
+            .leaderboard
+            .iter()
+            .map(|r| r.arch)
+            .collect(),
+        Selection::Pareto => {
+            let mut ids = Vec::new();
+            for &stage in StageName::ALL.iter().rev() {
+                let front = store.front(stage)?;
+                if !front.is_empty() {
+                    ids = front.iter().map(|p| p.arch).collect();
+                    break;
+                }
+            }
+            ids
+        }
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(r) = candidate_report(store, id)? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}

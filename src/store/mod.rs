@@ -1,0 +1,993 @@
+//! The population store: one sled database per search (`<state>/db`),
+//! written by the daemon alone (design §4). Every state change is one
+//! transaction over all trees, so a kill -9 at any moment leaves either the
+//! state before the change or the state after it.
+//!
+//! Trees and keys (integers big-endian, so key order is numeric order):
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `meta` | `schema`, `search`, `stats`, `front/<stage>`, `hist/<stage>`, `baselines`, `next-job` | u32 / JSON |
+//! | `candidates` | arch id (16 bytes) | [`Candidate`] |
+//! | `by-seq` | creation number | arch id |
+//! | `jobs` | job id | [`Job`] |
+//! | `queue` | job id | (empty): jobs waiting, oldest first |
+//! | `leases` | job id | (empty): jobs running |
+//! | `results` | job id | the stage's full result (JSON) |
+//! | `events` | event number | [`Event`] |
+//! | `board` | stage, score descending, arch id | (empty): the leaderboard index |
+//!
+//! `stats`, the fronts, the score histograms and the board are maintained in the same
+//! transactions as the records they summarise, so `status` reads a few keys
+//! instead of scanning the population.
+
+mod model;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
+
+pub use model::{
+    Candidate, Counts, Event, EventKind, FrontPoint, Job, JobId, JobState, SearchBudget,
+    SearchRecord, StageSummary, Stats, now,
+};
+
+use crate::genome::ArchId;
+use crate::space::StageName;
+
+/// The schema this binary writes. Older databases are upgraded on open by
+/// [`MIGRATIONS`]; newer ones are refused.
+pub const SCHEMA: u32 = 1;
+
+/// Upgrades from schema `i + 1` to `i + 2`, applied in order on open.
+/// (Schema 1 is the first; none exist yet.)
+const MIGRATIONS: &[fn(&sled::Db) -> sled::Result<()>] = &[];
+
+/// Failures of a job before it is given up.
+pub const MAX_FAILURES: u32 = 3;
+
+const TREES: [&str; 9] = [
+    "meta",
+    "candidates",
+    "by-seq",
+    "jobs",
+    "queue",
+    "leases",
+    "results",
+    "events",
+    "board",
+];
+
+/// What went wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No database in the state dir.
+    #[error("no search in {} (no database at {}); start one with `mad-search start --state {}`", dir.display(), dir.join("db").display(), dir.display())]
+    Missing {
+        /// The state dir.
+        dir: PathBuf,
+    },
+    /// Another process has the database open.
+    #[error("the database in {} is in use by another process (a running daemon?): {detail}", dir.display())]
+    Locked {
+        /// The state dir.
+        dir: PathBuf,
+        /// sled's words.
+        detail: String,
+    },
+    /// Written by a newer mad-search.
+    #[error("the database in {} has schema {found}, but this mad-search ({}) reads schemas up to {supported}; use a newer mad-search", dir.display(), env!("CARGO_PKG_VERSION"))]
+    Newer {
+        /// The state dir.
+        dir: PathBuf,
+        /// Its schema.
+        found: u32,
+        /// Ours.
+        supported: u32,
+    },
+    /// Unreadable content.
+    #[error("the database in {} is damaged: {detail}", dir.display())]
+    Corrupt {
+        /// The state dir.
+        dir: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// sled failed.
+    #[error("database in {}: {source}", dir.display())]
+    Db {
+        /// The state dir.
+        dir: PathBuf,
+        /// Why.
+        source: sled::Error,
+    },
+}
+
+type Abort = ConflictableTransactionError<String>;
+
+/// The open database.
+pub struct Store {
+    dir: PathBuf,
+    db: sled::Db,
+    trees: [sled::Tree; 9],
+}
+
+/// One transaction's view of all trees.
+pub struct Tx<'a> {
+    t: &'a [TransactionalTree],
+}
+
+fn be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+fn stage_byte(s: StageName) -> u8 {
+    StageName::ALL
+        .iter()
+        .position(|x| *x == s)
+        .expect("every stage is in ALL") as u8
+}
+
+/// The `board` tree's key of a score: stage byte, score descending, arch id.
+pub fn board_key(stage: StageName, score: f64, arch: ArchId) -> Vec<u8> {
+    // Scores are in [0, 1]; the bits of a non-negative float order like it.
+    let bits = score.max(0.0).to_bits();
+    let mut k = Vec::with_capacity(25);
+    k.push(stage_byte(stage));
+    k.extend_from_slice(&(u64::MAX - bits).to_be_bytes());
+    k.extend_from_slice(&arch.0);
+    k
+}
+
+/// sled's settings for a store at `path`: frequent snapshots keep the log
+/// replayed at open short (it is what `status` pays with the daemon down).
+pub fn sled_config(path: &Path) -> sled::Config {
+    sled::Config::new().path(path).snapshot_after_ops(20_000)
+}
+
+/// Buckets of the per-stage score histogram behind [`Store::rank_of`].
+pub const HIST_BUCKETS: usize = 4096;
+
+/// The histogram bucket of a score in [0, 1].
+pub fn bucket(score: f64) -> usize {
+    ((score.clamp(0.0, 1.0) * HIST_BUCKETS as f64) as usize).min(HIST_BUCKETS - 1)
+}
+
+/// The `meta` key of a stage's score histogram.
+pub fn hist_key(stage: StageName) -> String {
+    format!("hist/{}", stage.name())
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("{what}: {e}"))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records serialise")
+}
+
+impl Tx<'_> {
+    fn meta(&self) -> &TransactionalTree {
+        &self.t[0]
+    }
+
+    fn get<T: DeserializeOwned>(&self, tree: usize, key: &[u8]) -> Result<Option<T>, Abort> {
+        match self.t[tree].get(key)? {
+            Some(v) => decode(TREES[tree], &v)
+                .map(Some)
+                .map_err(ConflictableTransactionError::Abort),
+            None => Ok(None),
+        }
+    }
+
+    fn put<T: Serialize>(&self, tree: usize, key: &[u8], value: &T) -> Result<(), Abort> {
+        self.t[tree].insert(key, encode(value))?;
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<Stats, Abort> {
+        Ok(self.get(0, b"stats")?.unwrap_or_default())
+    }
+
+    fn event(&self, kind: EventKind) -> Result<(), Abort> {
+        let id = self.meta().generate_id()?;
+        self.put(7, &be(id), &Event { time: now(), kind })
+    }
+
+    fn candidate(&self, id: ArchId) -> Result<Option<Candidate>, Abort> {
+        self.get(1, &id.0)
+    }
+
+    fn job(&self, id: JobId) -> Result<Option<Job>, Abort> {
+        self.get(3, &be(id))
+    }
+
+    /// Writes `job` in `to`, keeping queue, leases and stats in step.
+    fn move_job(&self, job: &mut Job, to: JobState, stats: &mut Stats) -> Result<(), Abort> {
+        let key = be(job.id);
+        match job.state {
+            JobState::Queued => {
+                self.t[4].remove(&key)?;
+            }
+            JobState::Leased { .. } => {
+                self.t[5].remove(&key)?;
+            }
+            _ => {}
+        }
+        match to {
+            JobState::Queued => {
+                self.t[4].insert(&key, &[])?;
+            }
+            JobState::Leased { .. } => {
+                self.t[5].insert(&key, &[])?;
+            }
+            _ => {}
+        }
+        stats.transition(job.stage, Some(&job.state), &to);
+        job.state = to;
+        self.put(3, &key, job)
+    }
+
+    /// A new queued job for `arch` at `stage`.
+    fn new_job(
+        &self,
+        cand: &mut Candidate,
+        stage: StageName,
+        stats: &mut Stats,
+    ) -> Result<JobId, Abort> {
+        let id: u64 = self.get(0, b"next-job")?.unwrap_or(1);
+        self.put(0, b"next-job", &(id + 1))?;
+        let job = Job {
+            id,
+            arch: cand.id,
+            stage,
+            attempt: 1,
+            failures: 0,
+            state: JobState::Queued,
+            created: now(),
+        };
+        stats.transition(stage, None, &job.state);
+        self.put(3, &be(id), &job)?;
+        self.t[4].insert(&be(id), &[])?;
+        cand.queued.push(stage);
+        cand.jobs.push(id);
+        self.event(EventKind::Queued {
+            job: id,
+            arch: cand.id,
+            stage,
+        })?;
+        Ok(id)
+    }
+}
+
+/// How a lease ends without a result.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Release {
+    /// The daemon is stopping; the job resumes from its checkpoint later.
+    Interrupted,
+    /// The process holding the lease died (found at startup).
+    Orphaned,
+    /// The lease's deadline passed.
+    Lapsed,
+    /// The job failed; retried unless `retry` is false or it failed
+    /// [`MAX_FAILURES`] times.
+    Failed {
+        /// Why.
+        reason: String,
+        /// Whether another try could succeed (a panic might be transient; a
+        /// deterministic divergence is not).
+        retry: bool,
+    },
+}
+
+impl Store {
+    /// Opens the database of an existing search.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] when there is none; the others as they come.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        if !dir.join("db").join("conf").is_file() {
+            return Err(StoreError::Missing {
+                dir: dir.to_owned(),
+            });
+        }
+        let store = Store::open_db(dir)?;
+        store.check_schema()?;
+        if store.search()?.is_none() {
+            return Err(StoreError::Corrupt {
+                dir: dir.to_owned(),
+                detail: "no search record (was it created by mad-search?)".into(),
+            });
+        }
+        Ok(store)
+    }
+
+    /// Creates the database of a new search, or opens an existing one
+    /// (whose record is kept: `record` is then ignored).
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn create_or_open(dir: &Path, record: &SearchRecord) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db {
+            dir: dir.to_owned(),
+            source: sled::Error::Io(e),
+        })?;
+        let fresh = !dir.join("db").join("conf").is_file();
+        let store = Store::open_db(dir)?;
+        if fresh {
+            let meta = &store.trees[0];
+            let db_err = |source| StoreError::Db {
+                dir: dir.to_owned(),
+                source,
+            };
+            meta.insert("schema", &SCHEMA.to_be_bytes())
+                .map_err(db_err)?;
+            meta.insert("search", encode(record)).map_err(db_err)?;
+            store.db.flush().map_err(db_err)?;
+        } else {
+            store.check_schema()?;
+        }
+        Ok(store)
+    }
+
+    fn open_db(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("db");
+        // sled panics on some kinds of damage; report them as such.
+        let opened = std::panic::catch_unwind(|| sled_config(&path).open());
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(StoreError::Locked {
+                    dir: dir.to_owned(),
+                    detail: e.to_string(),
+                });
+            }
+            Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::Locked {
+                    dir: dir.to_owned(),
+                    detail: e.to_string(),
+                });
+            }
+            Ok(Err(sled::Error::Corruption { .. })) | Err(_) => {
+                return Err(StoreError::Corrupt {
+                    dir: dir.to_owned(),
+                    detail: format!("sled cannot read {}", path.display()),
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(StoreError::Db {
+                    dir: dir.to_owned(),
+                    source,
+                });
+            }
+        };
+        let mut trees = Vec::with_capacity(TREES.len());
+        for name in TREES {
+            trees.push(db.open_tree(name).map_err(|source| StoreError::Db {
+                dir: dir.to_owned(),
+                source,
+            })?);
+        }
+        Ok(Store {
+            dir: dir.to_owned(),
+            db,
+            trees: trees.try_into().expect("nine trees"),
+        })
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let raw = self.trees[0].get("schema").map_err(|e| self.db_err(e))?;
+        let found = match raw.as_deref() {
+            Some(b) if b.len() == 4 => u32::from_be_bytes(b.try_into().expect("4 bytes")),
+            Some(_) => return Err(self.corrupt("the schema version is not a u32")),
+            None => return Err(self.corrupt("no schema version (not a mad-search database?)")),
+        };
+        if found > SCHEMA {
+            return Err(StoreError::Newer {
+                dir: self.dir.clone(),
+                found,
+                supported: SCHEMA,
+            });
+        }
+        for (i, migrate) in MIGRATIONS.iter().enumerate().skip(found as usize - 1) {
+            migrate(&self.db).map_err(|e| self.db_err(e))?;
+            self.trees[0]
+                .insert("schema", &(i as u32 + 2).to_be_bytes())
+                .map_err(|e| self.db_err(e))?;
+        }
+        Ok(())
+    }
+
+    fn db_err(&self, source: sled::Error) -> StoreError {
+        StoreError::Db {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            dir: self.dir.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The state dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `f` as one transaction over every tree.
+    fn tx<T>(&self, f: impl Fn(&Tx<'_>) -> Result<T, Abort>) -> Result<T, StoreError> {
+        let t = &self.trees;
+        let r = (
+            &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8],
+        )
+            .transaction(|(a, b, c, d, e, f2, g, h, i)| {
+                let views = [
+                    a.clone(),
+                    b.clone(),
+                    c.clone(),
+                    d.clone(),
+                    e.clone(),
+                    f2.clone(),
+                    g.clone(),
+                    h.clone(),
+                    i.clone(),
+                ];
+                f(&Tx { t: &views })
+            });
+        match r {
+            Ok(v) => Ok(v),
+            Err(TransactionError::Abort(detail)) => Err(self.corrupt(detail)),
+            Err(TransactionError::Storage(e)) => Err(self.db_err(e)),
+        }
+    }
+
+    fn read<T: DeserializeOwned>(&self, tree: usize, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.trees[tree].get(key).map_err(|e| self.db_err(e))? {
+            Some(v) => decode(TREES[tree], &v)
+                .map(Some)
+                .map_err(|d| self.corrupt(d)),
+            None => Ok(None),
+        }
+    }
+
+    /// The search's record.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn search(&self) -> Result<Option<SearchRecord>, StoreError> {
+        self.read(0, b"search")
+    }
+
+    /// Replaces the search's budget (a restart may give a new one).
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn set_budget(&self, budget: &SearchBudget) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let mut s: SearchRecord = tx
+                .get(0, b"search")?
+                .ok_or_else(|| ConflictableTransactionError::Abort("no search record".into()))?;
+            s.budget = budget.clone();
+            tx.put(0, b"search", &s)
+        })
+    }
+
+    /// Running totals.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn stats(&self) -> Result<Stats, StoreError> {
+        Ok(self.read(0, b"stats")?.unwrap_or_default())
+    }
+
+    /// One candidate.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn candidate(&self, id: ArchId) -> Result<Option<Candidate>, StoreError> {
+        self.read(1, &id.0)
+    }
+
+    /// The candidates whose id starts with `prefix` (hex), at most `limit`.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn candidates_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        let prefix = prefix.to_ascii_lowercase();
+        let whole: Vec<u8> = (0..prefix.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&prefix[2 * i..2 * i + 2], 16).ok())
+            .collect();
+        let mut out = Vec::new();
+        for kv in self.trees[1].scan_prefix(&whole) {
+            let (_, v) = kv.map_err(|e| self.db_err(e))?;
+            let c: Candidate = decode("candidates", &v).map_err(|d| self.corrupt(d))?;
+            if c.id.matches_prefix(&prefix) {
+                out.push(c);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every candidate in creation order.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn candidates(&self) -> Result<Vec<Candidate>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees[2].iter() {
+            let (_, id) = kv.map_err(|e| self.db_err(e))?;
+            let id = ArchId(
+                id.as_ref()
+                    .try_into()
+                    .map_err(|_| self.corrupt("by-seq: bad id"))?,
+            );
+            out.push(
+                self.candidate(id)?
+                    .ok_or_else(|| self.corrupt("by-seq names a missing candidate"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The `n` most recent candidates, newest first.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn recent(&self, n: usize) -> Result<Vec<Candidate>, StoreError> {
+        let mut out = Vec::with_capacity(n);
+        for kv in self.trees[2].iter().rev().take(n) {
+            let (_, id) = kv.map_err(|e| self.db_err(e))?;
+            let id = ArchId(
+                id.as_ref()
+                    .try_into()
+                    .map_err(|_| self.corrupt("by-seq: bad id"))?,
+            );
+            out.push(
+                self.candidate(id)?
+                    .ok_or_else(|| self.corrupt("by-seq names a missing candidate"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The best `n` candidates of `stage`, best first.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn top(&self, stage: StageName, n: usize) -> Result<Vec<Candidate>, StoreError> {
+        let mut out = Vec::with_capacity(n);
+        for kv in self.trees[8].scan_prefix([stage_byte(stage)]).take(n) {
+            let (k, _) = kv.map_err(|e| self.db_err(e))?;
+            let id = ArchId(
+                k[9..25]
+                    .try_into()
+                    .map_err(|_| self.corrupt("board: bad key"))?,
+            );
+            out.push(
+                self.candidate(id)?
+                    .ok_or_else(|| self.corrupt("board names a missing candidate"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Candidates evaluated at `stage`.
+    pub fn board_len(&self, stage: StageName) -> usize {
+        self.trees[8].scan_prefix([stage_byte(stage)]).count()
+    }
+
+    /// The rank (0-based) of `arch`'s score among `stage`'s results: the
+    /// histogram gives the count in higher buckets, a scan of the score's
+    /// own bucket the rest (a few keys, not the whole board).
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn rank_of(&self, stage: StageName, score: f64, arch: ArchId) -> Result<usize, StoreError> {
+        let hist: Vec<u64> = self
+            .read(0, hist_key(stage).as_bytes())?
+            .unwrap_or_else(|| vec![0; HIST_BUCKETS]);
+        let b = bucket(score);
+        let above: u64 = hist.iter().skip(b + 1).sum();
+        let start = if b + 1 < HIST_BUCKETS {
+            // Every key of bucket b sorts after every key of a score at the
+            // bucket's upper edge.
+            let mut k = board_key(
+                stage,
+                (b + 1) as f64 / HIST_BUCKETS as f64,
+                ArchId([0xff; 16]),
+            );
+            k.push(0);
+            k
+        } else {
+            vec![stage_byte(stage)]
+        };
+        let within = self.trees[8]
+            .range(start..board_key(stage, score, arch))
+            .count();
+        Ok(above as usize + within)
+    }
+
+    /// The Pareto front of `stage` (score up, parameters and state down).
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn front(&self, stage: StageName) -> Result<Vec<FrontPoint>, StoreError> {
+        Ok(self
+            .read(0, format!("front/{}", stage.name()).as_bytes())?
+            .unwrap_or_default())
+    }
+
+    /// The baselines seeded into the search: (name, id).
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn baselines(&self) -> Result<Vec<(String, ArchId)>, StoreError> {
+        Ok(self.read(0, b"baselines")?.unwrap_or_default())
+    }
+
+    /// One job.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.read(3, &be(id))
+    }
+
+    /// A job's full result, as stored.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn result(&self, id: JobId) -> Result<Option<serde_json::Value>, StoreError> {
+        self.read(6, &be(id))
+    }
+
+    /// The oldest queued job.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn next_queued(&self) -> Result<Option<Job>, StoreError> {
+        match self.trees[4].first().map_err(|e| self.db_err(e))? {
+            Some((k, _)) => self.read(3, &k),
+            None => Ok(None),
+        }
+    }
+
+    /// Jobs under a lease.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn leased(&self) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees[5].iter() {
+            let (k, _) = kv.map_err(|e| self.db_err(e))?;
+            if let Some(j) = self.read(3, &k)? {
+                out.push(j);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Jobs waiting, oldest first (at most `n`).
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn queued(&self, n: usize) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees[4].iter().take(n) {
+            let (k, _) = kv.map_err(|e| self.db_err(e))?;
+            if let Some(j) = self.read(3, &k)? {
+                out.push(j);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every job, in creation order.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees[3].iter() {
+            let (_, v) = kv.map_err(|e| self.db_err(e))?;
+            out.push(decode("jobs", &v).map_err(|d| self.corrupt(d))?);
+        }
+        Ok(out)
+    }
+
+    /// The last `n` events, oldest first.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn events(&self, n: usize) -> Result<Vec<Event>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees[7].iter().rev().take(n) {
+            let (_, v) = kv.map_err(|e| self.db_err(e))?;
+            out.push(decode("events", &v).map_err(|d| self.corrupt(d))?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Adds a candidate and queues it for `stage`; `None` when its id is
+    /// already in the population (nothing changes). The candidate's `seq`,
+    /// `queued` and `created` are set here.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn add_candidate(
+        &self,
+        cand: &Candidate,
+        stage: StageName,
+    ) -> Result<Option<JobId>, StoreError> {
+        self.tx(|tx| {
+            if tx.candidate(cand.id)?.is_some() {
+                return Ok(None);
+            }
+            let mut stats = tx.stats()?;
+            let mut c = cand.clone();
+            c.seq = stats.candidates;
+            c.created = now();
+            c.queued.clear();
+            c.jobs.clear();
+            stats.candidates += 1;
+            let job = tx.new_job(&mut c, stage, &mut stats)?;
+            tx.put(1, &c.id.0, &c)?;
+            tx.t[2].insert(&be(c.seq), &c.id.0)?;
+            if let Some(name) = &c.baseline {
+                let mut b: Vec<(String, ArchId)> = tx.get(0, b"baselines")?.unwrap_or_default();
+                b.push((name.clone(), c.id));
+                tx.put(0, b"baselines", &b)?;
+            }
+            tx.event(EventKind::Created {
+                arch: c.id,
+                operator: c.operator,
+            })?;
+            tx.put(0, b"stats", &stats)?;
+            Ok(Some(job))
+        })
+    }
+
+    /// Queues `arch` for `stage` (a promotion); `None` if it was queued for
+    /// that stage before or is unknown.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn enqueue(&self, arch: ArchId, stage: StageName) -> Result<Option<JobId>, StoreError> {
+        self.tx(|tx| {
+            let Some(mut c) = tx.candidate(arch)? else {
+                return Ok(None);
+            };
+            if c.queued.contains(&stage) {
+                return Ok(None);
+            }
+            let mut stats = tx.stats()?;
+            let job = tx.new_job(&mut c, stage, &mut stats)?;
+            tx.put(1, &c.id.0, &c)?;
+            tx.put(0, b"stats", &stats)?;
+            Ok(Some(job))
+        })
+    }
+
+    /// Leases a queued job to `worker` until `deadline`; `None` if it is no
+    /// longer queued.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn lease(
+        &self,
+        job: JobId,
+        worker: usize,
+        deadline: f64,
+    ) -> Result<Option<Job>, StoreError> {
+        self.tx(|tx| {
+            let Some(mut j) = tx.job(job)? else {
+                return Ok(None);
+            };
+            if j.state != JobState::Queued {
+                return Ok(None);
+            }
+            let mut stats = tx.stats()?;
+            let to = JobState::Leased {
+                worker,
+                pid: std::process::id(),
+                started: now(),
+                deadline,
+            };
+            tx.move_job(&mut j, to, &mut stats)?;
+            tx.put(0, b"stats", &stats)?;
+            tx.event(EventKind::Leased {
+                job,
+                attempt: j.attempt,
+                worker,
+            })?;
+            Ok(Some(j))
+        })
+    }
+
+    /// Records a job's result; `false` (and nothing changes) when the job is
+    /// not leased under `attempt` any more (its lease lapsed meanwhile).
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn finish<R: Serialize>(
+        &self,
+        job: JobId,
+        attempt: u32,
+        summary: &StageSummary,
+        full: &R,
+    ) -> Result<bool, StoreError> {
+        let full = encode(full);
+        self.tx(|tx| {
+            let Some(mut j) = tx.job(job)? else {
+                return Ok(false);
+            };
+            if !matches!(j.state, JobState::Leased { .. }) || j.attempt != attempt {
+                return Ok(false);
+            }
+            let Some(mut c) = tx.candidate(j.arch)? else {
+                return Err(ConflictableTransactionError::Abort(format!(
+                    "job {job} names a missing candidate"
+                )));
+            };
+            let mut stats = tx.stats()?;
+            tx.move_job(&mut j, JobState::Done { finished: now() }, &mut stats)?;
+            stats.evaluation_seconds += summary.seconds;
+            tx.t[6].insert(&be(job), full.clone())?;
+            let hkey = hist_key(j.stage);
+            let mut hist: Vec<u64> = tx
+                .get(0, hkey.as_bytes())?
+                .unwrap_or_else(|| vec![0; HIST_BUCKETS]);
+            if let Some(old) = c.stages.get(&j.stage) {
+                tx.t[8].remove(board_key(j.stage, old.score, c.id))?;
+                let slot = &mut hist[bucket(old.score)];
+                *slot = slot.saturating_sub(1);
+            }
+            tx.t[8].insert(board_key(j.stage, summary.score, c.id), &[])?;
+            hist[bucket(summary.score)] += 1;
+            tx.put(0, hkey.as_bytes(), &hist)?;
+            c.stages.insert(j.stage, summary.clone());
+            tx.put(1, &c.id.0, &c)?;
+            let key = format!("front/{}", j.stage.name());
+            let mut front: Vec<FrontPoint> = tx.get(0, key.as_bytes())?.unwrap_or_default();
+            let p = FrontPoint {
+                arch: c.id,
+                score: summary.score,
+                params: c.params,
+                state: c.state,
+            };
+            front.retain(|q| q.arch != p.arch);
+            if !front.iter().any(|q| q.dominates(&p)) {
+                front.retain(|q| !p.dominates(q));
+                front.push(p);
+                front.sort_by(|a, b| b.score.total_cmp(&a.score));
+            }
+            tx.put(0, key.as_bytes(), &front)?;
+            tx.put(0, b"stats", &stats)?;
+            tx.event(EventKind::Finished {
+                job,
+                score: summary.score,
+            })?;
+            Ok(true)
+        })
+    }
+
+    /// Ends a lease without a result: back to the queue with attempt + 1, or
+    /// failed for good. Returns the job's new state, `None` if the job is not
+    /// leased under `attempt`.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn release(
+        &self,
+        job: JobId,
+        attempt: u32,
+        how: &Release,
+    ) -> Result<Option<JobState>, StoreError> {
+        self.tx(|tx| {
+            let Some(mut j) = tx.job(job)? else {
+                return Ok(None);
+            };
+            if !matches!(j.state, JobState::Leased { .. }) || j.attempt != attempt {
+                return Ok(None);
+            }
+            let mut stats = tx.stats()?;
+            let (why, give_up) = match how {
+                Release::Interrupted => ("interrupted by a stop".to_string(), false),
+                Release::Orphaned => ("its daemon died while it ran".to_string(), false),
+                Release::Lapsed => {
+                    j.failures += 1;
+                    (
+                        "its lease lapsed (over the time limit)".to_string(),
+                        j.failures >= MAX_FAILURES,
+                    )
+                }
+                Release::Failed { reason, retry } => {
+                    j.failures += 1;
+                    (reason.clone(), !retry || j.failures >= MAX_FAILURES)
+                }
+            };
+            if give_up {
+                tx.move_job(
+                    &mut j,
+                    JobState::Failed {
+                        reason: why.clone(),
+                        finished: now(),
+                    },
+                    &mut stats,
+                )?;
+                if let Some(mut c) = tx.candidate(j.arch)? {
+                    c.failed.insert(j.stage, why.clone());
+                    tx.put(1, &c.id.0, &c)?;
+                }
+                tx.event(EventKind::Failed { job, reason: why })?;
+            } else {
+                j.attempt += 1;
+                tx.move_job(&mut j, JobState::Queued, &mut stats)?;
+                tx.event(EventKind::Requeued {
+                    job,
+                    attempt: j.attempt,
+                    why,
+                })?;
+            }
+            tx.put(0, b"stats", &stats)?;
+            Ok(Some(j.state.clone()))
+        })
+    }
+
+    /// Puts every lease back in the queue: run once at daemon start, when no
+    /// lease can be live (the database lock proves the old daemon is gone).
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn recover_leases(&self) -> Result<Vec<JobId>, StoreError> {
+        let mut out = Vec::new();
+        for j in self.leased()? {
+            if self.release(j.id, j.attempt, &Release::Orphaned)?.is_some() {
+                out.push(j.id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds to the daemon's running time and logs an event, in one transaction.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn daemon_event(&self, seconds: f64, kind: Option<EventKind>) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let mut stats = tx.stats()?;
+            stats.daemon_seconds += seconds;
+            tx.put(0, b"stats", &stats)?;
+            if let Some(k) = &kind {
+                tx.event(k.clone())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes everything to disk.
+    ///
+    /// # Errors
+    /// An I/O failure.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.db_err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests;

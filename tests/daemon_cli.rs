@@ -1,0 +1,511 @@
+//! The daemon through the real binary: start → status → stop → resume,
+//! kill -9 at random moments, failing jobs, bad state dirs, determinism.
+//! Searches run on `tests/spaces/small.toml` (width 32, one-epoch `tiny`
+//! preset: about a second per evaluation).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use mad_search::store::{JobState, Store};
+
+const SPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/spaces/small.toml");
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mad-search"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn start(state: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "start",
+        "--state",
+        s(state),
+        "--space",
+        SPACE,
+        "--preset",
+        "tiny",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    assert!(out.status.success(), "start failed: {}", text(&out.stderr));
+    out
+}
+
+fn status_json(state: &Path) -> serde_json::Value {
+    let out = run(&["status", "--state", s(state), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn done(v: &serde_json::Value) -> u64 {
+    v["jobs"]
+        .as_object()
+        .map_or(0, |m| m.values().map(|c| c["done"].as_u64().unwrap()).sum())
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pid(state: &Path) -> Option<i32> {
+    std::fs::read_to_string(state.join("daemon.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
+}
+
+fn stop(state: &Path) {
+    let out = run(&["stop", "--state", s(state)]);
+    assert!(out.status.success(), "stop failed: {}", text(&out.stderr));
+}
+
+/// Opens the database once the last process holding it is gone (a killed
+/// daemon's threads release it a moment after its pid turns zombie).
+fn open(state: &Path) -> Store {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Store::open(state) {
+            Ok(s) => return s,
+            Err(mad_search::store::StoreError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// (job → (stage, score bits)) of every finished job, read from the database.
+fn finished(state: &Path) -> BTreeMap<u64, (String, u64)> {
+    let store = open(state);
+    let mut out = BTreeMap::new();
+    for j in store.jobs().unwrap() {
+        if matches!(j.state, JobState::Done { .. }) {
+            let c = store.candidate(j.arch).unwrap().unwrap();
+            let score = c.stages[&j.stage].score;
+            assert!(
+                store.result(j.id).unwrap().is_some(),
+                "job {} lost its result",
+                j.id
+            );
+            out.insert(j.id, (j.stage.name().to_string(), score.to_bits()));
+        }
+    }
+    out
+}
+
+/// No candidate has two finished jobs for one stage.
+fn no_double_evaluation(state: &Path) {
+    let store = open(state);
+    let mut seen = std::collections::HashSet::new();
+    for j in store.jobs().unwrap() {
+        if matches!(j.state, JobState::Done { .. }) {
+            assert!(
+                seen.insert((j.arch, j.stage)),
+                "{} evaluated twice at {:?}",
+                j.arch,
+                j.stage
+            );
+        }
+    }
+}
+
+#[test]
+fn start_status_stop_resume_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("search");
+    let out = start(&state, &["--budget", "screen=400"]);
+    assert!(
+        text(&out.stdout).contains("daemon started"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Second start refused, naming the pid.
+    let again = run(&["start", "--state", s(&state)]);
+    assert!(!again.status.success());
+    let p = pid(&state).unwrap();
+    assert!(
+        text(&again.stderr).contains("already running")
+            && text(&again.stderr).contains(&p.to_string()),
+        "{}",
+        text(&again.stderr)
+    );
+    wait_until("three finished evaluations", 120, || {
+        done(&status_json(&state)) >= 3
+    });
+    let v = status_json(&state);
+    assert_eq!(v["schema"], "mad-search.status/1");
+    assert_eq!(v["daemon"]["pid"].as_i64().unwrap(), i64::from(p));
+    assert!(!v["leaderboard"].as_array().unwrap().is_empty());
+    let human = text(&run(&["status", "--state", s(&state)]).stdout);
+    assert!(
+        human.contains("daemon: up") && human.contains("leaderboard"),
+        "{human}"
+    );
+    stop(&state);
+    assert!(!alive(p), "daemon still alive after stop");
+    assert!(!state.join("daemon.sock").exists() && !state.join("daemon.pid").exists());
+    let before = finished(&state);
+    assert!(before.len() >= 3);
+    let v = status_json(&state);
+    assert!(v["daemon"].is_null());
+    assert_eq!(
+        v["jobs"]["screen"]["running"], 0,
+        "a job stayed leased: {v}"
+    );
+    // Stop with no daemon says so.
+    let out = run(&["stop", "--state", s(&state)]);
+    assert!(!out.status.success() && text(&out.stderr).contains("no daemon is running"));
+    // Resume: finished work kept, never re-run; the search continues.
+    start(&state, &[]);
+    let n = before.len() as u64;
+    wait_until("more evaluations after resuming", 120, || {
+        done(&status_json(&state)) >= n + 2
+    });
+    stop(&state);
+    let after = finished(&state);
+    for (job, r) in &before {
+        assert_eq!(
+            after.get(job),
+            Some(r),
+            "finished job {job} changed or vanished"
+        );
+    }
+    no_double_evaluation(&state);
+    // Show and export, with the daemon down.
+    let id = status_json(&state)["leaderboard"][0]["arch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = run(&["show", &id[..8], "--state", s(&state)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&id) && text(&out.stdout).contains("screen: score"));
+    let ex = dir.path().join("ex");
+    for format in ["json", "toml", "layers", "card"] {
+        let out = run(&[
+            "export",
+            "--state",
+            s(&state),
+            "--top",
+            "2",
+            "--format",
+            format,
+            "--out",
+            s(&ex),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).lines().count(), 2);
+    }
+    let json = std::fs::read_dir(&ex)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".json"))
+        .unwrap();
+    // An exported genome is loadable by `start --seed-arch` (and `eval --arch`).
+    let seeded = dir.path().join("seeded");
+    let out = start(&seeded, &["--budget", "screen=1", "--seed-arch", s(&json)]);
+    assert!(
+        text(&out.stderr).contains("queued"),
+        "{}",
+        text(&out.stderr)
+    );
+    wait_until("the seeded search to finish", 60, || {
+        pid(&seeded).is_none_or(|p| !alive(p))
+    });
+    let store = open(&seeded);
+    let first = store.candidates().unwrap()[0].id.to_string();
+    let file = json.file_name().unwrap().to_string_lossy().into_owned();
+    // Files are named `NN-<first 12 hex digits of the id>.json`.
+    assert!(first.starts_with(&file[3..15]), "{first} vs {file}");
+}
+
+#[test]
+fn kill_dash_nine_loses_no_finished_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("search");
+    let mut seen: BTreeMap<u64, (String, u64)> = BTreeMap::new();
+    let mut lcg: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..20 {
+        start(&state, &["--budget", "screen=1000"]);
+        let p = pid(&state).unwrap();
+        lcg = lcg.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let ms = 100 + (lcg >> 33) % 1400;
+        std::thread::sleep(Duration::from_millis(ms));
+        // SAFETY: the daemon's pid, read from its pid file.
+        unsafe {
+            libc::kill(p, libc::SIGKILL);
+        }
+        wait_until("the killed daemon to go", 20, || !alive(p));
+        let now = finished(&state);
+        for (job, r) in &seen {
+            assert_eq!(
+                now.get(job),
+                Some(r),
+                "round {round}: finished job {job} lost or changed"
+            );
+        }
+        let store = open(&state);
+        let leased = store.leased().unwrap();
+        assert!(
+            leased.len() <= 1,
+            "round {round}: {} leases with one worker",
+            leased.len()
+        );
+        drop(store);
+        no_double_evaluation(&state);
+        seen = now;
+    }
+    assert!(
+        seen.len() >= 5,
+        "only {} evaluations in 20 rounds",
+        seen.len()
+    );
+    // After a clean restart and stop, nothing stays leased.
+    start(&state, &[]);
+    wait_until("one more evaluation", 60, || {
+        finished_live(&state) > seen.len()
+    });
+    stop(&state);
+    let store = open(&state);
+    assert!(store.leased().unwrap().is_empty());
+    let events = store.events(100_000).unwrap();
+    assert!(
+        events.iter().any(|e| serde_json::to_string(e)
+            .unwrap()
+            .contains("its daemon died")),
+        "no orphaned lease was ever recovered"
+    );
+}
+
+fn finished_live(state: &Path) -> usize {
+    done(&status_json(state)) as usize
+}
+
+#[test]
+fn failing_jobs_are_recorded_and_the_daemon_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("search");
+    let out = bin()
+        .args([
+            "start",
+            "--state",
+            s(&state),
+            "--space",
+            SPACE,
+            "--preset",
+            "tiny",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--budget",
+            "screen=3",
+            "--seed-arch",
+            "mh-hyena swiglu",
+        ])
+        .env("MAD_SEARCH_TEST_PANIC_LAYERS", "mh-hyena swiglu")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until("the search to finish", 120, || {
+        pid(&state).is_none_or(|p| !alive(p))
+    });
+    let v = status_json(&state);
+    assert_eq!(v["jobs"]["screen"]["failed"], 1, "{v}");
+    assert_eq!(v["jobs"]["screen"]["done"], 2, "{v}");
+    let out = run(&["show", "--state", s(&state), &failed_id(&state)]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("failed: panicked") && shown.contains("3 failures"),
+        "{shown}"
+    );
+
+    // Divergence: the loss becomes NaN; recorded at once, without retries.
+    let nan = dir.path().join("nan");
+    let out = bin()
+        .args([
+            "start",
+            "--state",
+            s(&nan),
+            "--space",
+            SPACE,
+            "--preset",
+            "tiny",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--budget",
+            "screen=2",
+            "--seed-arch",
+            "mh-attention mlp",
+            "--foreground",
+        ])
+        .env("MAD_SEARCH_TEST_NAN_LAYERS", "mh-attention mlp")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = status_json(&nan);
+    assert_eq!(v["jobs"]["screen"]["failed"], 1, "{v}");
+    assert_eq!(v["jobs"]["screen"]["done"], 1, "{v}");
+    let out = run(&["show", "--state", s(&nan), &failed_id(&nan)]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("diverged (NaN or infinite loss)") && shown.contains("(1 failures)"),
+        "{shown}"
+    );
+}
+
+fn failed_id(state: &Path) -> String {
+    let store = open(state);
+    store
+        .candidates()
+        .unwrap()
+        .into_iter()
+        .find(|c| !c.failed.is_empty())
+        .expect("a failed candidate")
+        .id
+        .to_string()
+}
+
+#[test]
+fn bad_state_dirs_get_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let out = run(&["status", "--state", s(&missing)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no search in")
+            && text(&out.stderr).contains("mad-search start")
+    );
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = run(&["status", "--state", s(&empty)]);
+    assert!(
+        text(&out.stderr).contains("no database"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Corrupt: garbage where the database should be.
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir_all(corrupt.join("db")).unwrap();
+    std::fs::write(corrupt.join("db/conf"), "garbage").unwrap();
+    std::fs::write(corrupt.join("db/db"), vec![0xAB; 4096]).unwrap();
+    let out = run(&["status", "--state", s(&corrupt)]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(s(&corrupt)) && (err.contains("damaged") || err.contains("database")),
+        "{err}"
+    );
+    // Newer schema.
+    let newer = dir.path().join("newer");
+    let out = run(&[
+        "start",
+        "--state",
+        s(&newer),
+        "--space",
+        SPACE,
+        "--preset",
+        "tiny",
+        "--budget",
+        "screen=0",
+        "--foreground",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    {
+        let db = sled::open(newer.join("db")).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("schema", &7u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let out = run(&["status", "--state", s(&newer)]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("schema 7") && err.contains("newer mad-search"),
+        "{err}"
+    );
+    // A resumed search refuses conflicting settings.
+    let out = run(&["start", "--state", s(&newer), "--preset", "cpu"]);
+    assert!(!out.status.success());
+    // Unknown ids in show.
+    let out = run(&["show", "zzzz", "--state", s(&newer)]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn one_worker_and_one_seed_give_the_same_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = |name: &str| -> Vec<String> {
+        let state = dir.path().join(name);
+        let out = run(&[
+            "start",
+            "--state",
+            s(&state),
+            "--space",
+            SPACE,
+            "--preset",
+            "tiny",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--seed",
+            "7",
+            "--budget",
+            "screen=8,mad=2",
+            "--foreground",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let store = open(&state);
+        store
+            .candidates()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {:?} {:?}",
+                    c.id,
+                    c.operator,
+                    c.stages.keys().collect::<Vec<_>>()
+                )
+            })
+            .collect()
+    };
+    let a = ids("a");
+    assert_eq!(a.len(), 8);
+    assert_eq!(a, ids("b"));
+}
