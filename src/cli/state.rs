@@ -53,9 +53,16 @@ pub fn daemon_pid(state: &Path) -> Option<u32> {
 /// # Errors
 /// As [`Store::open`]; `Locked` after the wait.
 pub fn open_store(state: &Path) -> Result<Store, StoreError> {
+    open_retrying(state, Store::open)
+}
+
+fn open_retrying(
+    state: &Path,
+    open: impl Fn(&Path) -> Result<Store, StoreError>,
+) -> Result<Store, StoreError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match Store::open(state) {
+        match open(state) {
             Err(StoreError::Locked { .. })
                 if daemon_pid(state).is_none() && std::time::Instant::now() < deadline =>
             {
@@ -90,7 +97,7 @@ pub fn reach(state: &Path, req: &Request) -> anyhow::Result<Reach> {
     if let Ok(answer) = request(state, req, Duration::from_secs(10)) {
         return Ok(Reach::Daemon(answer));
     }
-    match open_store(state) {
+    match open_retrying(state, Store::open_for_reading) {
         Ok(store) => Ok(Reach::Store(store)),
         Err(StoreError::Locked { .. }) => match daemon_pid(state) {
             Some(pid) => bail!(

@@ -456,7 +456,11 @@ fn settle(store: &Store, state: &Path, done: &Done, f: &InFlight) -> anyhow::Res
                     seconds: result.seconds,
                     finished: now(),
                 };
-                if store.finish(job, f.attempt, &summary, result)? {
+                let recorded = store.finish(job, f.attempt, &summary, result)?;
+                // On disk before its checkpoints go: a kill -9 after this
+                // line cannot send the job back to square one.
+                store.flush()?;
+                if recorded {
                     log(format!(
                         "job {job}: {} score {:.4} in {:.1} s",
                         result.stage.name(),

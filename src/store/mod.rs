@@ -290,12 +290,26 @@ impl Store {
     /// # Errors
     /// [`StoreError::Missing`] when there is none; the others as they come.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, true)
+    }
+
+    /// Opens the database of an existing search for reading: no background
+    /// flusher (what `status` does with the daemon down; nothing it does
+    /// needs flushing).
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_for_reading(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, false)
+    }
+
+    fn open_with(dir: &Path, flusher: bool) -> Result<Store, StoreError> {
         if !dir.join("db").join("conf").is_file() {
             return Err(StoreError::Missing {
                 dir: dir.to_owned(),
             });
         }
-        let store = Store::open_db(dir)?;
+        let store = Store::open_db(dir, flusher)?;
         store.check_schema()?;
         if store.search()?.is_none() {
             return Err(StoreError::Corrupt {
@@ -317,7 +331,7 @@ impl Store {
             source: sled::Error::Io(e),
         })?;
         let fresh = !dir.join("db").join("conf").is_file();
-        let store = Store::open_db(dir)?;
+        let store = Store::open_db(dir, true)?;
         if fresh {
             let meta = &store.trees[0];
             let db_err = |source| StoreError::Db {
@@ -334,10 +348,18 @@ impl Store {
         Ok(store)
     }
 
-    fn open_db(dir: &Path) -> Result<Store, StoreError> {
+    fn open_db(dir: &Path, flusher: bool) -> Result<Store, StoreError> {
         let path = dir.join("db");
         // sled panics on some kinds of damage; report them as such.
-        let opened = std::panic::catch_unwind(|| sled_config(&path).open());
+        let opened = std::panic::catch_unwind(|| {
+            let cfg = sled_config(&path);
+            let cfg = if flusher {
+                cfg
+            } else {
+                cfg.flush_every_ms(None)
+            };
+            cfg.open()
+        });
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
