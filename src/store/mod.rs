@@ -143,10 +143,9 @@ pub fn board_key(stage: StageName, score: f64, arch: ArchId) -> Vec<u8> {
     k
 }
 
-/// sled's settings for a store at `path`: frequent snapshots keep the log
-/// replayed at open short (it is what `status` pays with the daemon down).
+/// sled's settings for a store at `path`.
 pub fn sled_config(path: &Path) -> sled::Config {
-    sled::Config::new().path(path).snapshot_after_ops(20_000)
+    sled::Config::new().path(path)
 }
 
 /// Buckets of the per-stage score histogram behind [`Store::rank_of`].
