@@ -94,8 +94,14 @@ pub fn reach(state: &Path, req: &Request) -> anyhow::Result<Reach> {
             state.display()
         );
     }
-    if let Ok(answer) = request(state, req, Duration::from_secs(10)) {
-        return Ok(Reach::Daemon(answer));
+    match request(state, req, Duration::from_secs(10)) {
+        Ok(answer) => return Ok(Reach::Daemon(answer)),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => bail!(
+            "the daemon on {} answered something this mad-search cannot read (is it another \
+             version? restart it with `mad-search stop` and `start`): {e}",
+            state.display()
+        ),
+        Err(_) => {}
     }
     match open_retrying(state, Store::open_for_reading) {
         Ok(store) => Ok(Reach::Store(store)),

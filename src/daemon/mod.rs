@@ -55,6 +55,7 @@ pub(crate) struct Shared {
     started: Instant,
     pid: u32,
     workers: usize,
+    earlier_seconds: f64,
     running: Mutex<BTreeMap<JobId, RunningJob>>,
     idle: Mutex<Option<String>>,
 }
@@ -75,6 +76,7 @@ impl Shared {
         Live {
             pid: self.pid,
             uptime: started.elapsed().as_secs_f64(),
+            earlier_seconds: self.earlier_seconds,
             workers: self.workers,
             running,
             idle: self.idle.lock().expect("no poisoning").clone(),
@@ -198,7 +200,9 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     }
     store.daemon_event(0.0, Some(EventKind::DaemonStarted { pid }))?;
     store.flush()?;
+    let earlier_seconds = store.stats()?.daemon_seconds;
     let shared = Arc::new(Shared {
+        earlier_seconds,
         store,
         stop: AtomicBool::new(false),
         started: Instant::now(),

@@ -44,6 +44,9 @@ pub struct Live {
     pub pid: u32,
     /// Seconds since it started.
     pub uptime: f64,
+    /// Daemon seconds of earlier runs (the stored total when it started).
+    #[serde(default)]
+    pub earlier_seconds: f64,
     /// Worker threads.
     pub workers: usize,
     /// Jobs in progress.
@@ -156,7 +159,11 @@ pub fn status(store: &Store, live: Option<Live>, top: usize) -> Result<StatusRep
         detail: "no search record".into(),
     })?;
     let stats = store.stats()?;
-    let hours_used = (stats.daemon_seconds + live.as_ref().map_or(0.0, |l| l.uptime)) / 3600.0;
+    // The stored total lags a running daemon by up to 30 s: count its uptime instead.
+    let hours_used = live
+        .as_ref()
+        .map_or(stats.daemon_seconds, |l| l.earlier_seconds + l.uptime)
+        / 3600.0;
     let spent: u64 = stats.jobs.values().map(Counts::spent).sum();
     let throughput = (hours_used > 0.0 && spent > 0).then(|| spent as f64 / hours_used);
     let mut evaluations = BTreeMap::new();
@@ -167,7 +174,9 @@ pub fn status(store: &Store, live: Option<Live>, top: usize) -> Result<StatusRep
         if max.is_some() || used > 0 {
             evaluations.insert(stage, (max, used));
         }
-        if let (Some(max), Some(rate)) = (max, throughput) {
+        // The search ends when the screen budget is spent (later stages only
+        // receive promotions), so only it bounds the forecast.
+        if let (StageName::Screen, Some(max), Some(rate)) = (stage, max, throughput) {
             // The stage's share of the throughput so far.
             let share = used as f64 / spent.max(1) as f64;
             if share > 0.0 {
