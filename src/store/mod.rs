@@ -543,6 +543,16 @@ impl Store {
         Ok(out)
     }
 
+    /// The candidate an index entry (`by-seq` value, `board` key tail) names.
+    fn indexed(&self, id: &[u8], index: &str) -> Result<Candidate, StoreError> {
+        let id = ArchId(
+            id.try_into()
+                .map_err(|_| self.corrupt(format!("{index}: bad id")))?,
+        );
+        self.candidate(id)?
+            .ok_or_else(|| self.corrupt(format!("{index} names a missing candidate")))
+    }
+
     /// Every candidate in creation order.
     ///
     /// # Errors
@@ -551,15 +561,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.trees[2].iter() {
             let (_, id) = kv.map_err(|e| self.db_err(e))?;
-            let id = ArchId(
-                id.as_ref()
-                    .try_into()
-                    .map_err(|_| self.corrupt("by-seq: bad id"))?,
-            );
-            out.push(
-                self.candidate(id)?
-                    .ok_or_else(|| self.corrupt("by-seq names a missing candidate"))?,
-            );
+            out.push(self.indexed(&id, "by-seq")?);
         }
         Ok(out)
     }
@@ -572,15 +574,7 @@ impl Store {
         let mut out = Vec::with_capacity(n);
         for kv in self.trees[2].iter().rev().take(n) {
             let (_, id) = kv.map_err(|e| self.db_err(e))?;
-            let id = ArchId(
-                id.as_ref()
-                    .try_into()
-                    .map_err(|_| self.corrupt("by-seq: bad id"))?,
-            );
-            out.push(
-                self.candidate(id)?
-                    .ok_or_else(|| self.corrupt("by-seq names a missing candidate"))?,
-            );
+            out.push(self.indexed(&id, "by-seq")?);
         }
         Ok(out)
     }
@@ -593,15 +587,7 @@ impl Store {
         let mut out = Vec::with_capacity(n);
         for kv in self.trees[8].scan_prefix([stage_byte(stage)]).take(n) {
             let (k, _) = kv.map_err(|e| self.db_err(e))?;
-            let id = ArchId(
-                k[9..25]
-                    .try_into()
-                    .map_err(|_| self.corrupt("board: bad key"))?,
-            );
-            out.push(
-                self.candidate(id)?
-                    .ok_or_else(|| self.corrupt("board names a missing candidate"))?,
-            );
+            out.push(self.indexed(k.get(9..25).unwrap_or_default(), "board")?);
         }
         Ok(out)
     }

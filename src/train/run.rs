@@ -260,12 +260,15 @@ pub fn run<B: AutodiffBackend>(
         crate::seed::derive(cfg.seed, &["weights"]),
         device,
     )?;
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(cfg.betas[0] as f32)
-        .with_beta_2(cfg.betas[1] as f32)
-        .with_epsilon(cfg.epsilon as f32)
-        .with_weight_decay(cfg.weight_decay as f32)
-        .init::<B, Model<B>>();
+    let new_optim = || {
+        AdamWConfig::new()
+            .with_beta_1(cfg.betas[0] as f32)
+            .with_beta_2(cfg.betas[1] as f32)
+            .with_epsilon(cfg.epsilon as f32)
+            .with_weight_decay(cfg.weight_decay as f32)
+            .init::<B, Model<B>>()
+    };
+    let mut optim = new_optim();
     let print = fingerprint(&spec, setting, cfg);
     let vocab = setting.vocab;
     let train = &splits.train;
@@ -290,12 +293,7 @@ pub fn run<B: AutodiffBackend>(
             (model, optim, best) = restored;
             at = c.progress;
         } else {
-            optim = AdamWConfig::new()
-                .with_beta_1(cfg.betas[0] as f32)
-                .with_beta_2(cfg.betas[1] as f32)
-                .with_epsilon(cfg.epsilon as f32)
-                .with_weight_decay(cfg.weight_decay as f32)
-                .init::<B, Model<B>>();
+            optim = new_optim();
         }
     }
     let spent_before = at.seconds;
