@@ -91,6 +91,22 @@ fn stop(state: &Path) {
     assert!(out.status.success(), "stop failed: {}", text(&out.stderr));
 }
 
+/// Takes sled's lock on the database (an exclusive `flock` of `db/db`)
+/// without opening it, as another process holding it would; released when
+/// the file is dropped.
+fn hold_lock(state: &Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(state.join("db/db"))
+        .unwrap();
+    // SAFETY: a valid open descriptor.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "could not lock the database");
+    f
+}
+
 /// Opens the database once the last process holding it is gone (a killed
 /// daemon's threads release it a moment after its pid turns zombie).
 fn open(state: &Path) -> Store {
@@ -176,6 +192,27 @@ fn start_status_stop_resume_export() {
     stop(&state);
     assert!(!alive(p), "daemon still alive after stop");
     assert!(!state.join("daemon.sock").exists() && !state.join("daemon.pid").exists());
+    // The daemon left its report: `status` answers from it without the
+    // database (held here by a reader), and it is what the database says.
+    let snap = state.join("status.snapshot.json");
+    assert!(snap.is_file(), "no status snapshot after a clean stop");
+    let held = hold_lock(&state);
+    let cached = status_json(&state);
+    drop(held);
+    std::fs::remove_file(&snap).unwrap();
+    assert_eq!(
+        cached,
+        status_json(&state),
+        "snapshot differs from the database"
+    );
+    assert!(snap.is_file(), "status did not leave a snapshot");
+    let held = hold_lock(&state);
+    assert_eq!(
+        cached,
+        status_json(&state),
+        "status's own snapshot is not used"
+    );
+    drop(held);
     let before = finished(&state);
     assert!(before.len() >= 3);
     let v = status_json(&state);
@@ -189,6 +226,10 @@ fn start_status_stop_resume_export() {
     assert!(!out.status.success() && text(&out.stderr).contains("no daemon is running"));
     // Resume: finished work kept, never re-run; the search continues.
     start(&state, &[]);
+    assert!(
+        !snap.exists(),
+        "a running daemon's database has no snapshot"
+    );
     let n = before.len() as u64;
     wait_until("more evaluations after resuming", 120, || {
         done(&status_json(&state)) >= n + 2
@@ -267,6 +308,10 @@ fn kill_dash_nine_loses_no_finished_work() {
             libc::kill(p, libc::SIGKILL);
         }
         wait_until("the killed daemon to go", 20, || !alive(p));
+        assert!(
+            !state.join("status.snapshot.json").exists(),
+            "round {round}: a killed daemon left a snapshot"
+        );
         let now = finished(&state);
         for (job, r) in &seen {
             assert_eq!(

@@ -84,9 +84,19 @@ pub enum Reach {
 /// Asks the daemon, or opens the database when none runs.
 ///
 /// # Errors
-/// No search in `state`, a damaged or newer database, or a daemon that holds
-/// the database but does not answer.
+/// As [`ask_daemon`] and [`open_for_reading`].
 pub fn reach(state: &Path, req: &Request) -> anyhow::Result<Reach> {
+    match ask_daemon(state, req)? {
+        Some(answer) => Ok(Reach::Daemon(answer)),
+        None => open_for_reading(state).map(Reach::Store),
+    }
+}
+
+/// The daemon's answer, or `None` when no daemon answers on the socket.
+///
+/// # Errors
+/// No state dir, or a daemon whose answer this version cannot read.
+pub fn ask_daemon(state: &Path, req: &Request) -> anyhow::Result<Option<Answer>> {
     if !state.is_dir() {
         bail!(
             "no search in {}: the directory does not exist; start one with `mad-search start --state {}`",
@@ -95,16 +105,25 @@ pub fn reach(state: &Path, req: &Request) -> anyhow::Result<Reach> {
         );
     }
     match request(state, req, Duration::from_secs(10)) {
-        Ok(answer) => return Ok(Reach::Daemon(answer)),
+        Ok(answer) => Ok(Some(answer)),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => bail!(
             "the daemon on {} answered something this mad-search cannot read (is it another \
              version? restart it with `mad-search stop` and `start`): {e}",
             state.display()
         ),
-        Err(_) => {}
+        Err(_) => Ok(None),
     }
+}
+
+/// Opens the database of a search whose daemon does not answer, for
+/// reading ([`Store::open_for_reading`]); end with [`close_read_only`].
+///
+/// # Errors
+/// A damaged or newer database, or a daemon that holds the database but does
+/// not answer.
+pub fn open_for_reading(state: &Path) -> anyhow::Result<Store> {
     match open_retrying(state, Store::open_for_reading) {
-        Ok(store) => Ok(Reach::Store(store)),
+        Ok(store) => Ok(store),
         Err(StoreError::Locked { .. }) => match daemon_pid(state) {
             Some(pid) => bail!(
                 "the daemon (pid {pid}) holds {} but does not answer on its socket; it may be \

@@ -8,9 +8,10 @@ use std::time::Duration;
 use clap::Args;
 
 use super::out;
-use super::state::{Reach, StateArgs, close_read_only, reach, unexpected};
+use super::state::{StateArgs, ask_daemon, close_read_only, open_for_reading, unexpected};
 use crate::daemon::control::{Answer, Request};
 use crate::daemon::report::{Row, StatusReport, status};
+use crate::daemon::snapshot;
 use crate::space::StageName;
 
 /// Arguments of `status`.
@@ -35,15 +36,23 @@ pub struct StatusArgs {
 /// No search, or a damaged database.
 pub fn fetch(args: &StatusArgs) -> anyhow::Result<StatusReport> {
     let state = args.at.dir();
-    match reach(&state, &Request::Status { top: args.top })? {
-        Reach::Daemon(Answer::Status { report }) => Ok(*report),
-        Reach::Daemon(other) => Err(unexpected(other)),
-        Reach::Store(store) => {
-            let report = status(&store, None, args.top)?;
-            close_read_only(store);
-            Ok(report)
-        }
+    match ask_daemon(&state, &Request::Status { top: args.top })? {
+        Some(Answer::Status { report }) => return Ok(*report),
+        Some(other) => return Err(unexpected(other)),
+        None => {}
     }
+    if let Some(report) = snapshot::read(&state, args.top) {
+        return Ok(report);
+    }
+    let store = open_for_reading(&state)?;
+    let top = args.top.max(snapshot::SNAPSHOT_TOP);
+    let mut report = status(&store, None, top)?;
+    // We hold the database's lock, so the snapshot is true; it spares the
+    // next `status` the database. A read-only state dir just goes without.
+    let _ = snapshot::write(&state, &report, top);
+    close_read_only(store);
+    report.leaderboard.truncate(args.top);
+    Ok(report)
 }
 
 /// Runs `status`.

@@ -5,6 +5,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +98,12 @@ pub fn request(state: &Path, req: &Request, timeout: Duration) -> io::Result<Ans
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad answer: {e}")))
 }
 
+/// Wakes [`serve`] after `closing` was set: it returns at its next
+/// connection. Errors mean nobody listens any more.
+pub fn wake(state: &Path) {
+    let _ = UnixStream::connect(socket_path(state));
+}
+
 /// Binds the socket (replacing a stale one: the caller holds the database
 /// lock, so no other daemon serves this state dir) with mode 0600.
 ///
@@ -113,9 +120,13 @@ pub fn bind(state: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers connections until the process exits: one line in, one line out.
-pub fn serve(listener: UnixListener, handle: impl Fn(Request) -> Answer) {
+/// Answers connections, one line in and one line out, until `closing` is
+/// set and a connection wakes it ([`wake`]).
+pub fn serve(listener: UnixListener, handle: impl Fn(Request) -> Answer, closing: &AtomicBool) {
     for conn in listener.incoming() {
+        if closing.load(Ordering::SeqCst) {
+            return;
+        }
         let Ok(mut conn) = conn else { continue };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));

@@ -12,6 +12,7 @@
 pub mod control;
 pub mod pidfile;
 pub mod report;
+pub mod snapshot;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -51,7 +52,10 @@ pub struct DaemonConfig {
 /// State shared with the socket thread and the workers.
 pub(crate) struct Shared {
     store: Store,
-    stop: AtomicBool,
+    /// Drain: take no more jobs (set by `stop`, SIGINT and SIGTERM).
+    stop: Arc<AtomicBool>,
+    /// The control thread is to return.
+    closing: AtomicBool,
     started: Instant,
     pid: u32,
     workers: usize,
@@ -204,7 +208,8 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         earlier_seconds,
         store,
-        stop: AtomicBool::new(false),
+        stop: Arc::new(AtomicBool::new(false)),
+        closing: AtomicBool::new(false),
         started: Instant::now(),
         pid,
         workers: cfg.workers,
@@ -212,19 +217,19 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         idle: Mutex::new(None),
     });
     let listener = control::bind(&cfg.state).context("binding the control socket")?;
-    {
+    let control = {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || control::serve(listener, |req| shared.answer(req)))
-            .context("starting the control thread")?;
-    }
+            .spawn(move || control::serve(listener, |req| shared.answer(req), &shared.closing))
+            .context("starting the control thread")?
+    };
     {
-        let shared = Arc::clone(&shared);
+        let stop = Arc::clone(&shared.stop);
         // Only the first handler of a process counts; later starts in the
         // same process (tests) keep the first.
         let _ = ctrlc::set_handler(move || {
-            shared.stop.store(true, Ordering::SeqCst);
+            stop.store(true, Ordering::SeqCst);
         });
     }
     log(format!(
@@ -428,6 +433,23 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         Some(EventKind::DaemonStopped { pid }),
     )?;
     store.flush()?;
+    let last = report::status(store, None, snapshot::SNAPSHOT_TOP);
+    // Close the database, so that sled's own last writes (it snapshots its
+    // page table when dropped) precede the status snapshot; our pid file
+    // keeps another daemon out until that is written.
+    shared.closing.store(true, Ordering::SeqCst);
+    control::wake(&cfg.state);
+    let _ = control.join();
+    let closed = Arc::try_unwrap(shared).map(drop).is_ok();
+    match last {
+        Ok(r) if closed => {
+            if let Err(e) = snapshot::write(&cfg.state, &r, snapshot::SNAPSHOT_TOP) {
+                log(format!("could not write the status snapshot: {e}"));
+            }
+        }
+        Ok(_) => log("the database is still in use: no status snapshot"),
+        Err(e) => log(format!("could not build the status snapshot: {e}")),
+    }
     let _ = std::fs::remove_file(control::socket_path(&cfg.state));
     pidfile::remove(&cfg.state, pid);
     match finished_reason {

@@ -191,7 +191,10 @@ pub fn status(store: &Store, live: Option<Live>, top: usize) -> Result<StatusRep
         if leaderboard.len() >= top {
             break;
         }
-        for (i, c) in store.top(stage, top)?.iter().enumerate() {
+        // Ask for as many more as are listed already, so that every stage
+        // can fill the board: the board for `top` is then a prefix of the
+        // board for any larger top (what the status snapshot relies on).
+        for (i, c) in store.top(stage, top + listed.len())?.iter().enumerate() {
             if leaderboard.len() >= top {
                 break;
             }

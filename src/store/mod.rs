@@ -148,6 +148,11 @@ pub fn sled_config(path: &Path) -> sled::Config {
     sled::Config::new().path(path)
 }
 
+/// The status report cached next to the database (`daemon::snapshot`).
+/// Every open for writing deletes it before anything can change, which is
+/// what keeps a snapshot that is present true.
+pub const STATUS_SNAPSHOT: &str = "status.snapshot.json";
+
 /// Buckets of the per-stage score histogram behind [`Store::rank_of`].
 pub const HIST_BUCKETS: usize = 4096;
 
@@ -284,7 +289,8 @@ pub enum Release {
 }
 
 impl Store {
-    /// Opens the database of an existing search.
+    /// Opens the database of an existing search for writing (deletes the
+    /// [`STATUS_SNAPSHOT`]).
     ///
     /// # Errors
     /// [`StoreError::Missing`] when there is none; the others as they come.
@@ -293,8 +299,9 @@ impl Store {
     }
 
     /// Opens the database of an existing search for reading: no background
-    /// flusher (what `status` does with the daemon down; nothing it does
-    /// needs flushing).
+    /// flusher, and the [`STATUS_SNAPSHOT`] is left in place. What `status`,
+    /// `show` and `export` do with the daemon down; the caller must not
+    /// write through it.
     ///
     /// # Errors
     /// As [`Store::open`].
@@ -302,13 +309,13 @@ impl Store {
         Store::open_with(dir, false)
     }
 
-    fn open_with(dir: &Path, flusher: bool) -> Result<Store, StoreError> {
+    fn open_with(dir: &Path, writer: bool) -> Result<Store, StoreError> {
         if !dir.join("db").join("conf").is_file() {
             return Err(StoreError::Missing {
                 dir: dir.to_owned(),
             });
         }
-        let store = Store::open_db(dir, flusher)?;
+        let store = Store::open_db(dir, writer)?;
         store.check_schema()?;
         if store.search()?.is_none() {
             return Err(StoreError::Corrupt {
@@ -347,12 +354,12 @@ impl Store {
         Ok(store)
     }
 
-    fn open_db(dir: &Path, flusher: bool) -> Result<Store, StoreError> {
+    fn open_db(dir: &Path, writer: bool) -> Result<Store, StoreError> {
         let path = dir.join("db");
         // sled panics on some kinds of damage; report them as such.
         let opened = std::panic::catch_unwind(|| {
             let cfg = sled_config(&path);
-            let cfg = if flusher {
+            let cfg = if writer {
                 cfg
             } else {
                 cfg.flush_every_ms(None)
@@ -386,6 +393,19 @@ impl Store {
                 });
             }
         };
+        if writer {
+            // We hold the lock now; the snapshot would go stale with our
+            // first write.
+            match std::fs::remove_file(dir.join(STATUS_SNAPSHOT)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Db {
+                        dir: dir.to_owned(),
+                        source: sled::Error::Io(e),
+                    });
+                }
+                _ => {}
+            }
+        }
         let mut trees = Vec::with_capacity(TREES.len());
         for name in TREES {
             trees.push(db.open_tree(name).map_err(|source| StoreError::Db {
