@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod genome;
 #[cfg(feature = "models")]
 pub mod layers;
+pub mod scale;
 pub mod search;
 pub mod seed;
 pub mod space;
