@@ -61,6 +61,7 @@ fn fill(dir: &Path, candidates: usize, results: usize) {
         space_text: mad_search::space::DEFAULT_SPACE.into(),
         preset: "cpu".into(),
         budget: SearchBudget::default(),
+        corpus: None,
     };
     meta.insert("schema", &SCHEMA.to_be_bytes()).unwrap();
     meta.insert("search", serde_json::to_vec(&record).unwrap())
@@ -129,6 +130,7 @@ fn fill(dir: &Path, candidates: usize, results: usize) {
                 per_task: per_task.clone(),
                 seconds: 60.0,
                 finished: 0.0,
+                predicted_loss: None,
             };
             batch
                 .3

@@ -29,12 +29,16 @@ fn s(p: &Path) -> &str {
 }
 
 fn start(state: &Path, extra: &[&str]) -> Output {
+    start_with(state, SPACE, extra)
+}
+
+fn start_with(state: &Path, space: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "start",
         "--state",
         s(state),
         "--space",
-        SPACE,
+        space,
         "--preset",
         "tiny",
         "--workers",
@@ -553,4 +557,138 @@ fn one_worker_and_one_seed_give_the_same_search() {
     let a = ids("a");
     assert_eq!(a.len(), 8);
     assert_eq!(a, ids("b"));
+}
+
+/// The finished `scale` results in the database: (arch, the runs' validation
+/// losses as bits).
+fn scale_results(state: &Path) -> Vec<(String, Vec<u64>)> {
+    let store = open(state);
+    let mut out = Vec::new();
+    for c in store.candidates().unwrap() {
+        if let Some(summary) = c.stages.get(&mad_search::space::StageName::Scale) {
+            let full = store.result(summary.job).unwrap().unwrap();
+            let losses = full["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["result"]["valid_loss"].as_f64().unwrap().to_bits())
+                .collect();
+            out.push((c.id.to_string(), losses));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_scale_stage_runs_in_the_daemon_and_resumes_after_kill_dash_nine() {
+    let dir = tempfile::tempdir().unwrap();
+    // Scaling runs long enough to be caught in the middle.
+    let space_text = std::fs::read_to_string(SPACE)
+        .unwrap()
+        .replace("budgets = [1e9, 2e9, 4e9]", "budgets = [2e9, 4e9, 8e9]");
+    assert!(space_text.contains("8e9"));
+    let space = dir.path().join("space.toml");
+    std::fs::write(&space, space_text).unwrap();
+    let budget = ["--budget", "screen=4,mad=2,scale=1", "--seed", "7"];
+    // Uninterrupted, for reference.
+    let calm = dir.path().join("calm");
+    start_with(&calm, s(&space), &budget);
+    wait_until("the uninterrupted search to finish", 240, || {
+        pid(&calm).is_none_or(|p| !alive(p))
+    });
+    let want = scale_results(&calm);
+    assert_eq!(want.len(), 1, "one candidate promoted to scale");
+    assert_eq!(want[0].1.len(), 9, "three budgets × three sizes");
+    // The same search, killed while a scaling run has a checkpoint.
+    let state = dir.path().join("killed");
+    start_with(&state, s(&space), &budget);
+    let p = pid(&state).unwrap();
+    let runs = state.join("runs");
+    let scale_dir = || {
+        std::fs::read_dir(&runs)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with("-scale"))
+    };
+    let files = |ext: &str| -> Vec<(String, std::time::SystemTime)> {
+        scale_dir()
+            .and_then(|d| std::fs::read_dir(d).ok())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(ext))
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, e.metadata().unwrap().modified().unwrap())
+            })
+            .collect()
+    };
+    wait_until(
+        "a scaling run with a checkpoint after a finished one",
+        240,
+        || !files(".ckpt").is_empty() && !files(".done.json").is_empty(),
+    );
+    // SAFETY: the daemon's pid, read from its pid file.
+    unsafe {
+        libc::kill(p, libc::SIGKILL);
+    }
+    wait_until("the killed daemon to go", 20, || !alive(p));
+    let before = files(".done.json");
+    assert!(!files(".ckpt").is_empty());
+    start_with(&state, s(&space), &[]);
+    // While it runs, the runs finished before the kill keep their files
+    // untouched: they are read back, not trained again.
+    wait_until("the resumed search to finish", 240, || {
+        let now = files(".done.json");
+        for (name, when) in &before {
+            if let Some((_, t)) = now.iter().find(|(n, _)| n == name) {
+                assert_eq!(t, when, "{name} was written again");
+            }
+        }
+        pid(&state).is_none_or(|p| !alive(p))
+    });
+    // Same fit inputs as the uninterrupted search, bit for bit.
+    assert_eq!(scale_results(&state), want);
+    let log = std::fs::read_to_string(state.join("daemon.log")).unwrap();
+    assert!(log.contains("requeued 1 job(s) left running"), "{log}");
+    assert!(log.contains("scale predicted loss"), "{log}");
+    // Status ranks the scaled candidate first, by its predicted loss, and
+    // reports the stage correlations; the card exports with its plot.
+    let v = status_json(&state);
+    let top = &v["leaderboard"][0];
+    assert_eq!(top["stage"], "scale", "{v}");
+    assert!(top["predicted_loss"].as_f64().unwrap() > 0.0);
+    let corr = v["correlations"].as_array().unwrap();
+    assert!(
+        corr.iter()
+            .any(|c| c["from"] == "mad" && c["to"] == "scale" && c["candidates"] == 1),
+        "{v}"
+    );
+    let out_dir = dir.path().join("cards");
+    let out = run(&[
+        "export",
+        "--state",
+        s(&state),
+        "--top",
+        "1",
+        "--format",
+        "card",
+        "--out",
+        s(&out_dir),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    let svg = listed
+        .lines()
+        .find(|l| l.ends_with(".scaling.svg"))
+        .expect("a plot");
+    let svg_text = std::fs::read_to_string(svg).unwrap();
+    assert!(svg_text.starts_with("<svg") && svg_text.contains("circle"));
+    let card = listed.lines().find(|l| l.ends_with(".md")).unwrap();
+    let card_text = std::fs::read_to_string(card).unwrap();
+    assert!(
+        card_text.contains("Scaling runs and fit") && card_text.contains(".scaling.svg"),
+        "{card_text}"
+    );
 }

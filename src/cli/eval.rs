@@ -12,8 +12,11 @@ use clap::{Args, ValueEnum};
 
 use super::out;
 use crate::genome::ArchSpec;
-use crate::layers::device::DeviceSpec;
-use crate::space::StageName;
+use crate::layers::device::{DeviceSpec, on_device};
+use crate::scale::corpus::Corpus;
+use crate::scale::plan::plan;
+use crate::space::{ScaleSettings, StageName};
+use crate::stages::scale::{ScaleControl, ScaleProgress, evaluate as scale_evaluate};
 use crate::stages::{StageControl, StageProgress, StageResult, evaluate};
 use crate::train::TrainError;
 
@@ -24,6 +27,8 @@ pub enum StageArg {
     Screen,
     /// The MAD protocol: the difficulty grid and the lr × wd sweep.
     Mad,
+    /// Language-model scaling runs on the corpus and the scaling-law fit.
+    Scale,
 }
 
 /// Arguments of `eval`.
@@ -65,6 +70,10 @@ pub struct EvalArgs {
     /// (`<setting dir>/{train,test}/{inputs,targets}.npy`) instead of generating it.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Corpus of `--stage scale`: UTF-8 text (bytes as tokens) or `*.bin`
+    /// little-endian u16 tokens (default: the embedded corpus).
+    #[arg(long, value_name = "PATH")]
+    pub corpus: Option<PathBuf>,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -121,6 +130,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let stage = match args.stage {
         StageArg::Screen => StageName::Screen,
         StageArg::Mad => StageName::Mad,
+        StageArg::Scale => StageName::Scale,
     };
     let device: DeviceSpec = args.device.parse()?;
     device.check()?;
@@ -132,7 +142,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--data {}: no such directory", dir.display());
     }
-    let settings = preset.stage(stage).clone();
+    if args.corpus.is_some() && stage != StageName::Scale {
+        bail!("--corpus is for --stage scale");
+    }
     let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::SeqCst) {
@@ -141,6 +153,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         eprintln!("stopping: runs checkpoint and exit (Ctrl-C again to quit at once)");
     })
     .context("installing the Ctrl-C handler")?;
+    let Some(settings) = preset.tasks(stage) else {
+        return run_scale(&args, &spec, &preset.scale, device, stop);
+    };
+    let settings = settings.clone();
     let total_runs = crate::stages::stage_settings(&settings).len()
         * settings.lr.len()
         * settings.weight_decay.len();
@@ -157,43 +173,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         threads: Some(threads),
         data: args.data.as_deref(),
     };
-    let result = match device {
-        DeviceSpec::Cpu => evaluate::<crate::layers::CpuAutodiff>(
-            &spec,
-            stage,
-            &settings,
-            args.seed,
-            &Default::default(),
-            ctl,
-            &report,
-        ),
-        #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(i) => evaluate::<burn::backend::Autodiff<burn::backend::Cuda>>(
-            &spec,
-            stage,
-            &settings,
-            args.seed,
-            &burn::backend::cuda::CudaDevice::new(i),
-            ctl,
-            &report,
-        ),
-        #[cfg(not(feature = "cuda"))]
-        DeviceSpec::Cuda(_) => unreachable!("DeviceSpec::check refuses CUDA without the feature"),
-    };
+    let result = on_device!(device, B, dev => evaluate::<B>(
+        &spec, stage, &settings, args.seed, &dev, ctl, &report,
+    ));
     progress.finish();
-    let result = match result {
-        Ok(r) => r,
-        Err(TrainError::Interrupted { .. }) => {
-            match &args.checkpoints {
-                Some(dir) => eprintln!(
-                    "interrupted; run the same command to resume from {}",
-                    dir.display()
-                ),
-                None => eprintln!("interrupted (nothing kept: pass --checkpoints DIR to resume)"),
-            }
-            return Ok(ExitCode::from(130));
-        }
-        Err(e) => return Err(e.into()),
+    let Some(result) = finished(result, &args)? else {
+        return Ok(ExitCode::from(130));
     };
     if args.json {
         let value = serde_json::json!({
@@ -206,6 +191,117 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         out(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
     } else {
         out(&table(&spec, &args.preset, &result))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The result, `None` after an interruption (said on stderr), or the error.
+fn finished<T>(result: Result<T, TrainError>, args: &EvalArgs) -> anyhow::Result<Option<T>> {
+    match result {
+        Ok(r) => Ok(Some(r)),
+        Err(TrainError::Interrupted { .. }) => {
+            match &args.checkpoints {
+                Some(dir) => eprintln!(
+                    "interrupted; run the same command to resume from {}",
+                    dir.display()
+                ),
+                None => eprintln!("interrupted (nothing kept: pass --checkpoints DIR to resume)"),
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `eval --stage scale`.
+fn run_scale(
+    args: &EvalArgs,
+    spec: &ArchSpec,
+    settings: &ScaleSettings,
+    device: DeviceSpec,
+    stop: &'static AtomicBool,
+) -> anyhow::Result<ExitCode> {
+    let corpus = match &args.corpus {
+        Some(path) => Corpus::load(path).context("--corpus")?,
+        None => Corpus::embedded(),
+    };
+    let planned = plan(spec, settings, corpus.vocab())?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parallel = args.parallel.unwrap_or(cores.min(planned.len()).max(1));
+    let threads = args.threads.unwrap_or((cores / parallel).max(1));
+    let ctl = ScaleControl {
+        dir: args.checkpoints.as_deref(),
+        checkpoint_every: args.checkpoint_every,
+        stop: Some(stop),
+        parallel,
+        threads: Some(threads),
+    };
+    let total_steps: usize = planned.iter().map(|p| p.steps).sum();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(total_steps as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} steps (eta {eta}) {msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let report = |p: &ScaleProgress<'_>| {
+        let line = format!(
+            "[run {}/{} C={:e} d={}×{} N={}] step {}/{} loss {:.4}",
+            p.run.0,
+            p.run.1,
+            p.planned.budget,
+            p.planned.member.width,
+            p.planned.member.repeats,
+            p.planned.member.params,
+            p.step,
+            p.planned.steps,
+            p.loss
+        );
+        match &bar {
+            Some(bar) => {
+                bar.inc(1);
+                bar.set_message(line);
+            }
+            // One line per tenth of a run.
+            None if p.step.is_multiple_of(p.planned.steps.div_ceil(10).max(1))
+                || p.step == p.planned.steps =>
+            {
+                eprintln!("{line}")
+            }
+            None => {}
+        }
+    };
+    let result = on_device!(device, B, dev => scale_evaluate::<B>(
+        spec, settings, &corpus, args.seed, &dev, ctl, &report,
+    ));
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let Some(result) = finished(result, args)? else {
+        return Ok(ExitCode::from(130));
+    };
+    if args.json {
+        let value = serde_json::json!({
+            "arch": spec.layers_string(),
+            "arch_id": spec.arch_id().to_string(),
+            "genome": spec,
+            "preset": &args.preset,
+            "result": &result,
+        });
+        out(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
+    } else {
+        out(&format!(
+            "{} — stage scale (preset {}, corpus {}), {:.1} s\n{}",
+            spec.compact_string(),
+            args.preset,
+            result.corpus,
+            result.seconds,
+            result.text()
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,7 @@ use clap::Args;
 use super::state::{Reach, StateArgs, close_read_only, reach, unexpected};
 use crate::daemon::control::{Answer, Request};
 use crate::daemon::report::{Selection, select};
-use crate::export::{Format, render, write};
+use crate::export::{Format, plot_file, render, scaling_plot, write};
 
 /// Arguments of `export`.
 #[derive(Debug, Args)]
@@ -64,6 +64,12 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         );
         let path = write(&out, &file, &render(r, args.format))?;
         println!("{}", path.display());
+        if args.format == Format::Card
+            && let Some(svg) = scaling_plot(r)
+        {
+            let plot = write(&out, &plot_file(r), &svg)?;
+            println!("{}", plot.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -92,6 +92,19 @@ pub fn render(r: &CandidateReport) -> String {
         for (task, v) in &summary.per_task {
             let _ = writeln!(s, "  {:<26} {v:.4}", task.name());
         }
+        if let Some(l) = summary.predicted_loss {
+            let _ = writeln!(
+                s,
+                "  predicted loss at the target compute: {l:.4} nats/token"
+            );
+        }
+        if *stage == crate::space::StageName::Scale
+            && let Some(sr) = crate::export::scale_result(r)
+        {
+            for line in sr.text().lines() {
+                let _ = writeln!(s, "  {line}");
+            }
+        }
     }
     for (stage, why) in &c.failed {
         let _ = writeln!(s, "{}: failed: {why}", stage.name());

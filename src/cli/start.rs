@@ -12,6 +12,7 @@ use super::state::{StateArgs, daemon_pid};
 use crate::daemon::DaemonConfig;
 use crate::daemon::control::{Answer, Request, request};
 use crate::layers::device::DeviceSpec;
+use crate::scale::corpus::Corpus;
 use crate::search::candidate;
 use crate::space::{DEFAULT_SPACE, DEFAULT_SPACE_NAME, Operator, SearchSpace, StageName};
 use crate::store::{SearchBudget, SearchRecord, Store, StoreError, now};
@@ -30,8 +31,13 @@ pub struct StartArgs {
     /// Seed of every random choice (new searches; default: 1).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Limits, comma-separated: `hours=H`, `screen=N`, `mad=N` (evaluations
-    /// per stage). Replaces the stored budget when given.
+    /// Corpus of the `scale` stage (new searches): UTF-8 text (bytes as
+    /// tokens) or `*.bin` little-endian u16 tokens; default: the embedded
+    /// State of the Union addresses (corpora/sotu/).
+    #[arg(long, value_name = "PATH")]
+    pub corpus: Option<PathBuf>,
+    /// Limits, comma-separated: `hours=H`, `screen=N`, `mad=N`, `scale=N`
+    /// (evaluations per stage). Replaces the stored budget when given.
     #[arg(long)]
     pub budget: Option<String>,
     /// Stay attached (for systemd, Slurm, containers) instead of detaching.
@@ -59,15 +65,27 @@ pub struct StartArgs {
     pub seed_arch: Vec<String>,
 }
 
-/// Parses `hours=H,screen=N,mad=N`.
+/// The absolute path of a `--corpus`, after checking that it loads (a bad
+/// corpus is refused before anything starts).
+fn corpus_path(path: &Path) -> anyhow::Result<String> {
+    Corpus::load(path).context("--corpus")?;
+    let abs =
+        std::fs::canonicalize(path).with_context(|| format!("--corpus {}", path.display()))?;
+    Ok(abs.display().to_string())
+}
+
+/// Parses `hours=H,screen=N,mad=N,scale=N`.
 fn parse_budget(text: &str) -> anyhow::Result<SearchBudget> {
     let mut b = SearchBudget::default();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = part
             .split_once('=')
             .with_context(|| format!("--budget `{part}`: expected KEY=VALUE"))?;
-        let bad =
-            || format!("--budget `{part}`: expected a positive number (keys: hours, screen, mad)");
+        let bad = || {
+            format!(
+                "--budget `{part}`: expected a positive number (keys: hours, screen, mad, scale)"
+            )
+        };
         match key.trim() {
             "hours" => {
                 let h: f64 = value
@@ -78,16 +96,18 @@ fn parse_budget(text: &str) -> anyhow::Result<SearchBudget> {
                     .with_context(bad)?;
                 b.hours = Some(h);
             }
-            "screen" | "mad" => {
+            name @ ("screen" | "mad" | "scale") => {
                 let n: u64 = value.trim().parse().with_context(bad)?;
-                let stage = if key.trim() == "screen" {
-                    StageName::Screen
-                } else {
-                    StageName::Mad
-                };
+                let stage = StageName::ALL
+                    .iter()
+                    .copied()
+                    .find(|s| s.name() == name)
+                    .expect("a stage name");
                 b.evaluations.insert(stage, n);
             }
-            other => bail!("--budget: unknown key `{other}`; expected hours, screen or mad"),
+            other => {
+                bail!("--budget: unknown key `{other}`; expected hours, screen, mad or scale")
+            }
         }
     }
     Ok(b)
@@ -198,6 +218,15 @@ fn open_or_create(
                     return Err(differs("the space from", &record.space_file));
                 }
             }
+            if let Some(path) = &args.corpus {
+                let given = corpus_path(path)?;
+                if record.corpus.as_deref() != Some(given.as_str()) {
+                    return Err(differs(
+                        "the corpus",
+                        record.corpus.as_deref().unwrap_or("the embedded default"),
+                    ));
+                }
+            }
             if let Some(b) = budget {
                 store.set_budget(b)?;
             }
@@ -233,6 +262,7 @@ fn open_or_create(
                 space_text,
                 preset,
                 budget: budget.cloned().unwrap_or_default(),
+                corpus: args.corpus.as_deref().map(corpus_path).transpose()?,
             };
             let store = Store::create_or_open(state, &record).map_err(in_use)?;
             eprintln!(

@@ -90,8 +90,9 @@ fn hours(h: f64) -> String {
 }
 
 fn score(r: &Row) -> String {
-    match (r.score, r.stage) {
-        (Some(s), Some(st)) => format!("{s:.3} {}", st.name()),
+    match (r.predicted_loss, r.score, r.stage) {
+        (Some(l), _, _) => format!("L̂ {l:.3} scale"),
+        (None, Some(s), Some(st)) => format!("{s:.3} {}", st.name()),
         _ => "-".into(),
     }
 }
@@ -223,5 +224,23 @@ pub fn render(r: &StatusReport) -> String {
         "baselines (the paper's architectures)",
         &r.baselines,
     );
+    if !r.correlations.is_empty() {
+        let _ = writeln!(s, "\nrank correlation between stages (Spearman's ρ)");
+        for c in &r.correlations {
+            let _ = writeln!(
+                s,
+                "  {} → {}: {} over {} candidate(s){}",
+                c.from.name(),
+                c.to.name(),
+                c.rho.map_or("-".into(), |r| format!("{r:+.3}")),
+                c.candidates,
+                if c.to == StageName::Scale {
+                    " (scale: exp(−predicted loss))"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     s
 }

@@ -25,12 +25,13 @@ use anyhow::Context as _;
 use crossbeam_channel::RecvTimeoutError;
 
 use crate::layers::device::DeviceSpec;
+use crate::scale::corpus::Corpus;
 use crate::search::{Policy, Proposal};
 use crate::space::{Baseline, SearchSpace, StageName};
 use crate::store::{EventKind, JobId, Release, StageSummary, Store, now};
 use control::{Answer, Request};
 use report::{Live, RunningJob};
-use worker::{Done, Outcome, WorkItem};
+use worker::{Done, Evaluation, Outcome, WorkItem};
 
 /// How the daemon runs (not persisted: a restart may change them).
 #[derive(Clone, Debug)]
@@ -245,9 +246,15 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     let (work_tx, work_rx) = crossbeam_channel::unbounded::<WorkItem>();
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
     let mut handles = Vec::new();
+    let corpus = match &record.corpus {
+        Some(path) => Corpus::load(Path::new(path))
+            .with_context(|| "the search's scale corpus (start --corpus)".to_string())?,
+        None => Corpus::embedded(),
+    };
     let wcfg = Arc::new(worker::WorkerConfig {
         state: cfg.state.clone(),
         preset,
+        corpus: Arc::new(corpus),
         seed: record.seed,
         threads: cfg.threads,
         device: cfg.device,
@@ -464,7 +471,11 @@ fn settle(store: &Store, state: &Path, done: &Done, f: &InFlight) -> anyhow::Res
     let job = done.job;
     match &done.outcome {
         Outcome::Finished(result) => {
-            if let Some(why) = divergence(result) {
+            let why = match result.as_ref() {
+                Evaluation::Tasks(r) => divergence(r),
+                Evaluation::Scale(_) => None,
+            };
+            if let Some(why) = why {
                 log(format!("job {job}: failed: {why}"));
                 store.release(
                     job,
@@ -475,27 +486,38 @@ fn settle(store: &Store, state: &Path, done: &Done, f: &InFlight) -> anyhow::Res
                     },
                 )?;
             } else {
+                let (per_task, predicted_loss) = match result.as_ref() {
+                    Evaluation::Tasks(r) => (r.per_task.clone(), None),
+                    Evaluation::Scale(r) => (Default::default(), Some(r.predicted_loss)),
+                };
                 let summary = StageSummary {
                     job,
-                    score: result.score,
-                    per_task: result.per_task.clone(),
-                    seconds: result.seconds,
+                    score: result.score(),
+                    per_task,
+                    seconds: result.seconds(),
                     finished: now(),
+                    predicted_loss,
                 };
-                let recorded = store.finish(job, f.attempt, &summary, result)?;
+                let recorded = match result.as_ref() {
+                    Evaluation::Tasks(r) => store.finish(job, f.attempt, &summary, r)?,
+                    Evaluation::Scale(r) => store.finish(job, f.attempt, &summary, r)?,
+                };
                 // On disk before its checkpoints go: a kill -9 after this
                 // line cannot send the job back to square one.
                 store.flush()?;
                 if recorded {
+                    let what = match predicted_loss {
+                        Some(l) => format!("predicted loss {l:.4} (score {:.4})", result.score()),
+                        None => format!("score {:.4}", result.score()),
+                    };
                     log(format!(
-                        "job {job}: {} score {:.4} in {:.1} s",
-                        result.stage.name(),
-                        result.score,
-                        result.seconds
+                        "job {job}: {} {what} in {:.1} s",
+                        done.stage.name(),
+                        result.seconds()
                     ));
                 }
             }
-            let _ = std::fs::remove_dir_all(worker::runs_dir(state, done.arch, result.stage));
+            let _ = std::fs::remove_dir_all(worker::runs_dir(state, done.arch, done.stage));
         }
         Outcome::Interrupted => {
             let how = if f.lapsed {

@@ -72,6 +72,10 @@ pub struct Row {
     pub score: Option<f64>,
     /// Per-task scores at that stage.
     pub per_task: BTreeMap<String, f64>,
+    /// At `scale`: the loss predicted at the preset's target compute
+    /// (`score` is `exp(−predicted_loss)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_loss: Option<f64>,
     /// Non-embedding parameters.
     pub params: u64,
     /// Recurrent state at the budget's context.
@@ -118,12 +122,18 @@ pub struct StatusReport {
     pub throughput_per_hour: Option<f64>,
     /// Budget use and forecast.
     pub budget: BudgetReport,
-    /// The best candidates: the `mad` board, then the `screen` board.
+    /// The best candidates: the `scale` board (by predicted loss), then
+    /// `mad`, then `screen`.
     pub leaderboard: Vec<Row>,
     /// Non-dominated candidates (score up, params down, state down) per stage.
     pub pareto: BTreeMap<StageName, Vec<Row>>,
     /// The paper's architectures, for reference.
     pub baselines: Vec<Row>,
+    /// Spearman's ρ between consecutive stages (screen → mad, mad →
+    /// scale's predicted likelihood): the paper's claim that cheap
+    /// synthetic scores predict scaling, re-tested on this search.
+    #[serde(default)]
+    pub correlations: Vec<Correlation>,
 }
 
 fn row(c: &Candidate, rank: usize, stage: Option<StageName>) -> Row {
@@ -143,10 +153,50 @@ fn row(c: &Candidate, rank: usize, stage: Option<StageName>) -> Row {
                     .collect()
             })
             .unwrap_or_default(),
+        predicted_loss: summary.and_then(|s| s.predicted_loss),
         params: c.params,
         state: c.state,
         baseline: c.baseline.clone(),
     }
+}
+
+/// Spearman's rank correlation between two stages' scores over the
+/// candidates finished at both.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Correlation {
+    /// The cheaper stage.
+    pub from: StageName,
+    /// The stage it should predict.
+    pub to: StageName,
+    /// ρ (`None` with fewer than three candidates or a constant side).
+    pub rho: Option<f64>,
+    /// Candidates it rests on.
+    pub candidates: usize,
+}
+
+/// The correlation of each stage with the next, over the later stage's
+/// board (the smaller one).
+fn correlations(store: &Store) -> Result<Vec<Correlation>, StoreError> {
+    let mut out = Vec::new();
+    for pair in StageName::ALL.windows(2) {
+        let (from, to) = (pair[0], pair[1]);
+        let n = store.board_len(to);
+        if n == 0 {
+            continue;
+        }
+        let pairs: Vec<(f64, f64)> = store
+            .top(to, n)?
+            .iter()
+            .filter_map(|c| Some((c.stages.get(&from)?.score, c.stages.get(&to)?.score)))
+            .collect();
+        out.push(Correlation {
+            from,
+            to,
+            rho: crate::scale::fit::spearman(&pairs),
+            candidates: pairs.len(),
+        });
+    }
+    Ok(out)
 }
 
 /// The status of the search in `store`.
@@ -248,6 +298,7 @@ pub fn status(store: &Store, live: Option<Live>, top: usize) -> Result<StatusRep
         leaderboard,
         pareto,
         baselines,
+        correlations: correlations(store)?,
     })
 }
 

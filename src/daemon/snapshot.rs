@@ -142,6 +142,7 @@ mod tests {
             space_text: String::new(),
             preset: "tiny".into(),
             budget: SearchBudget::default(),
+            corpus: None,
         };
         let s = Store::create_or_open(dir, &record).unwrap();
         for (i, layers) in LAYERS.iter().enumerate() {
@@ -169,6 +170,7 @@ mod tests {
                     per_task: Default::default(),
                     seconds: 1.0,
                     finished: 0.0,
+                    predicted_loss: None,
                 };
                 assert!(s.finish(job, leased.attempt, &summary, &"r").unwrap());
             };

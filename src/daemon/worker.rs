@@ -12,8 +12,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::Shared;
 use crate::genome::{ArchId, ArchSpec};
-use crate::layers::device::DeviceSpec;
+use crate::layers::device::{DeviceSpec, on_device};
+use crate::scale::corpus::Corpus;
 use crate::space::{Preset, StageName};
+use crate::stages::scale::{ScaleControl, ScaleProgress, ScaleResult};
 use crate::stages::{StageControl, StageProgress, StageResult, evaluate};
 use crate::store::{Job, JobId};
 use crate::train::TrainError;
@@ -30,6 +32,7 @@ pub const NAN_HOOK_ENV: &str = "MAD_SEARCH_TEST_NAN_LAYERS";
 pub(crate) struct WorkerConfig {
     pub state: PathBuf,
     pub preset: Preset,
+    pub corpus: Arc<Corpus>,
     pub seed: u64,
     pub threads: usize,
     pub device: DeviceSpec,
@@ -44,9 +47,35 @@ pub(crate) struct WorkItem {
     pub stop: Arc<AtomicBool>,
 }
 
+/// A finished evaluation.
+pub(crate) enum Evaluation {
+    /// `screen` or `mad`.
+    Tasks(StageResult),
+    /// `scale`.
+    Scale(ScaleResult),
+}
+
+impl Evaluation {
+    /// The stage's score.
+    pub fn score(&self) -> f64 {
+        match self {
+            Evaluation::Tasks(r) => r.score,
+            Evaluation::Scale(r) => r.score,
+        }
+    }
+
+    /// Wall time, seconds.
+    pub fn seconds(&self) -> f64 {
+        match self {
+            Evaluation::Tasks(r) => r.seconds,
+            Evaluation::Scale(r) => r.seconds,
+        }
+    }
+}
+
 /// How a job ended.
 pub(crate) enum Outcome {
-    Finished(Box<StageResult>),
+    Finished(Box<Evaluation>),
     Interrupted,
     Failed { reason: String, retry: bool },
 }
@@ -55,6 +84,7 @@ pub(crate) enum Outcome {
 pub(crate) struct Done {
     pub job: JobId,
     pub arch: ArchId,
+    pub stage: StageName,
     pub worker: usize,
     pub outcome: Outcome,
 }
@@ -88,6 +118,7 @@ pub(crate) fn work(
         let done = Done {
             job: item.job.id,
             arch: item.job.arch,
+            stage: item.job.stage,
             worker: item.worker,
             outcome,
         };
@@ -99,31 +130,9 @@ pub(crate) fn work(
 
 fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
     let job = &item.job;
-    let mut settings = cfg.preset.stage(job.stage).clone();
-    if std::env::var(NAN_HOOK_ENV).is_ok_and(|v| v == item.genome.layers_string()) {
-        settings.lr = vec![f64::INFINITY];
-    }
     let dir = runs_dir(&cfg.state, job.arch, job.stage);
     let seed = crate::seed::derive(cfg.seed, &[&job.arch.to_string(), job.stage.name()]);
-    let ctl = StageControl {
-        dir: Some(&dir),
-        checkpoint_every: cfg.checkpoint_every,
-        stop: Some(&item.stop),
-        parallel: 1,
-        threads: None,
-        data: None,
-    };
-    let progress = |p: &StageProgress<'_>| {
-        let line = format!(
-            "run {}/{} {} epoch {}/{} loss {:.4} valid {:.3}",
-            p.run.0,
-            p.run.1,
-            p.setting.task,
-            p.epoch.epoch,
-            p.epoch.max_epochs,
-            p.epoch.loss,
-            p.epoch.valid.macro_
-        );
+    let show = |line: String| {
         if let Some(r) = shared
             .running
             .lock()
@@ -133,34 +142,67 @@ fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
             r.progress = Some(line);
         }
     };
-    let run = || -> Result<StageResult, TrainError> {
+    let run = || -> Result<Evaluation, TrainError> {
         if std::env::var(PANIC_HOOK_ENV).is_ok_and(|v| v == item.genome.layers_string()) {
             panic!("test hook {PANIC_HOOK_ENV} matched this genome");
         }
-        match cfg.device {
-            DeviceSpec::Cpu => evaluate::<crate::layers::CpuAutodiff>(
-                &item.genome,
-                job.stage,
-                &settings,
-                seed,
-                &Default::default(),
-                ctl,
-                &progress,
-            ),
-            #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(i) => evaluate::<burn::backend::Autodiff<burn::backend::Cuda>>(
-                &item.genome,
-                job.stage,
-                &settings,
-                seed,
-                &burn::backend::cuda::CudaDevice::new(i),
-                ctl,
-                &progress,
-            ),
-            #[cfg(not(feature = "cuda"))]
-            DeviceSpec::Cuda(_) => Err(TrainError::Data(
-                "this mad-search was built without CUDA".into(),
-            )),
+        match cfg.preset.tasks(job.stage) {
+            Some(settings) => {
+                let mut settings = settings.clone();
+                if std::env::var(NAN_HOOK_ENV).is_ok_and(|v| v == item.genome.layers_string()) {
+                    settings.lr = vec![f64::INFINITY];
+                }
+                let ctl = StageControl {
+                    dir: Some(&dir),
+                    checkpoint_every: cfg.checkpoint_every,
+                    stop: Some(&item.stop),
+                    parallel: 1,
+                    threads: None,
+                    data: None,
+                };
+                let progress = |p: &StageProgress<'_>| {
+                    show(format!(
+                        "run {}/{} {} epoch {}/{} loss {:.4} valid {:.3}",
+                        p.run.0,
+                        p.run.1,
+                        p.setting.task,
+                        p.epoch.epoch,
+                        p.epoch.max_epochs,
+                        p.epoch.loss,
+                        p.epoch.valid.macro_
+                    ))
+                };
+                on_device!(cfg.device, B, device => evaluate::<B>(
+                    &item.genome, job.stage, &settings, seed, &device, ctl, &progress,
+                ))
+                .map(Evaluation::Tasks)
+            }
+            None => {
+                let ctl = ScaleControl {
+                    dir: Some(&dir),
+                    checkpoint_every: cfg.checkpoint_every,
+                    stop: Some(&item.stop),
+                    parallel: 1,
+                    threads: None,
+                };
+                let progress = |p: &ScaleProgress<'_>| {
+                    show(format!(
+                        "run {}/{} C={:e} d={}×{} step {}/{} loss {:.4}",
+                        p.run.0,
+                        p.run.1,
+                        p.planned.budget,
+                        p.planned.member.width,
+                        p.planned.member.repeats,
+                        p.step,
+                        p.planned.steps,
+                        p.loss
+                    ))
+                };
+                on_device!(cfg.device, B, device => crate::stages::scale::evaluate::<B>(
+                    &item.genome, &cfg.preset.scale, &cfg.corpus, seed, &device, ctl, &progress,
+                ))
+                .map(Evaluation::Scale)
+            }
         }
     };
     match catch_unwind(AssertUnwindSafe(run)) {

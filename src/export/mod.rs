@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod plot;
+
 use crate::daemon::report::CandidateReport;
+use crate::space::StageName;
+use crate::stages::scale::ScaleResult;
 
 /// Output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -138,10 +142,40 @@ fn card(r: &CandidateReport) -> String {
             );
         }
     }
+    if let Some(sr) = scale_result(r) {
+        let _ = writeln!(
+            s,
+            "\n### Scaling runs and fit (corpus {})\n\n```text\n{}```\n\n![loss against compute]({})",
+            sr.corpus,
+            sr.text(),
+            plot_file(r)
+        );
+    }
     for (stage, why) in &c.failed {
         let _ = writeln!(s, "\n## Stage `{}`: failed\n\n{why}", stage.name());
     }
     s
+}
+
+/// The candidate's `scale` result, if it finished that stage.
+pub fn scale_result(r: &CandidateReport) -> Option<ScaleResult> {
+    let summary = r.candidate.stages.get(&StageName::Scale)?;
+    serde_json::from_value(r.results.get(&summary.job)?.clone()).ok()
+}
+
+/// The file name of the candidate's scaling plot (beside its card).
+pub fn plot_file(r: &CandidateReport) -> String {
+    format!("{}.scaling.svg", r.candidate.id.short())
+}
+
+/// The scaling plot's SVG, if the candidate finished `scale`.
+pub fn scaling_plot(r: &CandidateReport) -> Option<String> {
+    let title = r
+        .candidate
+        .baseline
+        .clone()
+        .unwrap_or_else(|| r.layers.clone());
+    scale_result(r).map(|sr| plot::svg(&sr, &title))
 }
 
 /// Writes `r` as `<out>/<file>` and returns the path. Refuses a target that

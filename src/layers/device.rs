@@ -114,6 +114,32 @@ fn check_cuda(index: usize) -> Result<(), DeviceError> {
     }
 }
 
+/// Runs `$body` with `$b` bound to the Burn backend of `$device` and
+/// `$dev` to its device handle; without the `cuda` feature a CUDA device
+/// gives a [`crate::train::TrainError::Data`].
+macro_rules! on_device {
+    ($device:expr, $b:ident, $dev:ident => $body:expr) => {
+        match $device {
+            $crate::layers::device::DeviceSpec::Cpu => {
+                type $b = $crate::layers::CpuAutodiff;
+                let $dev = Default::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::layers::device::DeviceSpec::Cuda(i) => {
+                type $b = burn::backend::Autodiff<burn::backend::Cuda>;
+                let $dev = burn::backend::cuda::CudaDevice::new(i);
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            $crate::layers::device::DeviceSpec::Cuda(_) => Err($crate::train::TrainError::Data(
+                "this mad-search was built without CUDA".into(),
+            )),
+        }
+    };
+}
+pub(crate) use on_device;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,10 +19,10 @@
 //!   projection groups, the GLA gate rank, rotary dims);
 //! - widths are multiples of the genome's unit (the least common multiple of
 //!   16 and its head dimensions), and depth follows width: the members are
-//!   those whose width per pattern repeat, `d / r`, lies within a factor of
-//!   two of the genome's own width (a genome at width 128 grows to
-//!   `r ∈ {2..8}` at width 512), so models neither become a few very wide
-//!   layers nor many narrow ones.
+//!   those whose width per pattern repeat, `d / r`, lies between a quarter
+//!   and twice the genome's own width (a genome at width 128 spans widths
+//!   32 to 256 at `r = 1` and `r ∈ {2..8}` at width 512), so models neither
+//!   become a few very wide layers nor many narrow ones.
 //!
 //! Parameters (`N`, non-embedding, as in the scaling-law literature) and
 //! forward FLOPs per token come from the genome's accounting
@@ -141,7 +141,7 @@ pub fn family(spec: &ArchSpec, ctx: Context, max_width: usize, max_repeats: usiz
     for d in (u..=max_width).step_by(u) {
         for r in 1..=max_repeats {
             let per_repeat = d as f64 / r as f64;
-            if per_repeat < d0 / 2.0 || per_repeat > d0 * 2.0 {
+            if per_repeat < d0 / 4.0 || per_repeat > d0 * 2.0 {
                 continue;
             }
             let Ok(s) = scaled(spec, d, r) else { continue };
@@ -241,7 +241,7 @@ mod tests {
         }
         for m in &f {
             let ratio = m.width as f64 / m.repeats as f64 / 128.0;
-            assert!((0.5..=2.0).contains(&ratio), "{} × {}", m.width, m.repeats);
+            assert!((0.25..=2.0).contains(&ratio), "{} × {}", m.width, m.repeats);
             assert_eq!(m.spec.layers.len(), 4 * m.repeats);
             assert_eq!(m.params, m.spec.params(CTX).non_embedding());
         }

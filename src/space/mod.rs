@@ -172,17 +172,88 @@ pub enum StageName {
     Screen,
     /// The full MAD protocol.
     Mad,
+    /// Small language-model scaling runs and the scaling-law fit.
+    Scale,
 }
 
 impl StageName {
-    /// Both stages, cheapest first.
-    pub const ALL: &'static [StageName] = &[StageName::Screen, StageName::Mad];
+    /// Every stage, cheapest first (the promotion ladder).
+    pub const ALL: &'static [StageName] = &[StageName::Screen, StageName::Mad, StageName::Scale];
 
     /// The file name of this stage.
     pub fn name(self) -> &'static str {
         match self {
             StageName::Screen => "screen",
             StageName::Mad => "mad",
+            StageName::Scale => "scale",
+        }
+    }
+
+    /// The stage a candidate is promoted to from this one.
+    pub fn next(self) -> Option<StageName> {
+        match self {
+            StageName::Screen => Some(StageName::Mad),
+            StageName::Mad => Some(StageName::Scale),
+            StageName::Scale => None,
+        }
+    }
+}
+
+/// What the `scale` stage runs under a preset (mad-protocol §4.2, design
+/// §6): for every compute budget, `sizes_per_budget` members of the
+/// candidate's family (`scale::family`) spaced by `size_spread` around
+/// `N = √(C / (6·tokens_per_param))`, each trained on
+/// `D = C / (3 · forward FLOPs per token)` tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScaleSettings {
+    /// Training compute per run, FLOPs (at least three distinct).
+    pub budgets: Vec<f64>,
+    /// Model sizes per budget (at least three).
+    pub sizes_per_budget: usize,
+    /// Ratio of neighbouring sizes' parameter counts (> 1).
+    pub size_spread: f64,
+    /// Tokens per parameter at the centre size (Chinchilla's ≈ 20).
+    pub tokens_per_param: f64,
+    /// Context length.
+    pub seq_len: usize,
+    /// Windows per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate of the cosine.
+    pub min_lr: f64,
+    /// Warmup, as a share of each run's steps.
+    pub warmup: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// The compute at which candidates are ranked by predicted loss.
+    pub target_compute: f64,
+    /// Widest member.
+    pub max_width: usize,
+    /// Most pattern repeats.
+    pub max_repeats: usize,
+    /// Validation windows per run.
+    pub valid_windows: usize,
+}
+
+impl Default for ScaleSettings {
+    /// The `cpu` scale: tens of minutes per architecture on 2 cores.
+    fn default() -> ScaleSettings {
+        ScaleSettings {
+            budgets: vec![6e10, 2e11, 6e11],
+            sizes_per_budget: 3,
+            size_spread: 2.0,
+            tokens_per_param: 20.0,
+            seq_len: 128,
+            batch_size: 32,
+            lr: 3e-3,
+            min_lr: 3e-4,
+            warmup: 0.1,
+            weight_decay: 0.1,
+            target_compute: 1e13,
+            max_width: 512,
+            max_repeats: 8,
+            valid_windows: 256,
         }
     }
 }
@@ -194,14 +265,18 @@ pub struct Preset {
     pub screen: StageSettings,
     /// The MAD stage.
     pub mad: StageSettings,
+    /// The scale stage.
+    pub scale: ScaleSettings,
 }
 
 impl Preset {
-    /// The settings of `stage`.
-    pub fn stage(&self, stage: StageName) -> &StageSettings {
+    /// The synthetic-task settings of `stage` (`None` for `scale`, whose
+    /// settings are [`Preset::scale`]).
+    pub fn tasks(&self, stage: StageName) -> Option<&StageSettings> {
         match stage {
-            StageName::Screen => &self.screen,
-            StageName::Mad => &self.mad,
+            StageName::Screen => Some(&self.screen),
+            StageName::Mad => Some(&self.mad),
+            StageName::Scale => None,
         }
     }
 }

@@ -9,8 +9,8 @@ use toml::de::DeTable;
 use super::error::{Location, SpaceError};
 use super::toml_walk::{Doc, R, Table, Val};
 use super::{
-    Budget, Grid, ModelChoices, Preset, PrimitiveChoices, SearchSettings, SearchSpace, StageName,
-    StageSettings, Structure,
+    Budget, Grid, ModelChoices, Preset, PrimitiveChoices, ScaleSettings, SearchSettings,
+    SearchSpace, StageName, StageSettings, Structure,
 };
 use crate::genome::{Layer, Norm, ParamValue, Primitive, Role, Routing};
 use crate::tasks::TaskKind;
@@ -435,7 +435,7 @@ fn parse_presets(t: &Table<'_, '_>) -> R<BTreeMap<String, Preset>> {
             v: value,
         }
         .table()?;
-        pt.only(&["screen", "mad"])?;
+        pt.only(&["screen", "mad", "scale"])?;
         let stage = |name: StageName| -> R<StageSettings> {
             match pt.val(name.name()) {
                 Some(v) => parse_stage(&v.table()?, name),
@@ -447,6 +447,10 @@ fn parse_presets(t: &Table<'_, '_>) -> R<BTreeMap<String, Preset>> {
             Preset {
                 screen: stage(StageName::Screen)?,
                 mad: stage(StageName::Mad)?,
+                scale: match pt.val("scale") {
+                    Some(v) => parse_scale(&v.table()?)?,
+                    None => ScaleSettings::default(),
+                },
             },
         );
     }
@@ -548,6 +552,115 @@ fn parse_stage(t: &Table<'_, '_>, stage: StageName) -> R<StageSettings> {
     Ok(s)
 }
 
+fn parse_scale(t: &Table<'_, '_>) -> R<ScaleSettings> {
+    t.only(&[
+        "budgets",
+        "sizes_per_budget",
+        "size_spread",
+        "tokens_per_param",
+        "seq_len",
+        "batch_size",
+        "lr",
+        "min_lr",
+        "warmup",
+        "weight_decay",
+        "target_compute",
+        "max_width",
+        "max_repeats",
+        "valid_windows",
+    ])?;
+    let base = ScaleSettings::default();
+    let positive = |v: &Val<'_, '_>| -> R<f64> {
+        let x = v.number()?;
+        if x <= 0.0 {
+            return Err(v.error(format!("expected a positive number, found {x}")));
+        }
+        Ok(x)
+    };
+    let share = |v: &Val<'_, '_>| -> R<f64> {
+        let x = v.number()?;
+        if !(0.0..1.0).contains(&x) {
+            return Err(v.error(format!("expected a value in [0, 1), found {x}")));
+        }
+        Ok(x)
+    };
+    let s = ScaleSettings {
+        budgets: t
+            .get("budgets", |v| {
+                let b = v.list(positive)?;
+                let mut distinct = b.clone();
+                distinct.sort_by(f64::total_cmp);
+                distinct.dedup();
+                if distinct.len() < 3 {
+                    return Err(v.error(format!(
+                        "expected at least three distinct compute budgets (FLOPs), found {}",
+                        distinct.len()
+                    )));
+                }
+                Ok(b)
+            })?
+            .unwrap_or(base.budgets),
+        sizes_per_budget: t
+            .get("sizes_per_budget", |v| {
+                let n = v.positive()?;
+                if n < 3 {
+                    return Err(v.error(format!(
+                        "expected at least 3 sizes per budget (a parabola needs three), found {n}"
+                    )));
+                }
+                Ok(n)
+            })?
+            .unwrap_or(base.sizes_per_budget),
+        size_spread: t
+            .get("size_spread", |v| {
+                let x = v.number()?;
+                if x <= 1.0 {
+                    return Err(v.error(format!("expected a ratio above 1, found {x}")));
+                }
+                Ok(x)
+            })?
+            .unwrap_or(base.size_spread),
+        tokens_per_param: t
+            .get("tokens_per_param", positive)?
+            .unwrap_or(base.tokens_per_param),
+        seq_len: t.get("seq_len", |v| v.positive())?.unwrap_or(base.seq_len),
+        batch_size: t
+            .get("batch_size", |v| v.positive())?
+            .unwrap_or(base.batch_size),
+        lr: t.get("lr", positive)?.unwrap_or(base.lr),
+        min_lr: t
+            .get("min_lr", |v| {
+                let x = v.number()?;
+                if x < 0.0 {
+                    return Err(v.error(format!("expected a non-negative number, found {x}")));
+                }
+                Ok(x)
+            })?
+            .unwrap_or(base.min_lr),
+        warmup: t.get("warmup", share)?.unwrap_or(base.warmup),
+        weight_decay: t.get("weight_decay", share)?.unwrap_or(base.weight_decay),
+        target_compute: t
+            .get("target_compute", positive)?
+            .unwrap_or(base.target_compute),
+        max_width: t
+            .get("max_width", |v| v.positive())?
+            .unwrap_or(base.max_width),
+        max_repeats: t
+            .get("max_repeats", |v| v.positive())?
+            .unwrap_or(base.max_repeats),
+        valid_windows: t
+            .get("valid_windows", |v| v.positive())?
+            .unwrap_or(base.valid_windows),
+    };
+    if s.min_lr > s.lr {
+        return Err(t.error(format!(
+            "min_lr ({}) exceeds lr ({}); the cosine decays from lr to min_lr",
+            s.min_lr, s.lr
+        )));
+    }
+    Ok(s)
+}
+
 /// Cross-section checks: the primitives and depths can form a model.
 fn check_composable(space: &SearchSpace, top: &Table<'_, '_>, prims: &Table<'_, '_>) -> R<()> {
     let has = |role| space.primitives.keys().any(|p| p.role() == role);
@@ -590,6 +703,30 @@ mod tests {
     const MINIMAL: &str = "[space]\nname = \"t\"\n[model]\nd_model = [128]\nlayers = [4]\n\
         [budget]\nmax_params = 1_000_000\nmax_state = 8192\n\
         [primitives.mh-hyena]\n[primitives.swiglu]\n";
+
+    #[test]
+    fn scale_settings_parse_and_bad_ones_are_named() {
+        let s = SearchSpace::embedded_default();
+        let tiny = &s.presets["tiny"].scale;
+        assert_eq!(tiny.budgets, vec![2e9, 4e9, 8e9]);
+        assert_eq!((tiny.seq_len, tiny.batch_size), (32, 8));
+        assert_eq!(s.presets["cpu"].scale.target_compute, 1e13);
+        assert_eq!(s.presets["paper"].scale, ScaleSettings::default());
+        let base = crate::space::DEFAULT_SPACE;
+        for (bad, says) in [
+            ("budgets = [1e9, 1e9, 2e9]", "three distinct"),
+            ("sizes_per_budget = 2", "at least 3 sizes"),
+            ("size_spread = 1.0", "above 1"),
+            ("lr = 1e-4\nmin_lr = 1e-3", "exceeds lr"),
+            ("warmup = 1.5", "[0, 1)"),
+            ("epochs = 3", "epochs"),
+        ] {
+            let text = format!("{base}\n[presets.extra.scale]\n{bad}\n");
+            let e = SearchSpace::parse(std::path::Path::new("x.toml"), &text).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(says) && msg.contains("x.toml"), "{bad}: {msg}");
+        }
+    }
 
     #[test]
     fn default_space_parses_with_its_presets() {

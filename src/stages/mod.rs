@@ -5,6 +5,8 @@
 //! task the mean over its settings, overall the mean of the tasks. Scores
 //! are macro accuracies (the reference's metric); micro is kept alongside.
 
+pub mod scale;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -149,9 +151,39 @@ impl Default for StageControl<'_> {
 
 /// A finished run as stored in the stage directory.
 #[derive(Serialize, Deserialize)]
-struct DoneRun {
+struct DoneRun<T> {
     fingerprint: String,
-    run: SweepRun,
+    run: T,
+}
+
+/// The finished run at `path`, if it is there and of the run `print`.
+pub(crate) fn read_done<T: serde::de::DeserializeOwned>(path: &Path, print: &str) -> Option<T> {
+    let text = std::fs::read(path).ok()?;
+    let done: DoneRun<T> = serde_json::from_slice(&text).ok()?;
+    (done.fingerprint == print).then_some(done.run)
+}
+
+/// Records a finished run at `path`, then removes its checkpoint `ckpt`.
+///
+/// # Errors
+/// The file cannot be written.
+pub(crate) fn write_done<T: Serialize>(
+    path: &Path,
+    ckpt: &Path,
+    print: String,
+    run: &T,
+) -> Result<(), TrainError> {
+    let bytes = serde_json::to_vec_pretty(&DoneRun {
+        fingerprint: print,
+        run,
+    })
+    .expect("results serialise");
+    write_atomic(path, &bytes).map_err(|source| CheckpointError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    remove_with_leftovers(ckpt);
+    Ok(())
 }
 
 /// The file stem of one run in a stage directory.
@@ -263,105 +295,27 @@ fn run_config(settings: &StageSettings, lr: f64, wd: f64, seed: u64) -> RunConfi
     }
 }
 
-/// Runs `stage` on `spec`.
+/// Runs `one(0..total)`, `parallel` at a time (each in its own pool of
+/// `threads`), and returns the results in index order. The first error
+/// stops the others from starting; an interruption wins over success.
 ///
 /// # Errors
-/// The genome's validation error (before any compute), a checkpoint or
-/// result file that cannot be written, or an interruption.
-///
-/// # Panics
-/// When a run panics (propagated once all runs have stopped).
-pub fn evaluate<B: AutodiffBackend>(
-    spec: &ArchSpec,
-    stage: StageName,
-    settings: &StageSettings,
-    seed: u64,
-    device: &B::Device,
-    ctl: StageControl<'_>,
-    progress: &(dyn Fn(&StageProgress<'_>) + Sync),
-) -> Result<StageResult, TrainError> {
-    spec.validate_layers()?;
-    let start = Instant::now();
-    let task_settings = stage_settings(settings);
-    let sweep: Vec<(f64, f64)> = settings
-        .lr
-        .iter()
-        .flat_map(|&lr| settings.weight_decay.iter().map(move |&wd| (lr, wd)))
-        .collect();
-    let jobs: Vec<(usize, f64, f64)> = (0..task_settings.len())
-        .flat_map(|i| sweep.iter().map(move |&(lr, wd)| (i, lr, wd)))
-        .collect();
-    let total = jobs.len();
-    let one = |index: usize| -> Result<SweepRun, TrainError> {
-        let (i, lr, wd) = jobs[index];
-        let setting = &task_settings[i];
-        let cfg = run_config(settings, lr, wd, seed);
-        let print = crate::train::run::fingerprint(spec, setting, &cfg);
-        let key = run_key(setting, lr, wd);
-        let done_path = ctl.dir.map(|d| d.join(format!("{key}.done.json")));
-        if let Some(path) = &done_path
-            && let Ok(text) = std::fs::read(path)
-            && let Ok(done) = serde_json::from_slice::<DoneRun>(&text)
-            && done.fingerprint == print
-        {
-            return Ok(done.run);
-        }
-        let ckpt = ctl.dir.map(|d| d.join(format!("{key}.ckpt")));
-        let run_ctl = RunControl {
-            checkpoint: ckpt.as_deref().map(|p| (p, ctl.checkpoint_every)),
-            stop: ctl.stop,
-        };
-        let splits = match ctl.data {
-            Some(root) => load_splits(setting, root)?,
-            None => setting
-                .generate()
-                .expect("stage settings satisfy the tasks' constraints"),
-        };
-        let result = run::<B>(
-            spec,
-            setting,
-            &splits,
-            &cfg,
-            device,
-            run_ctl,
-            &mut |epoch| {
-                progress(&StageProgress {
-                    setting,
-                    lr,
-                    weight_decay: wd,
-                    run: (index + 1, total),
-                    epoch,
-                })
-            },
-        )?;
-        let done = SweepRun {
-            lr,
-            weight_decay: wd,
-            result,
-        };
-        if let (Some(path), Some(ckpt)) = (&done_path, &ckpt) {
-            let bytes = serde_json::to_vec_pretty(&DoneRun {
-                fingerprint: print,
-                run: done.clone(),
-            })
-            .expect("results serialise");
-            write_atomic(path, &bytes).map_err(|source| CheckpointError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            remove_with_leftovers(ckpt);
-        }
-        Ok(done)
-    };
-    let slots: Vec<Mutex<Option<Result<SweepRun, TrainError>>>> =
+/// The first error of a run, or [`TrainError::Interrupted`].
+pub(crate) fn side_by_side<T: Send>(
+    total: usize,
+    parallel: usize,
+    threads: Option<usize>,
+    one: impl Fn(usize) -> Result<T, TrainError> + Sync,
+) -> Result<Vec<T>, TrainError> {
+    let slots: Vec<Mutex<Option<Result<T, TrainError>>>> =
         (0..total).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let parallel = ctl.parallel.clamp(1, total.max(1));
+    let parallel = parallel.clamp(1, total.max(1));
     let worker = || {
-        let pool = (parallel > 1 || ctl.threads.is_some()).then(|| {
+        let pool = (parallel > 1 || threads.is_some()).then(|| {
             rayon::ThreadPoolBuilder::new()
-                .num_threads(ctl.threads.unwrap_or(1))
+                .num_threads(threads.unwrap_or(1))
                 .build()
                 .expect("a thread pool")
         });
@@ -407,6 +361,87 @@ pub fn evaluate<B: AutodiffBackend>(
     if runs.len() < total {
         return Err(TrainError::Interrupted { steps: 0 });
     }
+    Ok(runs)
+}
+
+/// Runs `stage` on `spec`.
+///
+/// # Errors
+/// The genome's validation error (before any compute), a checkpoint or
+/// result file that cannot be written, or an interruption.
+///
+/// # Panics
+/// When a run panics (propagated once all runs have stopped).
+pub fn evaluate<B: AutodiffBackend>(
+    spec: &ArchSpec,
+    stage: StageName,
+    settings: &StageSettings,
+    seed: u64,
+    device: &B::Device,
+    ctl: StageControl<'_>,
+    progress: &(dyn Fn(&StageProgress<'_>) + Sync),
+) -> Result<StageResult, TrainError> {
+    spec.validate_layers()?;
+    let start = Instant::now();
+    let task_settings = stage_settings(settings);
+    let sweep: Vec<(f64, f64)> = settings
+        .lr
+        .iter()
+        .flat_map(|&lr| settings.weight_decay.iter().map(move |&wd| (lr, wd)))
+        .collect();
+    let jobs: Vec<(usize, f64, f64)> = (0..task_settings.len())
+        .flat_map(|i| sweep.iter().map(move |&(lr, wd)| (i, lr, wd)))
+        .collect();
+    let total = jobs.len();
+    let one = |index: usize| -> Result<SweepRun, TrainError> {
+        let (i, lr, wd) = jobs[index];
+        let setting = &task_settings[i];
+        let cfg = run_config(settings, lr, wd, seed);
+        let print = crate::train::run::fingerprint(spec, setting, &cfg);
+        let key = run_key(setting, lr, wd);
+        let done_path = ctl.dir.map(|d| d.join(format!("{key}.done.json")));
+        if let Some(done) = done_path.as_deref().and_then(|p| read_done(p, &print)) {
+            return Ok(done);
+        }
+        let ckpt = ctl.dir.map(|d| d.join(format!("{key}.ckpt")));
+        let run_ctl = RunControl {
+            checkpoint: ckpt.as_deref().map(|p| (p, ctl.checkpoint_every)),
+            stop: ctl.stop,
+        };
+        let splits = match ctl.data {
+            Some(root) => load_splits(setting, root)?,
+            None => setting
+                .generate()
+                .expect("stage settings satisfy the tasks' constraints"),
+        };
+        let result = run::<B>(
+            spec,
+            setting,
+            &splits,
+            &cfg,
+            device,
+            run_ctl,
+            &mut |epoch| {
+                progress(&StageProgress {
+                    setting,
+                    lr,
+                    weight_decay: wd,
+                    run: (index + 1, total),
+                    epoch,
+                })
+            },
+        )?;
+        let done = SweepRun {
+            lr,
+            weight_decay: wd,
+            result,
+        };
+        if let (Some(path), Some(ckpt)) = (&done_path, &ckpt) {
+            write_done(path, ckpt, print, &done)?;
+        }
+        Ok(done)
+    };
+    let runs = side_by_side(total, ctl.parallel, ctl.threads, one)?;
     let mut per_setting = Vec::with_capacity(task_settings.len());
     let mut runs = runs.into_iter();
     for setting in task_settings {

@@ -37,6 +37,10 @@ pub struct SearchRecord {
     pub preset: String,
     /// Limits on the search as a whole.
     pub budget: SearchBudget,
+    /// The `scale` stage's corpus (an absolute path; `None`: the embedded
+    /// default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus: Option<String>,
 }
 
 /// When the search stops proposing work.
@@ -61,6 +65,10 @@ pub struct StageSummary {
     pub seconds: f64,
     /// When it finished, Unix seconds.
     pub finished: f64,
+    /// `scale` only: the loss the fitted law predicts at the preset's target
+    /// compute, nats per token (`score` is `exp(−predicted_loss)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_loss: Option<f64>,
 }
 
 /// One architecture in the population.

@@ -12,6 +12,7 @@ fn record() -> SearchRecord {
         space_text: String::new(),
         preset: "tiny".into(),
         budget: SearchBudget::default(),
+        corpus: None,
     }
 }
 
@@ -41,6 +42,7 @@ fn summary(job: JobId, score: f64) -> StageSummary {
         per_task: Default::default(),
         seconds: 1.0,
         finished: 0.0,
+        predicted_loss: None,
     }
 }
 

@@ -207,6 +207,10 @@ pub enum TrainError {
     /// Data files that cannot be read or do not fit the setting.
     #[error("{0}")]
     Data(String),
+    /// The scaling runs finished but the scaling law cannot be fitted
+    /// (diverged runs, no curvature): deterministic, not worth a retry.
+    #[error("{0}")]
+    Fit(String),
     /// The stop flag was raised; the run can be resumed from its checkpoint.
     #[error("interrupted after {steps} steps")]
     Interrupted {
@@ -226,11 +230,14 @@ pub fn fingerprint(spec: &ArchSpec, setting: &TaskSetting, cfg: &RunConfig) -> S
 
 type Mpk = NamedMpkBytesRecorder<FullPrecisionSettings>;
 
-fn save<B: Backend, R: Record<B>>(record: R) -> Vec<u8> {
+pub(crate) fn save<B: Backend, R: Record<B>>(record: R) -> Vec<u8> {
     Recorder::<B>::record(&Mpk::new(), record, ()).expect("records serialise to memory")
 }
 
-fn load<B: Backend, R: Record<B>>(bytes: &[u8], device: &B::Device) -> Result<R, String> {
+pub(crate) fn load<B: Backend, R: Record<B>>(
+    bytes: &[u8],
+    device: &B::Device,
+) -> Result<R, String> {
     Recorder::<B>::load(&Mpk::new(), bytes.to_vec(), device).map_err(|e| e.to_string())
 }
 

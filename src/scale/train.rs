@@ -1,0 +1,400 @@
+//! One scaling run: causal language modelling of one family member on the
+//! corpus for a fixed number of steps (its token budget), AdamW with linear
+//! warmup then cosine decay, checkpoints that let a killed run resume
+//! bit-identically, and the validation loss at the end (bits per byte for
+//! text corpora).
+//!
+//! Batches are `batch` windows of `seq_len + 1` tokens drawn at offsets
+//! derived from (seed, step), so a resumed run sees the batches the
+//! uninterrupted one would.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use super::corpus::Corpus;
+use crate::genome::{ArchSpec, Backbone, Context};
+use crate::layers::Model;
+use crate::train::checkpoint::{Checkpoint, Progress};
+use crate::train::run::{RunControl, TrainError, load, save};
+
+/// Optimiser, schedule and size of one scaling run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LmConfig {
+    /// Context length.
+    pub seq_len: usize,
+    /// Windows per step.
+    pub batch_size: usize,
+    /// Optimiser steps (the token budget is `steps · batch_size · seq_len`).
+    pub steps: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate.
+    pub min_lr: f64,
+    /// Warmup steps (linear from 0).
+    pub warmup: usize,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// AdamW betas.
+    pub betas: [f64; 2],
+    /// Seed of weights and batches.
+    pub seed: u64,
+    /// Validation windows at the end (all of the held-out tail at most).
+    pub valid_windows: usize,
+}
+
+/// The learning rate at `step` (0-based): linear warmup to `lr`, then a
+/// cosine to `min_lr` at the last step.
+pub fn lm_lr(cfg: &LmConfig, step: usize) -> f64 {
+    if step < cfg.warmup {
+        return cfg.lr * (step + 1) as f64 / cfg.warmup as f64;
+    }
+    let span = cfg.steps.saturating_sub(cfg.warmup).max(1) as f64;
+    let t = ((step - cfg.warmup) as f64 / span).min(1.0);
+    cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
+/// What one scaling run measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LmResult {
+    /// Steps taken.
+    pub steps: usize,
+    /// Training tokens seen.
+    pub tokens: u64,
+    /// Mean training loss over the last tenth of the steps (nats/token).
+    pub train_loss: f64,
+    /// Validation loss at the end (nats/token).
+    pub valid_loss: f64,
+    /// `valid_loss / ln 2` for byte-level corpora.
+    pub bits_per_byte: Option<f64>,
+    /// The step at which the loss became NaN or infinite, if it did.
+    pub diverged_at: Option<usize>,
+    /// Wall time, seconds (over all resumptions).
+    pub seconds: f64,
+}
+
+/// The identity of a scaling run (a checkpoint of another is never resumed).
+pub fn fingerprint(spec: &ArchSpec, corpus: &Corpus, cfg: &LmConfig) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mad-search/lm-run/1");
+    h.update(spec.canonical().as_bytes());
+    h.update(corpus.name().as_bytes());
+    h.update(&(corpus.train().len() as u64).to_le_bytes());
+    h.update(
+        serde_json::to_string(cfg)
+            .expect("config serialises")
+            .as_bytes(),
+    );
+    h.finalize().to_hex()[..32].to_string()
+}
+
+/// `(inputs [batch, seq], targets [batch·seq])` from windows of `seq + 1`.
+fn split<B: Backend>(
+    windows: &[u16],
+    seq: usize,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>) {
+    let n = windows.len() / (seq + 1);
+    let mut x = Vec::with_capacity(n * seq);
+    let mut y = Vec::with_capacity(n * seq);
+    for w in windows.chunks_exact(seq + 1) {
+        x.extend(w[..seq].iter().map(|&t| i64::from(t)));
+        y.extend(w[1..].iter().map(|&t| i64::from(t)));
+    }
+    (
+        Tensor::from_data(TensorData::new(x, [n, seq]), device),
+        Tensor::from_data(TensorData::new(y, [n * seq]), device),
+    )
+}
+
+/// Mean next-token cross-entropy, nats.
+///
+/// # Shapes
+/// - logits: `[n, vocab]`; targets: `[n]` → `[1]`
+fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    let [n, _] = logits.dims();
+    -log_softmax(logits, 1)
+        .gather(1, targets.reshape([n, 1]))
+        .mean()
+}
+
+/// Validation loss of `model` over the corpus's held-out windows.
+pub fn valid_loss<B: Backend>(
+    model: &Model<B>,
+    corpus: &Corpus,
+    cfg: &LmConfig,
+    device: &B::Device,
+) -> f64 {
+    let windows = corpus.valid_windows(cfg.seq_len, cfg.valid_windows.max(1));
+    let span = cfg.seq_len + 1;
+    let (mut sum, mut count) = (0.0, 0usize);
+    for chunk in windows.chunks(span * cfg.batch_size.max(1)) {
+        let (x, y) = split::<B>(chunk, cfg.seq_len, device);
+        let n = y.dims()[0];
+        let logits = model.forward(x).reshape([n, corpus.vocab()]);
+        let loss: f64 = cross_entropy(logits, y).into_scalar().elem();
+        sum += loss * n as f64;
+        count += n;
+    }
+    sum / count.max(1) as f64
+}
+
+/// Trains `spec` (a language model) on `corpus`.
+///
+/// # Errors
+/// The genome cannot be built, the corpus is too small for the run, a
+/// checkpoint cannot be written, or `ctl.stop` was raised (the run then
+/// checkpoints first and resumes later).
+pub fn run<B: AutodiffBackend>(
+    spec: &ArchSpec,
+    corpus: &Corpus,
+    cfg: &LmConfig,
+    device: &B::Device,
+    ctl: RunControl<'_>,
+    report: &mut dyn FnMut(usize, f64),
+) -> Result<LmResult, TrainError> {
+    let start = Instant::now();
+    let tokens = cfg.steps * cfg.batch_size * cfg.seq_len;
+    corpus
+        .check(
+            tokens,
+            cfg.seq_len,
+            &format!(
+                "{} steps of {} × {}",
+                cfg.steps, cfg.batch_size, cfg.seq_len
+            ),
+        )
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let spec = ArchSpec {
+        backbone: Backbone::LanguageModel,
+        ..spec.clone()
+    };
+    let ctx = Context {
+        vocab: corpus.vocab(),
+        seq_len: cfg.seq_len,
+    };
+    let mut model = Model::<B>::new(
+        &spec,
+        ctx,
+        crate::seed::derive(cfg.seed, &["lm-weights"]),
+        device,
+    )?;
+    let new_optim = || {
+        AdamWConfig::new()
+            .with_beta_1(cfg.betas[0] as f32)
+            .with_beta_2(cfg.betas[1] as f32)
+            .with_epsilon(1e-8)
+            .with_weight_decay(cfg.weight_decay as f32)
+            .init::<B, Model<B>>()
+    };
+    let mut optim = new_optim();
+    let print = fingerprint(&spec, corpus, cfg);
+    let mut at = Progress {
+        fingerprint: print.clone(),
+        epoch: 0,
+        batch: 0,
+        steps: 0,
+        loss_sum: 0.0,
+        last_loss: None,
+        best: None,
+        seconds: 0.0,
+    };
+    if let Some((path, _)) = ctl.checkpoint
+        && let Ok(Some(c)) = Checkpoint::read(path)
+        && c.progress.fingerprint == print
+        && let (Ok(m), Ok(o)) = (
+            load::<B, _>(&c.model, device),
+            load::<B, _>(&c.optim, device),
+        )
+    {
+        model = model.load_record(m);
+        optim = optim.load_record(o);
+        at = c.progress;
+    }
+    let spent_before = at.seconds;
+    let checkpoint = |at: &Progress, model: &Model<B>, optim: &_| -> Result<(), TrainError> {
+        let Some((path, _)) = ctl.checkpoint else {
+            return Ok(());
+        };
+        let mut progress = at.clone();
+        progress.seconds = spent_before + start.elapsed().as_secs_f64();
+        Checkpoint {
+            progress,
+            model: save::<B, _>(model.clone().into_record()),
+            optim: save::<B, _>(Optimizer::<Model<B>, B>::to_record(optim)),
+            best: None,
+        }
+        .write(path)?;
+        Ok(())
+    };
+    let every = ctl.checkpoint.map_or(usize::MAX, |(_, n)| n.max(1));
+    // The training loss is averaged over the last tenth of the steps.
+    let tail_from = cfg.steps - cfg.steps.div_ceil(10);
+    let mut diverged_at = None;
+    while at.steps < cfg.steps {
+        let step = at.steps;
+        let mut rng = crate::seed::rng(cfg.seed, &["lm-batch", &step.to_string()]);
+        let windows = corpus.train_batch(&mut rng, cfg.batch_size, cfg.seq_len);
+        let (x, y) = split::<B>(&windows, cfg.seq_len, device);
+        let n = cfg.batch_size * cfg.seq_len;
+        let logits = model.forward(x).reshape([n, corpus.vocab()]);
+        let loss = cross_entropy(logits, y);
+        let value: f64 = loss.clone().into_scalar().elem();
+        if !value.is_finite() {
+            diverged_at = Some(step);
+            break;
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(lm_lr(cfg, step), model, grads);
+        at.steps += 1;
+        if step >= tail_from {
+            at.loss_sum += value;
+            at.batch += 1;
+        }
+        report(at.steps, value);
+        if ctl.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            checkpoint(&at, &model, &optim)?;
+            return Err(TrainError::Interrupted { steps: at.steps });
+        }
+        if at.steps.is_multiple_of(every) && at.steps < cfg.steps {
+            checkpoint(&at, &model, &optim)?;
+        }
+    }
+    let valid = match diverged_at {
+        Some(_) => f64::NAN,
+        None => valid_loss(&model.valid(), corpus, cfg, device),
+    };
+    Ok(LmResult {
+        steps: at.steps,
+        tokens: (at.steps * cfg.batch_size * cfg.seq_len) as u64,
+        train_loss: at.loss_sum / at.batch.max(1) as f64,
+        valid_loss: valid,
+        bits_per_byte: corpus.is_bytes().then(|| valid / std::f64::consts::LN_2),
+        diverged_at,
+        seconds: spent_before + start.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::CpuAutodiff;
+    use std::sync::atomic::AtomicBool;
+
+    fn cfg(steps: usize) -> LmConfig {
+        LmConfig {
+            seq_len: 32,
+            batch_size: 8,
+            steps,
+            lr: 3e-3,
+            min_lr: 3e-4,
+            warmup: 4,
+            weight_decay: 0.0,
+            betas: [0.9, 0.98],
+            seed: 5,
+            valid_windows: 16,
+        }
+    }
+
+    #[test]
+    fn warmup_then_cosine() {
+        let c = cfg(100);
+        assert!((lm_lr(&c, 0) - 3e-3 / 4.0).abs() < 1e-15);
+        assert!((lm_lr(&c, 3) - 3e-3).abs() < 1e-15);
+        assert!((lm_lr(&c, 4) - 3e-3).abs() < 1e-15);
+        assert!((lm_lr(&c, 100) - 3e-4).abs() < 1e-15);
+        for s in 4..99 {
+            assert!(lm_lr(&c, s + 1) <= lm_lr(&c, s));
+        }
+    }
+
+    #[test]
+    fn a_small_model_learns_the_corpus_and_resumes_exactly() {
+        let spec = ArchSpec::from_layers_str("hyena swiglu")
+            .map(|s| crate::scale::family::scaled(&s, 32, 1).unwrap())
+            .unwrap();
+        let corpus = Corpus::embedded();
+        let device = Default::default();
+        let c = cfg(40);
+        let whole = run::<CpuAutodiff>(
+            &spec,
+            &corpus,
+            &c,
+            &device,
+            RunControl::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        // Uniform over bytes is ln 256 = 5.55 nats; unigram English ≈ 3.
+        assert!(whole.valid_loss < 4.0, "{whole:?}");
+        assert_eq!(whole.tokens, 40 * 8 * 32);
+        assert!(whole.bits_per_byte.is_some());
+        // Stop after 13 steps, resume, and end where the whole run ended.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lm.ckpt");
+        let stop = AtomicBool::new(false);
+        let mut seen = 0;
+        let r = run::<CpuAutodiff>(
+            &spec,
+            &corpus,
+            &c,
+            &device,
+            RunControl {
+                checkpoint: Some((&path, 5)),
+                stop: Some(&stop),
+            },
+            &mut |step, _| {
+                seen = step;
+                if step == 13 {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            },
+        );
+        assert!(
+            matches!(r, Err(TrainError::Interrupted { steps: 13 })),
+            "{r:?}"
+        );
+        assert_eq!(seen, 13);
+        stop.store(false, Ordering::Relaxed);
+        let resumed = run::<CpuAutodiff>(
+            &spec,
+            &corpus,
+            &c,
+            &device,
+            RunControl {
+                checkpoint: Some((&path, 5)),
+                stop: Some(&stop),
+            },
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(resumed.valid_loss.to_bits(), whole.valid_loss.to_bits());
+        assert_eq!(resumed.train_loss.to_bits(), whole.train_loss.to_bits());
+    }
+
+    #[test]
+    fn a_corpus_too_small_for_the_budget_is_refused() {
+        let spec = ArchSpec::from_layers_str("hyena swiglu").unwrap();
+        let mut c = cfg(1_000_000);
+        c.batch_size = 64;
+        let r = run::<CpuAutodiff>(
+            &spec,
+            &Corpus::embedded(),
+            &c,
+            &Default::default(),
+            RunControl::default(),
+            &mut |_, _| {},
+        );
+        let Err(TrainError::Data(msg)) = r else {
+            panic!("{r:?}")
+        };
+        assert!(msg.contains("--corpus"), "{msg}");
+    }
+}
