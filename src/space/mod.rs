@@ -237,7 +237,7 @@ pub struct ScaleSettings {
 }
 
 impl Default for ScaleSettings {
-    /// The `cpu` scale: tens of minutes per architecture on 2 cores.
+    /// The `cpu` scale: 5–10 minutes per architecture on 2 cores.
     fn default() -> ScaleSettings {
         ScaleSettings {
             budgets: vec![6e10, 2e11, 6e11],
@@ -245,7 +245,7 @@ impl Default for ScaleSettings {
             size_spread: 2.0,
             tokens_per_param: 20.0,
             seq_len: 128,
-            batch_size: 32,
+            batch_size: 8,
             lr: 3e-3,
             min_lr: 3e-4,
             warmup: 0.1,
