@@ -249,18 +249,7 @@ fn run_scale(
         bar
     });
     let report = |p: &ScaleProgress<'_>| {
-        let line = format!(
-            "[run {}/{} C={:e} d={}×{} N={}] step {}/{} loss {:.4}",
-            p.run.0,
-            p.run.1,
-            p.planned.budget,
-            p.planned.member.width,
-            p.planned.member.repeats,
-            p.planned.member.params,
-            p.step,
-            p.planned.steps,
-            p.loss
-        );
+        let line = p.line();
         match &bar {
             Some(bar) => {
                 bar.inc(1);

@@ -185,19 +185,7 @@ fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
                     parallel: 1,
                     threads: None,
                 };
-                let progress = |p: &ScaleProgress<'_>| {
-                    show(format!(
-                        "run {}/{} C={:e} d={}×{} step {}/{} loss {:.4}",
-                        p.run.0,
-                        p.run.1,
-                        p.planned.budget,
-                        p.planned.member.width,
-                        p.planned.member.repeats,
-                        p.step,
-                        p.planned.steps,
-                        p.loss
-                    ))
-                };
+                let progress = |p: &ScaleProgress<'_>| show(p.line());
                 on_device!(cfg.device, B, device => crate::stages::scale::evaluate::<B>(
                     &item.genome, &cfg.preset.scale, &cfg.corpus, seed, &device, ctl, &progress,
                 ))

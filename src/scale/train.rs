@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::log_softmax;
@@ -23,7 +23,7 @@ use super::corpus::Corpus;
 use crate::genome::{ArchSpec, Backbone, Context};
 use crate::layers::Model;
 use crate::train::checkpoint::{Checkpoint, Progress};
-use crate::train::run::{RunControl, TrainError, load, save};
+use crate::train::run::{RunControl, TrainError, adamw, load, save};
 
 /// Optimiser, schedule and size of one scaling run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -186,15 +186,7 @@ pub fn run<B: AutodiffBackend>(
         crate::seed::derive(cfg.seed, &["lm-weights"]),
         device,
     )?;
-    let new_optim = || {
-        AdamWConfig::new()
-            .with_beta_1(cfg.betas[0] as f32)
-            .with_beta_2(cfg.betas[1] as f32)
-            .with_epsilon(1e-8)
-            .with_weight_decay(cfg.weight_decay as f32)
-            .init::<B, Model<B>>()
-    };
-    let mut optim = new_optim();
+    let mut optim = adamw::<B>(cfg.betas, 1e-8, cfg.weight_decay);
     let print = fingerprint(&spec, corpus, cfg);
     let mut at = Progress {
         fingerprint: print.clone(),

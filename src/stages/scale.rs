@@ -175,6 +175,25 @@ pub struct ScaleProgress<'a> {
     pub loss: f64,
 }
 
+impl ScaleProgress<'_> {
+    /// One line for logs, bars and `status`.
+    pub fn line(&self) -> String {
+        let p = self.planned;
+        format!(
+            "[run {}/{} C={:e} d={}×{} N={}] step {}/{} loss {:.4}",
+            self.run.0,
+            self.run.1,
+            p.budget,
+            p.member.width,
+            p.member.repeats,
+            p.member.params,
+            self.step,
+            p.steps,
+            self.loss
+        )
+    }
+}
+
 /// The run configuration of `p`.
 pub fn lm_config(settings: &ScaleSettings, p: &PlannedRun, seed: u64) -> LmConfig {
     LmConfig {

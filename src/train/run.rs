@@ -241,6 +241,20 @@ pub(crate) fn load<B: Backend, R: Record<B>>(
     Recorder::<B>::load(&Mpk::new(), bytes.to_vec(), device).map_err(|e| e.to_string())
 }
 
+/// A fresh AdamW (decoupled weight decay) for a model.
+pub(crate) fn adamw<B: AutodiffBackend>(
+    betas: [f64; 2],
+    epsilon: f64,
+    weight_decay: f64,
+) -> OptimizerAdaptor<AdamW, Model<B>, B> {
+    AdamWConfig::new()
+        .with_beta_1(betas[0] as f32)
+        .with_beta_2(betas[1] as f32)
+        .with_epsilon(epsilon as f32)
+        .with_weight_decay(weight_decay as f32)
+        .init::<B, Model<B>>()
+}
+
 /// Trains `spec` on `splits` of `setting`.
 ///
 /// # Errors
@@ -267,14 +281,7 @@ pub fn run<B: AutodiffBackend>(
         crate::seed::derive(cfg.seed, &["weights"]),
         device,
     )?;
-    let new_optim = || {
-        AdamWConfig::new()
-            .with_beta_1(cfg.betas[0] as f32)
-            .with_beta_2(cfg.betas[1] as f32)
-            .with_epsilon(cfg.epsilon as f32)
-            .with_weight_decay(cfg.weight_decay as f32)
-            .init::<B, Model<B>>()
-    };
+    let new_optim = || adamw::<B>(cfg.betas, cfg.epsilon, cfg.weight_decay);
     let mut optim = new_optim();
     let print = fingerprint(&spec, setting, cfg);
     let vocab = setting.vocab;
