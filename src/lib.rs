@@ -9,6 +9,7 @@
 //! (one architecture, its id and accounting). `genome`, `space`, `tasks`,
 //! `search` and `store` are free of Burn; the rest needs the `models` feature.
 
+pub mod alloc;
 pub mod cli;
 #[cfg(feature = "models")]
 pub mod daemon;

@@ -3,10 +3,10 @@
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::silu;
 
 use super::Init;
-use super::ops::{fit, linear};
+use super::ops::{fit, gelu_tanh, linear};
 use super::routing::route;
 use crate::genome::{self, Routing};
 
@@ -64,7 +64,7 @@ impl<B: Backend> Mlp<B> {
     /// # Shapes
     /// - x: `[batch, seq, d]` → `[batch, seq, d]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear(&self.w2, gelu_approximate(linear(&self.w1, x)))
+        linear(&self.w2, gelu_tanh(linear(&self.w1, x)))
     }
 }
 
@@ -114,7 +114,7 @@ impl<B: Backend> MoeMlp<B> {
             Routing::SoftTop2
         };
         let w = route(linear(&self.router, x.clone()), routing, self.top_k);
-        let h = linear(&self.u1, x.clone()) * gelu_approximate(linear(&self.u2, x));
+        let h = linear(&self.u1, x.clone()) * gelu_tanh(linear(&self.u2, x));
         let shape = [batch, seq, d, self.n_experts];
         let z = linear(&self.experts, h).reshape(shape);
         (z * fit(w.unsqueeze_dim::<4>(2), shape))

@@ -6,11 +6,14 @@
 //! `cuda` feature, wrapped in `Autodiff` for training. Every sequence mixer
 //! is causal; the recurrent layers (linear attention, GLA, Mamba) are computed
 //! in chunked parallel form and keep their token-by-token form for tests.
+//! Softmax attention runs as one fused kernel with its own backward on the
+//! CPU backend ([`fused`]) and from Burn ops elsewhere.
 //! Parameter counts equal the genome's formulas exactly (tested).
 
 pub mod attention;
 pub mod channel;
 pub mod device;
+pub mod fused;
 pub mod gla;
 pub mod hyena;
 pub mod hyena_experts;

@@ -16,13 +16,10 @@ pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, rotary_dim: usize) -> Tensor<B,
     }
     let half = rotary_dim / 2;
     let device = x.device();
-    let mut angles = Vec::with_capacity(seq * half);
-    for p in 0..seq {
-        for i in 0..half {
-            let inv_freq = 10000f64.powf(-(2.0 * i as f64) / rotary_dim as f64);
-            angles.push(p as f64 * inv_freq);
-        }
-    }
+    let inv = inverse_frequencies(rotary_dim);
+    let angles: Vec<f64> = (0..seq)
+        .flat_map(|p| inv.iter().map(move |w| p as f64 * w))
+        .collect();
     let cos: Vec<f32> = angles.iter().map(|a| a.cos() as f32).collect();
     let sin: Vec<f32> = angles.iter().map(|a| a.sin() as f32).collect();
     let cos = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(cos, [seq, half]), &device)
@@ -50,4 +47,12 @@ pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, rotary_dim: usize) -> Tensor<B,
         let rest = x.slice([0..batch, 0..heads, 0..seq, rotary_dim..head_dim]);
         Tensor::cat(vec![r1, r2, rest], 3)
     }
+}
+
+/// The angle per position of each rotated pair `i < rotary_dim / 2`:
+/// `10000^(−2i / rotary_dim)`.
+pub fn inverse_frequencies(rotary_dim: usize) -> Vec<f64> {
+    (0..rotary_dim / 2)
+        .map(|i| 10000f64.powf(-(2.0 * i as f64) / rotary_dim as f64))
+        .collect()
 }

@@ -1,0 +1,210 @@
+//! mad-search against PyTorch on the same models, the same machine and the
+//! same thread count, in one run: every primitive (forward + backward of one
+//! layer) and the paper's architectures (forward + backward + AdamW step of a
+//! language model, vocab 16), at batch 128, length 128, width 128.
+//!
+//! ```sh
+//! cargo bench --bench torch                 # all rows, threads = cores
+//! cargo bench --bench torch -- --threads 1  # one thread on both sides
+//! cargo bench --bench torch -- --only hyena --reps 5
+//! cargo bench --bench torch -- --quick      # tiny shapes, once: does it run
+//! ```
+//!
+//! The PyTorch side is `benches/torch/models.py`, run with the Python of
+//! `target/torch-venv` (or `--python PATH`). The first run creates that
+//! virtual environment with `python3 -m venv` and installs `torch` and
+//! `numpy` from PyPI into it (about 3 GB on x86-64 Linux: PyPI's wheel brings
+//! the CUDA libraries along). Not run in CI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{ARCHITECTURES, Shape, layer_step, model_step};
+use mad_search::genome::{ArchSpec, Layer, Primitive};
+
+struct Args {
+    threads: usize,
+    only: Option<String>,
+    python: Option<PathBuf>,
+    shape: Shape,
+    layers: bool,
+    models: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        only: None,
+        python: None,
+        shape: Shape::PROTOCOL,
+        layers: true,
+        models: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        let number = |name: &str, v: String| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or(format!("{name}: expected a positive integer, got {v:?}"))
+        };
+        match arg.as_str() {
+            "--threads" => a.threads = number("--threads", value("--threads")?)?,
+            "--reps" => a.shape.reps = number("--reps", value("--reps")?)?,
+            "--batch" => a.shape.batch = number("--batch", value("--batch")?)?,
+            "--seq" => a.shape.seq = number("--seq", value("--seq")?)?,
+            "--quick" => a.shape = Shape::QUICK,
+            "--only" => a.only = Some(value("--only")?),
+            "--python" => a.python = Some(PathBuf::from(value("--python")?)),
+            "--models" => a.layers = false,
+            "--layers" => a.models = false,
+            "--bench" => {}
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; expected --threads N, --reps N, --batch N, \
+                     --seq N, --quick, --only NAME, --python PATH, --models (architectures only) or \
+                     --layers (primitives only)"
+                ));
+            }
+        }
+    }
+    Ok(a)
+}
+
+/// The venv's Python, creating the venv and installing torch if needed.
+fn python(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/torch-venv");
+    let py = venv.join("bin/python");
+    let has_torch = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import torch"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if py.exists() && has_torch(&py) {
+        return Ok(py);
+    }
+    eprintln!(
+        "creating {} and installing torch from PyPI (once; about 3 GB)",
+        venv.display()
+    );
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+        status
+            .success()
+            .then_some(())
+            .ok_or(format!("{cmd:?} failed ({status})"))
+    };
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(&py).args(["-m", "pip", "install", "--quiet", "torch", "numpy"]))?;
+    Ok(py)
+}
+
+/// PyTorch's step time in ms for `layers` (one layer when `layer_only`).
+fn torch_ms(py: &Path, layers: &str, layer_only: bool, a: &Args) -> Result<(f64, String), String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch/models.py");
+    let mut cmd = Command::new(py);
+    cmd.arg(&script)
+        .args(["--layers", layers])
+        .args(["--threads", &a.threads.to_string()])
+        .args(["--reps", &a.shape.reps.to_string()])
+        .args(["--batch", &a.shape.batch.to_string()])
+        .args(["--seq", &a.shape.seq.to_string()])
+        .args(["--width", &a.shape.d.to_string()])
+        .env("OMP_NUM_THREADS", a.threads.to_string());
+    if layer_only {
+        cmd.arg("--layer-only");
+    }
+    let out = cmd.output().map_err(|e| format!("{}: {e}", py.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} {} --layers {layers:?} failed: {}",
+            py.display(),
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim())
+        .map_err(|e| format!("unexpected output from {}: {e}: {line}", script.display()))?;
+    let ms = v["ms"].as_f64().ok_or(format!("no `ms` in {line}"))?;
+    Ok((ms, v["torch"].as_str().unwrap_or("?").to_string()))
+}
+
+fn main() {
+    mad_search::alloc::keep_freed_memory();
+    let a = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads)
+        .build_global()
+    {
+        eprintln!("error: cannot size the thread pool: {e}");
+        std::process::exit(1);
+    }
+    let py = match python(a.python.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: no PyTorch to compare with: {e}");
+            std::process::exit(1);
+        }
+    };
+    let s = a.shape;
+    println!(
+        "mad-search (Burn 0.21 flex) vs PyTorch: batch {}, length {}, width {}, {} threads each, median of {} after a warm-up",
+        s.batch, s.seq, s.d, a.threads, s.reps
+    );
+    let wanted = |name: &str| a.only.as_deref().is_none_or(|o| name.contains(o));
+    let mut version = None;
+    let mut row =
+        |name: &str, rust_ms: f64, layer_only: bool| match torch_ms(&py, name, layer_only, &a) {
+            Ok((ms, v)) => {
+                version.get_or_insert(v);
+                println!(
+                    "{name:<44} {rust_ms:>11.1} {ms:>11.1} {:>8.2}",
+                    rust_ms / ms
+                );
+            }
+            Err(e) => println!("{name:<44} {rust_ms:>11.1}  PyTorch failed: {e}"),
+        };
+    if a.layers {
+        println!(
+            "\n{:<44} {:>11} {:>11} {:>8}",
+            "primitive (one layer, fwd+bwd)", "ours ms", "torch ms", "ratio"
+        );
+        for &p in Primitive::ALL {
+            if wanted(p.name()) {
+                let t = layer_step(&Layer::default_for(p), &s);
+                row(p.name(), t.as_secs_f64() * 1e3, true);
+            }
+        }
+    }
+    if a.models {
+        println!(
+            "\n{:<44} {:>11} {:>11} {:>8}",
+            "architecture (LM, fwd+bwd+AdamW)", "ours ms", "torch ms", "ratio"
+        );
+        for &layers in ARCHITECTURES {
+            if wanted(layers) {
+                let spec = ArchSpec::from_layers_str(layers).expect("known names");
+                let t = model_step(&spec, &s);
+                row(layers, t.as_secs_f64() * 1e3, false);
+            }
+        }
+    }
+    println!(
+        "\nratio = ours / PyTorch (below 1: mad-search faster); PyTorch {}",
+        version.as_deref().unwrap_or("?")
+    );
+}
