@@ -8,7 +8,8 @@
 //! is computed as `y = (T ⊙ Q Kᵀ) V` with `T[t, s] = h[t − s] + D·[t = s]`
 //! the head's causal Toeplitz matrix: exactly the same sum without
 //! materialising the `[seq, hd, hd]` state, `2·seq²·d` multiply-adds per
-//! sequence. Long sequences go query block by query block.
+//! sequence. Long sequences go query block by query block. On the CPU
+//! backend the mix is one fused kernel ([`toeplitz_mix`]).
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -16,9 +17,9 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::Init;
+use super::fused::toeplitz_mix;
 use super::hyena::HyenaFrontEnd;
 use super::hyena_filter::HyenaFilter;
-use super::linear_attention::{merge_heads, split_heads};
 use super::long_conv::{BLOCK, TOEPLITZ_MAX, toeplitz};
 use super::ops::{fit, linear};
 use crate::genome;
@@ -54,9 +55,9 @@ impl<B: Backend> MhHyena<B> {
     /// - x: `[batch, seq, d]` → `[batch, seq, d]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let seq = x.dims()[1];
-        let [q, k, v] = self.front.forward(x).map(|t| split_heads(t, self.n_heads));
+        let [q, k, v] = self.front.forward(x);
         let kernel = head_kernels(self.filter.forward(seq), self.skip.val());
-        linear(&self.out, merge_heads(mix(q, k, v, kernel)))
+        linear(&self.out, toeplitz_mix(q, k, v, kernel))
     }
 }
 

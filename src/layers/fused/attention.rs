@@ -13,12 +13,9 @@
 //! flash-attention recurrence, written here for the CPU) and rotates the
 //! gradients back.
 //!
-//! [`attention`] dispatches on the backend type: the fused kernel for
-//! [`Cpu`] and [`CpuAutodiff`], [`composite`] for any other backend (CUDA).
-//! Both compute the same function; the tests compare them, values and
-//! gradients.
+//! [`attention`] dispatches on the backend type (see [`super`]); the tests
+//! compare the fused kernel with [`composite`], values and gradients.
 
-use std::any::{Any, TypeId};
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -31,9 +28,10 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::ops::{contiguous, fit};
-use super::rotary::{apply_rotary, inverse_frequencies};
-use super::{Cpu, CpuAutodiff};
+use super::{Dispatch, cast, dispatch, dot, host};
+use crate::layers::ops::{contiguous, fit};
+use crate::layers::rotary::{apply_rotary, inverse_frequencies};
+use crate::layers::{Cpu, CpuAutodiff};
 
 /// The attention's shape and masking.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -63,19 +61,19 @@ impl Heads {
 /// # Shapes
 /// - qkv: `[batch, seq, 3·d]` → `[batch, seq, d]`
 pub fn attention<B: Backend>(qkv: Tensor<B, 3>, h: Heads) -> Tensor<B, 3> {
-    if TypeId::of::<B>() == TypeId::of::<CpuAutodiff>() {
-        return cast::<CpuAutodiff, B>(attention_autodiff(cast::<B, CpuAutodiff>(qkv), h));
+    match dispatch::<B>() {
+        Dispatch::Autodiff => cast(attention_autodiff(cast(qkv), h)),
+        Dispatch::Plain => cast(attention_plain(cast(qkv), h)),
+        Dispatch::Composite => composite(qkv, h),
     }
-    if TypeId::of::<B>() == TypeId::of::<Cpu>() {
-        let qkv = cast::<B, Cpu>(qkv);
-        let [batch, seq, d3] = qkv.dims();
-        let device = qkv.device();
-        let x = Inputs::new(host(qkv), [batch, seq, d3 / 3], h);
-        let (out, _) = forward(&x);
-        let out = Tensor::<Cpu, 3>::from_data(TensorData::new(out, [batch, seq, d3 / 3]), &device);
-        return cast::<Cpu, B>(out);
-    }
-    composite(qkv, h)
+}
+
+fn attention_plain(qkv: Tensor<Cpu, 3>, h: Heads) -> Tensor<Cpu, 3> {
+    let [batch, seq, d3] = qkv.dims();
+    let device = qkv.device();
+    let x = Inputs::new(host(qkv), [batch, seq, d3 / 3], h);
+    let (out, _) = forward(&x);
+    Tensor::from_data(TensorData::new(out, [batch, seq, d3 / 3]), &device)
 }
 
 /// The same function from Burn ops (every backend; the reference in tests).
@@ -117,21 +115,6 @@ pub fn causal_bias<B: Backend>(seq: usize, h: Heads, device: &B::Device) -> Tens
         }
     }
     Tensor::from_data(TensorData::new(v, [1, 1, seq, seq]), device)
-}
-
-/// `t` as a tensor of backend `To`, which is the same type as `From`.
-fn cast<From: Backend, To: Backend>(t: Tensor<From, 3>) -> Tensor<To, 3> {
-    let boxed: Box<dyn Any> = Box::new(t);
-    *boxed
-        .downcast::<Tensor<To, 3>>()
-        .unwrap_or_else(|_| unreachable!("cast only between equal backend types"))
-}
-
-/// The values of a CPU tensor, row-major.
-fn host<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
-    t.into_data()
-        .into_vec::<f32>()
-        .expect("flex float tensors hold f32")
 }
 
 /// The projection on the host, with its shape and the rotation table.
@@ -204,10 +187,6 @@ impl Inputs {
             out
         })
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// (batch, head) pairs in order.
