@@ -28,7 +28,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::{Dispatch, cast, dispatch, dot, host};
+use super::{Dispatch, cast, dispatch, dot, give, host, host_of, incoming, primitive};
 use crate::layers::ops::{contiguous, fit};
 use crate::layers::rotary::{apply_rotary, inverse_frequencies};
 use crate::layers::{Cpu, CpuAutodiff};
@@ -333,17 +333,11 @@ impl Backward<Cpu, 1> for FusedBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let Saved { x, out, lse } = ops.state;
-        let g = grads.consume::<Cpu>(&ops.node);
-        let g = Tensor::<Cpu, 3>::from_primitive(TensorPrimitive::Float(g));
-        let device = g.device();
-        let dqkv = backward(&x, &out, &lse, &host(g));
-        if let [Some(node)] = &ops.parents {
-            let [batch, seq, d] = x.dims;
-            let t =
-                Tensor::<Cpu, 3>::from_data(TensorData::new(dqkv, [batch, seq, 3 * d]), &device);
-            grads.register::<Cpu>(node.id, t.into_primitive().tensor());
-        }
+        let (g, device) = incoming(&ops, grads);
+        let Saved { x, out, lse } = &ops.state;
+        let dqkv = backward(x, out, lse, &g);
+        let [batch, seq, d] = x.dims;
+        give(&ops, grads, [dqkv], [[batch, seq, 3 * d]], &device);
     }
 }
 
@@ -351,15 +345,9 @@ fn attention_autodiff(qkv: Tensor<CpuAutodiff, 3>, h: Heads) -> Tensor<CpuAutodi
     let [batch, seq, d3] = qkv.dims();
     let device = qkv.device();
     let qkv: FloatTensor<CpuAutodiff> = qkv.into_primitive().tensor();
-    let values = host(Tensor::<Cpu, 3>::from_primitive(TensorPrimitive::Float(
-        qkv.primitive.clone(),
-    )));
-    let x = Inputs::new(values, [batch, seq, d3 / 3], h);
+    let x = Inputs::new(host_of(&qkv), [batch, seq, d3 / 3], h);
     let (out, lse) = forward(&x);
-    let output =
-        Tensor::<Cpu, 3>::from_data(TensorData::new(out.clone(), [batch, seq, d3 / 3]), &device)
-            .into_primitive()
-            .tensor();
+    let output = primitive(out.clone(), [batch, seq, d3 / 3], &device);
     let prep = FusedBackward
         .prepare::<NoCheckpointing>([qkv.node.clone()])
         .compute_bound()

@@ -14,7 +14,11 @@
 
 use std::any::{Any, TypeId};
 
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::Ops;
 use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{TensorData, TensorPrimitive};
 
 use super::{Cpu, CpuAutodiff};
 
@@ -65,6 +69,51 @@ pub(crate) fn host<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
     t.into_data()
         .into_vec::<f32>()
         .expect("flex float tensors hold f32")
+}
+
+/// The values of an autodiff tensor's forward value, row-major.
+pub(crate) fn host_of(t: &FloatTensor<CpuAutodiff>) -> Vec<f32> {
+    host(Tensor::<Cpu, 3>::from_primitive(TensorPrimitive::Float(
+        t.primitive.clone(),
+    )))
+}
+
+/// A flex tensor of `values` with shape `dims`.
+pub(crate) fn primitive(
+    values: Vec<f32>,
+    dims: [usize; 3],
+    device: &burn::tensor::Device<Cpu>,
+) -> FloatTensor<Cpu> {
+    Tensor::<Cpu, 3>::from_data(TensorData::new(values, dims), device)
+        .into_primitive()
+        .tensor()
+}
+
+/// The gradient arriving at an op's output, on the host, and its device.
+pub(crate) fn incoming<S, const N: usize>(
+    ops: &Ops<S, N>,
+    grads: &mut Gradients,
+) -> (Vec<f32>, burn::tensor::Device<Cpu>) {
+    let g = grads.consume::<Cpu>(&ops.node);
+    let g = Tensor::<Cpu, 3>::from_primitive(TensorPrimitive::Float(g));
+    let device = g.device();
+    (host(g), device)
+}
+
+/// Registers `values[i]` (shape `shapes[i]`) as the gradient of the op's
+/// input `i`, for the inputs that need one.
+pub(crate) fn give<S, const N: usize>(
+    ops: &Ops<S, N>,
+    grads: &mut Gradients,
+    values: [Vec<f32>; N],
+    shapes: [[usize; 3]; N],
+    device: &burn::tensor::Device<Cpu>,
+) {
+    for ((parent, grad), shape) in ops.parents.iter().zip(values).zip(shapes) {
+        if let Some(node) = parent {
+            grads.register::<Cpu>(node.id, primitive(grad, shape, device));
+        }
+    }
 }
 
 /// `a · b`.

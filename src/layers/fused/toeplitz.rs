@@ -20,7 +20,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::{Dispatch, cast, dispatch, dot, host};
+use super::{Dispatch, cast, dispatch, dot, give, host, host_of, incoming, primitive};
 use crate::layers::linear_attention::{merge_heads, split_heads};
 use crate::layers::mh_hyena::mix;
 use crate::layers::{Cpu, CpuAutodiff};
@@ -72,6 +72,18 @@ struct Inputs {
 }
 
 impl Inputs {
+    fn new([q, k, v, kernel]: [Vec<f32>; 4], dims: [usize; 3], heads: usize) -> Inputs {
+        let [q, k, v, kernel] = [q, k, v, kernel].map(Arc::new);
+        Inputs {
+            q,
+            k,
+            v,
+            kernel,
+            dims,
+            heads,
+        }
+    }
+
     fn head_dim(&self) -> usize {
         self.dims[2] / self.heads
     }
@@ -210,14 +222,7 @@ fn mix_plain(
     let dims = q.dims();
     let device = q.device();
     let heads = kernel.dims()[0];
-    let x = Inputs {
-        q: Arc::new(host(q)),
-        k: Arc::new(host(k)),
-        v: Arc::new(host(v)),
-        kernel: Arc::new(host(kernel)),
-        dims,
-        heads,
-    };
+    let x = Inputs::new([q, k, v, kernel].map(host), dims, heads);
     Tensor::from_data(TensorData::new(forward(&x), dims), &device)
 }
 
@@ -233,19 +238,12 @@ impl Backward<Cpu, 4> for FusedBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let x = ops.state;
-        let g = grads.consume::<Cpu>(&ops.node);
-        let g = Tensor::<Cpu, 3>::from_primitive(TensorPrimitive::Float(g));
-        let device = g.device();
+        let (g, device) = incoming(&ops, grads);
+        let x = &ops.state;
         let seq = x.dims[1];
         let shapes = [x.dims, x.dims, x.dims, [x.heads, seq, seq]];
-        let all = backward(&x, &host(g));
-        for ((parent, grad), shape) in ops.parents.iter().zip(all).zip(shapes) {
-            if let Some(node) = parent {
-                let t = Tensor::<Cpu, 3>::from_data(TensorData::new(grad, shape), &device);
-                grads.register::<Cpu>(node.id, t.into_primitive().tensor());
-            }
-        }
+        let all = backward(x, &g);
+        give(&ops, grads, all, shapes, &device);
     }
 }
 
@@ -260,22 +258,8 @@ fn mix_autodiff(
     let heads = kernel.dims()[0];
     let [q, k, v, kernel]: [FloatTensor<CpuAutodiff>; 4] =
         [q, k, v, kernel].map(|t| t.into_primitive().tensor());
-    let values = |t: &FloatTensor<CpuAutodiff>| {
-        Arc::new(host(Tensor::<Cpu, 3>::from_primitive(
-            TensorPrimitive::Float(t.primitive.clone()),
-        )))
-    };
-    let x = Inputs {
-        q: values(&q),
-        k: values(&k),
-        v: values(&v),
-        kernel: values(&kernel),
-        dims,
-        heads,
-    };
-    let output = Tensor::<Cpu, 3>::from_data(TensorData::new(forward(&x), dims), &device)
-        .into_primitive()
-        .tensor();
+    let x = Inputs::new([&q, &k, &v, &kernel].map(host_of), dims, heads);
+    let output = primitive(forward(&x), dims, &device);
     let nodes = [&q, &k, &v, &kernel].map(|t| t.node.clone());
     let prep = FusedBackward
         .prepare::<NoCheckpointing>(nodes)
