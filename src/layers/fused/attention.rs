@@ -347,21 +347,22 @@ fn attention_autodiff(qkv: Tensor<CpuAutodiff, 3>, h: Heads) -> Tensor<CpuAutodi
     let qkv: FloatTensor<CpuAutodiff> = qkv.into_primitive().tensor();
     let x = Inputs::new(host_of(&qkv), [batch, seq, d3 / 3], h);
     let (out, lse) = forward(&x);
-    let output = primitive(out.clone(), [batch, seq, d3 / 3], &device);
+    let dims = [batch, seq, d3 / 3];
     let prep = FusedBackward
         .prepare::<NoCheckpointing>([qkv.node.clone()])
         .compute_bound()
         .stateful();
     let result = match prep {
+        // The backward needs the output on the host too: one copy, only then.
         OpsKind::Tracked(prep) => prep.finish(
             Saved {
                 x,
-                out: Arc::new(out),
+                out: Arc::new(out.clone()),
                 lse: Arc::new(lse),
             },
-            output,
+            primitive(out, dims, &device),
         ),
-        OpsKind::UnTracked(prep) => prep.finish(output),
+        OpsKind::UnTracked(prep) => prep.finish(primitive(out, dims, &device)),
     };
     Tensor::from_primitive(TensorPrimitive::Float(result))
 }
