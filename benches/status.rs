@@ -119,6 +119,7 @@ fn fill(dir: &Path, candidates: usize, results: usize) {
                 id: job_id,
                 arch: id,
                 stage,
+                part: None,
                 attempt: 1,
                 failures: 0,
                 state: JobState::Done { finished: 0.0 },
@@ -141,6 +142,7 @@ fn fill(dir: &Path, candidates: usize, results: usize) {
             c.jobs.push(job_id);
             if k < 2 && !c.stages.contains_key(&stage) {
                 c.stages.insert(stage, summary);
+                stats.evaluations.entry(stage).or_default().done += 1;
                 batch.5.insert(board_key(stage, score, id), &[]);
                 hists.entry(stage).or_insert_with(|| vec![0; HIST_BUCKETS])[bucket(score)] += 1;
                 let p = FrontPoint {

@@ -132,14 +132,27 @@ fn finished(state: &Path) -> BTreeMap<u64, (String, u64)> {
     let mut out = BTreeMap::new();
     for j in store.jobs().unwrap() {
         if matches!(j.state, JobState::Done { .. }) {
-            let c = store.candidate(j.arch).unwrap().unwrap();
-            let score = c.stages[&j.stage].score;
-            assert!(
-                store.result(j.id).unwrap().is_some(),
-                "job {} lost its result",
-                j.id
-            );
-            out.insert(j.id, (j.stage.name().to_string(), score.to_bits()));
+            // A whole stage: its score; one run of a split stage: its
+            // stored result (the stage may still be running).
+            let bits = match &j.part {
+                None => {
+                    let c = store.candidate(j.arch).unwrap().unwrap();
+                    let kept = store.stage_result(j.arch, j.stage).unwrap();
+                    assert!(kept.is_some(), "job {} lost its result", j.id);
+                    c.stages[&j.stage].score.to_bits()
+                }
+                Some(_) => {
+                    let kept = store.result(j.id).unwrap();
+                    let text = kept
+                        .unwrap_or_else(|| panic!("job {} lost its result", j.id))
+                        .to_string();
+                    // FNV-1a of the stored result.
+                    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+                        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+                    })
+                }
+            };
+            out.insert(j.id, (j.stage.name().to_string(), bits));
         }
     }
     out
@@ -151,9 +164,10 @@ fn no_double_evaluation(state: &Path) {
     let mut seen = std::collections::HashSet::new();
     for j in store.jobs().unwrap() {
         if matches!(j.state, JobState::Done { .. }) {
+            let part = j.part.as_ref().map(|p| p.index);
             assert!(
-                seen.insert((j.arch, j.stage)),
-                "{} evaluated twice at {:?}",
+                seen.insert((j.arch, j.stage, part)),
+                "{} evaluated twice at {:?} run {part:?}",
                 j.arch,
                 j.stage
             );
@@ -566,7 +580,11 @@ fn scale_results(state: &Path) -> Vec<(String, Vec<u64>)> {
     let mut out = Vec::new();
     for c in store.candidates().unwrap() {
         if let Some(summary) = c.stages.get(&mad_search::space::StageName::Scale) {
-            let full = store.result(summary.job).unwrap().unwrap();
+            let full = store
+                .stage_result(c.id, mad_search::space::StageName::Scale)
+                .unwrap()
+                .unwrap();
+            assert_eq!(summary.job, *c.jobs.last().unwrap(), "the last run ends it");
             let losses = full["runs"]
                 .as_array()
                 .unwrap()
@@ -599,59 +617,76 @@ fn the_scale_stage_runs_in_the_daemon_and_resumes_after_kill_dash_nine() {
     let want = scale_results(&calm);
     assert_eq!(want.len(), 1, "one candidate promoted to scale");
     assert_eq!(want[0].1.len(), 9, "three budgets × three sizes");
-    // The same search, killed while a scaling run has a checkpoint.
+    // The same search, killed while a scaling run has a checkpoint and
+    // another has finished (each run is a job of its own).
     let state = dir.path().join("killed");
     start_with(&state, s(&space), &budget);
     let p = pid(&state).unwrap();
     let runs = state.join("runs");
-    let scale_dir = || {
+    let checkpoints = || -> Vec<String> {
         std::fs::read_dir(&runs)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with("-scale"))
-    };
-    let files = |ext: &str| -> Vec<(String, std::time::SystemTime)> {
-        scale_dir()
-            .and_then(|d| std::fs::read_dir(d).ok())
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(ext))
-            .map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                (name, e.metadata().unwrap().modified().unwrap())
-            })
+            .filter(|e| e.file_name().to_string_lossy().ends_with("-scale"))
+            .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".ckpt"))
             .collect()
     };
+    let log_text = || std::fs::read_to_string(state.join("daemon.log")).unwrap_or_default();
     wait_until(
         "a scaling run with a checkpoint after a finished one",
         240,
-        || !files(".ckpt").is_empty() && !files(".done.json").is_empty(),
+        || log_text().contains("scale run C") && !checkpoints().is_empty(),
     );
     // SAFETY: the daemon's pid, read from its pid file.
     unsafe {
         libc::kill(p, libc::SIGKILL);
     }
     wait_until("the killed daemon to go", 20, || !alive(p));
-    let before = files(".done.json");
-    assert!(!files(".ckpt").is_empty());
+    assert!(!checkpoints().is_empty());
+    let scale_jobs = |state: &Path| -> Vec<mad_search::store::Job> {
+        open(state)
+            .jobs()
+            .unwrap()
+            .into_iter()
+            .filter(|j| j.stage == mad_search::space::StageName::Scale)
+            .collect()
+    };
+    let at_kill = scale_jobs(&state);
+    assert_eq!(at_kill.len(), 9, "one job per scaling run: {at_kill:?}");
+    let done_at_kill: Vec<u64> = at_kill
+        .iter()
+        .filter(|j| matches!(j.state, JobState::Done { .. }))
+        .map(|j| j.id)
+        .collect();
+    assert!(!done_at_kill.is_empty());
+    let results_at_kill = finished(&state);
     start_with(&state, s(&space), &[]);
-    // While it runs, the runs finished before the kill keep their files
-    // untouched: they are read back, not trained again.
     wait_until("the resumed search to finish", 240, || {
-        let now = files(".done.json");
-        for (name, when) in &before {
-            if let Some((_, t)) = now.iter().find(|(n, _)| n == name) {
-                assert_eq!(t, when, "{name} was written again");
-            }
-        }
         pid(&state).is_none_or(|p| !alive(p))
     });
+    // Runs finished before the kill were not trained again: same stored
+    // results, one lease each; the interrupted one resumed from its
+    // checkpoint.
+    let after = finished(&state);
+    for (job, r) in &results_at_kill {
+        assert_eq!(after.get(job), Some(r), "job {job} changed");
+    }
+    let log = std::fs::read_to_string(state.join("daemon.log")).unwrap();
+    for j in &done_at_kill {
+        let leases = log.matches(&format!("job {j} (attempt")).count();
+        assert_eq!(leases, 1, "job {j} leased {leases} times:\n{log}");
+    }
+    assert!(log.contains("resumed from its checkpoint at step"), "{log}");
+    assert!(
+        scale_jobs(&state)
+            .iter()
+            .all(|j| matches!(j.state, JobState::Done { .. }))
+    );
     // Same fit inputs as the uninterrupted search, bit for bit.
     assert_eq!(scale_results(&state), want);
-    let log = std::fs::read_to_string(state.join("daemon.log")).unwrap();
-    assert!(log.contains("requeued 1 job(s) left running"), "{log}");
     assert!(log.contains("scale predicted loss"), "{log}");
     // Status ranks the scaled candidate first, by its predicted loss, and
     // reports the stage correlations; the card exports with its plot.

@@ -152,7 +152,8 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let c = candidate(&space, genome, vec![], Operator::Seed, None);
-        match store.add_candidate(&c, StageName::Screen)? {
+        // The screen runs as one job (`stages::stage_parts`).
+        match store.add_candidate(&c, StageName::Screen, &[])? {
             Some(job) => eprintln!("queued {} for screening (job {job})", c.id.short()),
             None => eprintln!("{} is already in the population", c.id.short()),
         }

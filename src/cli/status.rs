@@ -158,7 +158,10 @@ pub fn render(r: &StatusReport) -> String {
                     "  worker {}: job {} {} (attempt {}) {} — {:.0} s{}",
                     j.worker,
                     j.job,
-                    j.stage.name(),
+                    match &j.part {
+                        Some(p) => format!("{} {p}", j.stage.name()),
+                        None => j.stage.name().to_string(),
+                    },
                     j.attempt,
                     j.layers,
                     j.seconds,
@@ -176,19 +179,23 @@ pub fn render(r: &StatusReport) -> String {
     let _ = writeln!(s, "candidates: {}", r.candidates);
     let _ = writeln!(
         s,
-        "jobs:   {:<7} {:>7} {:>7} {:>7} {:>7}",
-        "stage", "queued", "running", "done", "failed"
+        "jobs:   {:<7} {:>7} {:>7} {:>7} {:>7}   evaluations {:>5} {:>5} {:>6}",
+        "stage", "queued", "running", "done", "failed", "open", "done", "failed"
     );
     for stage in StageName::ALL {
         let c = r.jobs.get(stage).copied().unwrap_or_default();
+        let e = r.evaluations.get(stage).copied().unwrap_or_default();
         let _ = writeln!(
             s,
-            "        {:<7} {:>7} {:>7} {:>7} {:>7}",
+            "        {:<7} {:>7} {:>7} {:>7} {:>7}               {:>5} {:>5} {:>6}",
             stage.name(),
             c.queued,
             c.running,
             c.done,
-            c.failed
+            c.failed,
+            e.open,
+            e.done,
+            e.failed
         );
     }
     let b = &r.budget;

@@ -28,7 +28,7 @@ use crate::layers::device::DeviceSpec;
 use crate::scale::corpus::Corpus;
 use crate::search::{Policy, Proposal};
 use crate::space::{Baseline, SearchSpace, StageName};
-use crate::store::{EventKind, JobId, Release, StageSummary, Store, now};
+use crate::store::{EventKind, Job, JobId, JobState, Release, StageEnd, StageSummary, Store, now};
 use control::{Answer, Request};
 use report::{Live, RunningJob};
 use worker::{Done, Evaluation, Outcome, WorkItem};
@@ -155,27 +155,44 @@ struct InFlight {
     lapsed: bool,
 }
 
-/// Why a stage's result counts as a failure: a divergence that another try
-/// would repeat (training is deterministic).
-fn divergence(result: &crate::stages::StageResult) -> Option<String> {
-    for s in &result.per_setting {
-        let diverged: Vec<_> = s
-            .runs
-            .iter()
-            .filter_map(|r| match r.result.outcome {
-                crate::train::Outcome::Diverged { step } => Some(step),
-                _ => None,
-            })
-            .collect();
-        if !s.runs.is_empty() && diverged.len() == s.runs.len() {
-            return Some(format!(
-                "diverged (NaN or infinite loss) on {} at step {} in every optimiser setting",
-                s.setting.reference_dir_name(),
-                diverged[0]
-            ));
-        }
-    }
-    None
+/// Why a task setting's result counts as a failure: a divergence in every
+/// optimiser setting, which another try would repeat (training is
+/// deterministic).
+fn divergence(s: &crate::stages::SettingResult) -> Option<String> {
+    let diverged: Vec<_> = s
+        .runs
+        .iter()
+        .filter_map(|r| match r.result.outcome {
+            crate::train::Outcome::Diverged { step } => Some(step),
+            _ => None,
+        })
+        .collect();
+    (!s.runs.is_empty() && diverged.len() == s.runs.len()).then(|| {
+        format!(
+            "diverged (NaN or infinite loss) on {} at step {} in every optimiser setting",
+            s.setting.reference_dir_name(),
+            diverged[0]
+        )
+    })
+}
+
+/// The jobs `arch` needs at `stage` (its runs, or none: the whole stage in
+/// one job). A genome the stage cannot split (no scaling plan, a corpus too
+/// small) is queued whole; its job then fails with the reason, recorded on
+/// the candidate like any failure.
+fn parts_of(
+    store: &Store,
+    arch: crate::genome::ArchId,
+    stage: StageName,
+    wcfg: &worker::WorkerConfig,
+) -> anyhow::Result<Vec<String>> {
+    let Some(c) = store.candidate(arch)? else {
+        return Ok(Vec::new());
+    };
+    Ok(
+        crate::stages::stage_parts(stage, &wcfg.preset, &c.genome, &wcfg.corpus)
+            .unwrap_or_default(),
+    )
 }
 
 /// Runs the daemon on an open store until it is stopped or its budget is
@@ -320,6 +337,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
                             arch: job.arch,
                             layers: cand.genome.layers_string(),
                             stage: job.stage,
+                            part: job.part.as_ref().map(|p| p.key.clone()),
                             attempt: job.attempt,
                             worker: w,
                             seconds: now(),
@@ -327,10 +345,14 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
                         },
                     );
                     log(format!(
-                        "job {} (attempt {}): {} {} → worker {w}",
+                        "job {} (attempt {}): {}{} {} → worker {w}",
                         job.id,
                         job.attempt,
                         job.stage.name(),
+                        job.part
+                            .as_ref()
+                            .map(|p| format!(" run {}/{} {}", p.index + 1, p.of, p.key))
+                            .unwrap_or_default(),
                         cand.genome.layers_string()
                     ));
                     in_flight.insert(
@@ -354,16 +376,29 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
                 }
                 match policy.propose(store, &budget)? {
                     Proposal::Promote { arch, stage } => {
-                        if let Some(j) = store.enqueue(arch, stage)? {
+                        let parts = parts_of(store, arch, stage, &wcfg)?;
+                        if let Some(j) = store.enqueue(arch, stage, &parts)? {
                             log(format!(
-                                "promoted {} to {} (job {j})",
+                                "promoted {} to {} ({})",
                                 arch.short(),
-                                stage.name()
+                                stage.name(),
+                                if parts.is_empty() {
+                                    format!("job {j}")
+                                } else {
+                                    format!("jobs {j}–{}", j + parts.len() as u64 - 1)
+                                }
                             ));
                         }
                     }
                     Proposal::New(c) => {
-                        if let Some(j) = store.add_candidate(&c, StageName::Screen)? {
+                        let parts = crate::stages::stage_parts(
+                            StageName::Screen,
+                            &wcfg.preset,
+                            &c.genome,
+                            &wcfg.corpus,
+                        )
+                        .unwrap_or_default();
+                        if let Some(j) = store.add_candidate(&c, StageName::Screen, &parts)? {
                             log(format!(
                                 "new candidate {} by {}: {} (job {j})",
                                 c.id.short(),
@@ -407,7 +442,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
                     .remove(&done.job);
                 *shared.idle.lock().expect("no poisoning") = None;
                 free.push(done.worker);
-                settle(store, &cfg.state, &done, &f)?;
+                settle(store, &wcfg, &done, &f)?;
                 let dt = accounted.elapsed().as_secs_f64();
                 accounted = Instant::now();
                 store.daemon_event(dt, None)?;
@@ -466,58 +501,212 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The stage's result once `done`'s run is the last of the candidate's
+/// split stage: the other runs' results read back from the store, this one
+/// added, assembled. [`StageEnd::Pending`] while others are to finish or
+/// once the stage has failed.
+fn assemble_split(
+    store: &Store,
+    done: &Done,
+    this: &Evaluation,
+    preset: &crate::space::Preset,
+    corpus: &str,
+) -> anyhow::Result<Result<Option<(StageSummary, serde_json::Value)>, String>> {
+    let Some(cand) = store.candidate(done.arch)? else {
+        return Ok(Ok(None));
+    };
+    if cand.failed.contains_key(&done.stage) {
+        return Ok(Ok(None));
+    }
+    let jobs: Vec<Job> = store.stage_jobs(&cand, done.stage)?;
+    if jobs
+        .iter()
+        .any(|j| j.id != done.job && !matches!(j.state, JobState::Done { .. }))
+    {
+        return Ok(Ok(None));
+    }
+    // Every other run is done: read their results, in run order.
+    let mut values = Vec::with_capacity(jobs.len());
+    for j in &jobs {
+        if j.id == done.job {
+            values.push(None);
+        } else {
+            match store.result(j.id)? {
+                Some(v) => values.push(Some(v)),
+                None => return Ok(Err(format!("job {} is done but has no result", j.id))),
+            }
+        }
+    }
+    fn collect<T: serde::de::DeserializeOwned + Clone>(
+        jobs: &[Job],
+        values: Vec<Option<serde_json::Value>>,
+        this: &T,
+    ) -> Result<Vec<T>, String> {
+        jobs.iter()
+            .zip(values)
+            .map(|(j, v)| match v {
+                None => Ok(this.clone()),
+                Some(v) => serde_json::from_value(v)
+                    .map_err(|e| format!("the stored result of job {} is unreadable: {e}", j.id)),
+            })
+            .collect()
+    }
+    let (score, per_task, predicted_loss, seconds, full) = match this {
+        Evaluation::Setting(r) => {
+            let settings = match collect(&jobs, values, r) {
+                Ok(x) => x,
+                Err(e) => return Ok(Err(e)),
+            };
+            let seconds = settings
+                .iter()
+                .flat_map(|s| s.runs.iter().map(|r| r.result.seconds))
+                .sum();
+            let Some(stage_settings) = preset.tasks(done.stage) else {
+                return Ok(Err(format!("{} has no task settings", done.stage.name())));
+            };
+            let r = crate::stages::assemble(done.stage, stage_settings, settings, seconds);
+            (
+                r.score,
+                r.per_task.clone(),
+                None,
+                seconds,
+                serde_json::to_value(&r)?,
+            )
+        }
+        Evaluation::Run(r) => {
+            let runs = match collect(&jobs, values, r) {
+                Ok(x) => x,
+                Err(e) => return Ok(Err(e)),
+            };
+            let seconds = runs.iter().map(|r| r.result.seconds).sum();
+            match crate::stages::scale::assemble(&preset.scale, corpus, runs, seconds) {
+                Ok(r) => (
+                    r.score,
+                    Default::default(),
+                    Some(r.predicted_loss),
+                    seconds,
+                    serde_json::to_value(&r)?,
+                ),
+                Err(e) => return Ok(Err(e.to_string())),
+            }
+        }
+        Evaluation::Tasks(_) | Evaluation::Scale(_) => {
+            return Ok(Err("a whole-stage result among split runs".into()));
+        }
+    };
+    Ok(Ok(Some((
+        StageSummary {
+            job: done.job,
+            score,
+            per_task,
+            seconds,
+            finished: now(),
+            predicted_loss,
+        },
+        full,
+    ))))
+}
+
 /// Records what a worker reported.
-fn settle(store: &Store, state: &Path, done: &Done, f: &InFlight) -> anyhow::Result<()> {
+fn settle(
+    store: &Store,
+    wcfg: &worker::WorkerConfig,
+    done: &Done,
+    f: &InFlight,
+) -> anyhow::Result<()> {
     let job = done.job;
+    let fail = |why: String| -> anyhow::Result<()> {
+        log(format!("job {job}: failed: {why}"));
+        store.release(
+            job,
+            f.attempt,
+            &Release::Failed {
+                reason: why,
+                retry: false,
+            },
+        )?;
+        Ok(())
+    };
     match &done.outcome {
         Outcome::Finished(result) => {
-            let why = match result.as_ref() {
-                Evaluation::Tasks(r) => divergence(r),
-                Evaluation::Scale(_) => None,
+            let result = result.as_ref();
+            let diverged = match result {
+                Evaluation::Tasks(r) => r.per_setting.iter().find_map(divergence),
+                Evaluation::Setting(r) => divergence(r),
+                Evaluation::Scale(_) | Evaluation::Run(_) => None,
             };
-            if let Some(why) = why {
-                log(format!("job {job}: failed: {why}"));
-                store.release(
-                    job,
-                    f.attempt,
-                    &Release::Failed {
-                        reason: why,
-                        retry: false,
-                    },
-                )?;
+            if let Some(why) = diverged {
+                fail(why)?;
             } else {
-                let (per_task, predicted_loss) = match result.as_ref() {
-                    Evaluation::Tasks(r) => (r.per_task.clone(), None),
-                    Evaluation::Scale(r) => (Default::default(), Some(r.predicted_loss)),
-                };
-                let summary = StageSummary {
+                let seconds = result.seconds();
+                let summary = |score, per_task, predicted_loss| StageSummary {
                     job,
-                    score: result.score(),
+                    score,
                     per_task,
-                    seconds: result.seconds(),
+                    seconds,
                     finished: now(),
                     predicted_loss,
                 };
-                let recorded = match result.as_ref() {
-                    Evaluation::Tasks(r) => store.finish(job, f.attempt, &summary, r)?,
-                    Evaluation::Scale(r) => store.finish(job, f.attempt, &summary, r)?,
+                let (part, whole) = match result {
+                    Evaluation::Tasks(r) => (
+                        None,
+                        Some((
+                            summary(r.score, r.per_task.clone(), None),
+                            serde_json::to_value(r)?,
+                        )),
+                    ),
+                    Evaluation::Scale(r) => (
+                        None,
+                        Some((
+                            summary(r.score, Default::default(), Some(r.predicted_loss)),
+                            serde_json::to_value(r)?,
+                        )),
+                    ),
+                    Evaluation::Setting(r) => (Some(serde_json::to_value(r)?), None),
+                    Evaluation::Run(r) => (Some(serde_json::to_value(r)?), None),
                 };
+                let assembled = match whole {
+                    Some(w) => Ok(Some(w)),
+                    None => assemble_split(store, done, result, &wcfg.preset, wcfg.corpus.name())?,
+                };
+                let end = match &assembled {
+                    Ok(Some((summary, full))) => StageEnd::Done { summary, full },
+                    Ok(None) => StageEnd::Pending,
+                    Err(reason) => StageEnd::Failed {
+                        reason: reason.clone(),
+                    },
+                };
+                let recorded = store.finish(job, f.attempt, seconds, part.as_ref(), &end)?;
                 // On disk before its checkpoints go: a kill -9 after this
                 // line cannot send the job back to square one.
                 store.flush()?;
                 if recorded {
-                    let what = match predicted_loss {
-                        Some(l) => format!("predicted loss {l:.4} (score {:.4})", result.score()),
-                        None => format!("score {:.4}", result.score()),
-                    };
-                    log(format!(
-                        "job {job}: {} {what} in {:.1} s",
-                        done.stage.name(),
-                        result.seconds()
-                    ));
+                    match &end {
+                        StageEnd::Done { summary, .. } => {
+                            let what = match summary.predicted_loss {
+                                Some(l) => {
+                                    format!("predicted loss {l:.4} (score {:.4})", summary.score)
+                                }
+                                None => format!("score {:.4}", summary.score),
+                            };
+                            log(format!(
+                                "job {job}: {} {what} in {:.1} s",
+                                done.stage.name(),
+                                summary.seconds
+                            ));
+                        }
+                        StageEnd::Failed { reason } => {
+                            log(format!("job {job}: {} failed: {reason}", done.stage.name()));
+                        }
+                        StageEnd::Pending => log(format!(
+                            "job {job}: {} run {} done in {seconds:.1} s",
+                            done.stage.name(),
+                            done.part.as_deref().unwrap_or("?")
+                        )),
+                    }
                 }
             }
-            let _ = std::fs::remove_dir_all(worker::runs_dir(state, done.arch, done.stage));
+            clean_up(store, &wcfg.state, done)?;
         }
         Outcome::Interrupted => {
             let how = if f.lapsed {
@@ -538,6 +727,42 @@ fn settle(store: &Store, state: &Path, done: &Done, f: &InFlight) -> anyhow::Res
                 },
             )?;
             log(format!("job {job}: failed: {reason}; now {state:?}"));
+            if matches!(state, Some(JobState::Failed { .. })) {
+                clean_up(store, &wcfg.state, done)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a finished job kept on disk: the stage's directory once no
+/// job of the candidate's stage is queued or running, else the run's own
+/// files (the others' checkpoints stay).
+fn clean_up(store: &Store, state: &Path, done: &Done) -> anyhow::Result<()> {
+    let dir = worker::runs_dir(state, done.arch, done.stage);
+    let open = match store.candidate(done.arch)? {
+        Some(c) => store
+            .stage_jobs(&c, done.stage)?
+            .iter()
+            .any(|j| matches!(j.state, JobState::Queued | JobState::Leased { .. })),
+        None => false,
+    };
+    match (&done.part, open) {
+        (Some(key), true) => {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                // `<key>.ckpt…`, `<key>_lr…` (a setting's sweep runs); not
+                // `<key>0.ckpt` of another run.
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name
+                    .strip_prefix(key.as_str())
+                    .is_some_and(|rest| rest.starts_with(['.', '_']))
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        _ => {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
     Ok(())

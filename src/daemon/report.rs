@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::genome::ArchId;
 use crate::space::{Operator, StageName};
-use crate::store::{Candidate, Counts, Job, JobId, Store, StoreError};
+use crate::store::{Candidate, Counts, Evaluations, Job, JobId, Store, StoreError};
 
 /// Identifies the status schema.
 pub const STATUS_SCHEMA: &str = "mad-search.status/1";
@@ -27,6 +27,9 @@ pub struct RunningJob {
     pub layers: String,
     /// Stage.
     pub stage: StageName,
+    /// The run of the stage, for a stage split into runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
     /// Try number.
     pub attempt: u32,
     /// Worker index.
@@ -116,8 +119,12 @@ pub struct StatusReport {
     pub daemon: Option<Live>,
     /// Candidates in the population.
     pub candidates: u64,
-    /// Jobs per stage and state.
+    /// Jobs per stage and state (a `mad` or `scale` evaluation is one job
+    /// per run).
     pub jobs: BTreeMap<StageName, Counts>,
+    /// Evaluations (candidates through a stage) per stage.
+    #[serde(default)]
+    pub evaluations: BTreeMap<StageName, Evaluations>,
     /// Evaluations finished per hour of daemon time.
     pub throughput_per_hour: Option<f64>,
     /// Budget use and forecast.
@@ -214,13 +221,13 @@ pub fn status(store: &Store, live: Option<Live>, top: usize) -> Result<StatusRep
         .as_ref()
         .map_or(stats.daemon_seconds, |l| l.earlier_seconds + l.uptime)
         / 3600.0;
-    let spent: u64 = stats.jobs.values().map(Counts::spent).sum();
+    let spent: u64 = stats.evaluations.values().map(Evaluations::spent).sum();
     let throughput = (hours_used > 0.0 && spent > 0).then(|| spent as f64 / hours_used);
     let mut evaluations = BTreeMap::new();
     let mut forecast: Option<f64> = record.budget.hours.map(|h| (h - hours_used).max(0.0));
     for &stage in StageName::ALL {
         let max = record.budget.evaluations.get(&stage).copied();
-        let used = stats.jobs.get(&stage).map_or(0, Counts::spent);
+        let used = stats.evaluations.get(&stage).map_or(0, Evaluations::spent);
         if max.is_some() || used > 0 {
             evaluations.insert(stage, (max, used));
         }
@@ -288,6 +295,7 @@ pub fn status(store: &Store, live: Option<Live>, top: usize) -> Result<StatusRep
         daemon: live,
         candidates: stats.candidates,
         jobs: stats.jobs,
+        evaluations: stats.evaluations,
         throughput_per_hour: throughput,
         budget: BudgetReport {
             hours: record.budget.hours,
@@ -328,8 +336,12 @@ pub struct CandidateReport {
     pub lineage: Vec<Ancestor>,
     /// Its jobs.
     pub jobs: Vec<Job>,
-    /// Full results of its finished jobs (with every setting, run and time).
+    /// Results of its finished runs, by job (stages split into runs).
     pub results: BTreeMap<JobId, serde_json::Value>,
+    /// Full results of its finished stages (with every setting, run and
+    /// time).
+    #[serde(default)]
+    pub stage_results: BTreeMap<StageName, serde_json::Value>,
     /// The search's preset and seed.
     pub preset: String,
     /// Seed.
@@ -426,6 +438,12 @@ pub fn candidate_report(store: &Store, id: ArchId) -> Result<Option<CandidateRep
             results.insert(j, r);
         }
     }
+    let mut stage_results = BTreeMap::new();
+    for &stage in c.stages.keys() {
+        if let Some(r) = store.stage_result(c.id, stage)? {
+            stage_results.insert(stage, r);
+        }
+    }
     Ok(Some(CandidateReport {
         layers: c.genome.layers_string(),
         candidate: c,
@@ -433,6 +451,7 @@ pub fn candidate_report(store: &Store, id: ArchId) -> Result<Option<CandidateRep
         lineage,
         jobs,
         results,
+        stage_results,
         preset: record
             .as_ref()
             .map(|r| r.preset.clone())

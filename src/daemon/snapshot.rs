@@ -172,12 +172,20 @@ mod tests {
                     finished: 0.0,
                     predicted_loss: None,
                 };
-                assert!(s.finish(job, leased.attempt, &summary, &"r").unwrap());
+                let full = serde_json::json!("r");
+                let end = crate::store::StageEnd::Done {
+                    summary: &summary,
+                    full: &full,
+                };
+                assert!(s.finish(job, leased.attempt, 1.0, None, &end).unwrap());
             };
-            let job = s.add_candidate(&c, StageName::Screen).unwrap().unwrap();
+            let job = s
+                .add_candidate(&c, StageName::Screen, &[])
+                .unwrap()
+                .unwrap();
             finish(job, 0.1 * (i + 1) as f64);
             if i % 2 == 1 {
-                let job = s.enqueue(c.id, StageName::Mad).unwrap().unwrap();
+                let job = s.enqueue(c.id, StageName::Mad, &[]).unwrap().unwrap();
                 finish(job, 0.05 * (i + 1) as f64);
             }
         }

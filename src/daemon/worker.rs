@@ -15,8 +15,8 @@ use crate::genome::{ArchId, ArchSpec};
 use crate::layers::device::{DeviceSpec, on_device};
 use crate::scale::corpus::Corpus;
 use crate::space::{Preset, StageName};
-use crate::stages::scale::{ScaleControl, ScaleProgress, ScaleResult};
-use crate::stages::{StageControl, StageProgress, StageResult, evaluate};
+use crate::stages::scale::{ScaleControl, ScaleProgress, ScaleResult, ScaleRun};
+use crate::stages::{SettingResult, StageControl, StageProgress, StageResult, evaluate};
 use crate::store::{Job, JobId};
 use crate::train::TrainError;
 
@@ -47,28 +47,26 @@ pub(crate) struct WorkItem {
     pub stop: Arc<AtomicBool>,
 }
 
-/// A finished evaluation.
+/// What a finished job produced.
 pub(crate) enum Evaluation {
-    /// `screen` or `mad`.
+    /// A whole task stage (`screen`; `mad` when queued whole).
     Tasks(StageResult),
-    /// `scale`.
+    /// A whole `scale` stage (queued whole).
     Scale(ScaleResult),
+    /// One task setting of a `mad` stage split into settings.
+    Setting(SettingResult),
+    /// One training run of a `scale` stage split into runs.
+    Run(ScaleRun),
 }
 
 impl Evaluation {
-    /// The stage's score.
-    pub fn score(&self) -> f64 {
-        match self {
-            Evaluation::Tasks(r) => r.score,
-            Evaluation::Scale(r) => r.score,
-        }
-    }
-
-    /// Wall time, seconds.
+    /// Compute time, seconds (summed over runs).
     pub fn seconds(&self) -> f64 {
         match self {
             Evaluation::Tasks(r) => r.seconds,
             Evaluation::Scale(r) => r.seconds,
+            Evaluation::Setting(r) => r.runs.iter().map(|x| x.result.seconds).sum(),
+            Evaluation::Run(r) => r.result.seconds,
         }
     }
 }
@@ -85,11 +83,14 @@ pub(crate) struct Done {
     pub job: JobId,
     pub arch: ArchId,
     pub stage: StageName,
+    /// The run's name, for a stage split into runs.
+    pub part: Option<String>,
     pub worker: usize,
     pub outcome: Outcome,
 }
 
-/// Where a job keeps its checkpoints and finished runs.
+/// Where a job keeps its checkpoints and finished runs (every job of a
+/// candidate's stage shares it; each run's files carry the run's name).
 pub(crate) fn runs_dir(state: &Path, arch: ArchId, stage: StageName) -> PathBuf {
     state.join("runs").join(format!("{arch}-{}", stage.name()))
 }
@@ -119,6 +120,7 @@ pub(crate) fn work(
             job: item.job.id,
             arch: item.job.arch,
             stage: item.job.stage,
+            part: item.job.part.as_ref().map(|p| p.key.clone()),
             worker: item.worker,
             outcome,
         };
@@ -172,10 +174,18 @@ fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
                         p.epoch.valid.macro_
                     ))
                 };
-                on_device!(cfg.device, B, device => evaluate::<B>(
-                    &item.genome, job.stage, &settings, seed, &device, ctl, &progress,
-                ))
-                .map(Evaluation::Tasks)
+                match &job.part {
+                    None => on_device!(cfg.device, B, device => evaluate::<B>(
+                        &item.genome, job.stage, &settings, seed, &device, ctl, &progress,
+                    ))
+                    .map(Evaluation::Tasks),
+                    Some(part) => on_device!(cfg.device, B, device =>
+                    crate::stages::evaluate_setting::<B>(
+                        &item.genome, &settings, part.index as usize, &part.key, seed,
+                        &device, ctl, &progress,
+                    ))
+                    .map(Evaluation::Setting),
+                }
             }
             None => {
                 let ctl = ScaleControl {
@@ -185,11 +195,65 @@ fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
                     parallel: 1,
                     threads: None,
                 };
-                let progress = |p: &ScaleProgress<'_>| show(p.line());
-                on_device!(cfg.device, B, device => crate::stages::scale::evaluate::<B>(
-                    &item.genome, &cfg.preset.scale, &cfg.corpus, seed, &device, ctl, &progress,
-                ))
-                .map(Evaluation::Scale)
+                let settings = &cfg.preset.scale;
+                match &job.part {
+                    None => {
+                        let progress = |p: &ScaleProgress<'_>| show(p.line());
+                        on_device!(cfg.device, B, device =>
+                        crate::stages::scale::evaluate::<B>(
+                            &item.genome, settings, &cfg.corpus, seed, &device, ctl,
+                            &progress,
+                        ))
+                        .map(Evaluation::Scale)
+                    }
+                    Some(part) => {
+                        let planned = crate::stages::scale::planned_runs(
+                            &item.genome,
+                            settings,
+                            &cfg.corpus,
+                        )?;
+                        let Some(p) = planned
+                            .get(part.index as usize)
+                            .filter(|p| p.key() == part.key)
+                        else {
+                            return Err(TrainError::Data(format!(
+                                "the scaling plan has no run {} named {} (it has {}): was the \
+                                 preset changed?",
+                                part.index,
+                                part.key,
+                                planned.len()
+                            )));
+                        };
+                        let ckpt = dir.join(format!("{}.ckpt", part.key));
+                        let run = (part.index as usize + 1, part.of as usize);
+                        let mut first = true;
+                        let mut progress = |step: usize, loss: f64| {
+                            if std::mem::take(&mut first) && step > 1 {
+                                super::log(format!(
+                                    "job {}: run {} resumed from its checkpoint at step {}",
+                                    job.id,
+                                    part.key,
+                                    step - 1
+                                ));
+                            }
+                            show(
+                                ScaleProgress {
+                                    planned: p,
+                                    run,
+                                    step,
+                                    loss,
+                                }
+                                .line(),
+                            );
+                        };
+                        on_device!(cfg.device, B, device =>
+                        crate::stages::scale::train_run::<B>(
+                            p, settings, &cfg.corpus, seed, &device, Some(&ckpt), ctl,
+                            &mut progress,
+                        ))
+                        .map(Evaluation::Run)
+                    }
+                }
             }
         }
     };

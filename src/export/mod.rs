@@ -131,10 +131,10 @@ fn card(r: &CandidateReport) -> String {
         }
         let _ = writeln!(
             s,
-            "\nWall time {:.1} s (job {}).",
+            "\nCompute time {:.1} s (finished by job {}).",
             summary.seconds, summary.job
         );
-        if let Some(settings) = r.results.get(&summary.job).and_then(|v| v.get("settings")) {
+        if let Some(settings) = r.stage_results.get(stage).and_then(|v| v.get("settings")) {
             let _ = writeln!(
                 s,
                 "\nStage settings:\n\n```json\n{}\n```",
@@ -159,8 +159,7 @@ fn card(r: &CandidateReport) -> String {
 
 /// The candidate's `scale` result, if it finished that stage.
 pub fn scale_result(r: &CandidateReport) -> Option<ScaleResult> {
-    let summary = r.candidate.stages.get(&StageName::Scale)?;
-    serde_json::from_value(r.results.get(&summary.job)?.clone()).ok()
+    serde_json::from_value(r.stage_results.get(&StageName::Scale)?.clone()).ok()
 }
 
 /// The file name of the candidate's scaling plot (beside its card).

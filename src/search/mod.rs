@@ -76,9 +76,9 @@ pub fn candidate(
 /// Evaluations of `stage` spent or committed (queued, running, done, failed).
 fn committed(stats: &Stats, stage: StageName) -> u64 {
     stats
-        .jobs
+        .evaluations
         .get(&stage)
-        .map_or(0, |c| c.queued + c.running + c.done + c.failed)
+        .map_or(0, crate::store::Evaluations::committed)
 }
 
 impl Policy {

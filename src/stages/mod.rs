@@ -364,6 +364,163 @@ pub(crate) fn side_by_side<T: Send>(
     Ok(runs)
 }
 
+/// The jobs a candidate's evaluation at `stage` is split into, by name:
+/// none for `screen` (one job: minutes, and the bulk of a search), one per
+/// task setting for `mad` (66 in the full grid, each with its lr × wd
+/// sweep), one per training run for `scale` (budgets × sizes). Split stages
+/// spread one candidate over every free worker, and a retry, a lapsed lease
+/// or a kill costs one run, not the stage.
+///
+/// # Errors
+/// What [`scale::planned_runs`] finds wrong with the genome or the corpus
+/// (the caller then queues the stage whole, and its job fails with this
+/// error where failures are recorded).
+pub fn stage_parts(
+    stage: StageName,
+    preset: &crate::space::Preset,
+    spec: &ArchSpec,
+    corpus: &crate::scale::corpus::Corpus,
+) -> Result<Vec<String>, TrainError> {
+    match stage {
+        StageName::Screen => Ok(Vec::new()),
+        StageName::Mad => Ok(setting_keys(&preset.mad)),
+        StageName::Scale => Ok(scale::planned_runs(spec, &preset.scale, corpus)?
+            .iter()
+            .map(|p| p.key())
+            .collect()),
+    }
+}
+
+/// The optimiser settings a stage sweeps, lr-major.
+fn sweep(settings: &StageSettings) -> Vec<(f64, f64)> {
+    settings
+        .lr
+        .iter()
+        .flat_map(|&lr| settings.weight_decay.iter().map(move |&wd| (lr, wd)))
+        .collect()
+}
+
+/// One optimiser setting's run on one task setting, read back from its
+/// finished-run file in `ctl.dir` when there is one.
+#[allow(clippy::too_many_arguments)]
+fn sweep_run<B: AutodiffBackend>(
+    spec: &ArchSpec,
+    settings: &StageSettings,
+    setting: &TaskSetting,
+    (lr, wd): (f64, f64),
+    seed: u64,
+    device: &B::Device,
+    ctl: StageControl<'_>,
+    progress: &mut dyn FnMut(&EpochReport),
+) -> Result<SweepRun, TrainError> {
+    let cfg = run_config(settings, lr, wd, seed);
+    let print = crate::train::run::fingerprint(spec, setting, &cfg);
+    let key = run_key(setting, lr, wd);
+    let done_path = ctl.dir.map(|d| d.join(format!("{key}.done.json")));
+    if let Some(done) = done_path.as_deref().and_then(|p| read_done(p, &print)) {
+        return Ok(done);
+    }
+    let ckpt = ctl.dir.map(|d| d.join(format!("{key}.ckpt")));
+    let run_ctl = RunControl {
+        checkpoint: ckpt.as_deref().map(|p| (p, ctl.checkpoint_every)),
+        stop: ctl.stop,
+    };
+    let splits = match ctl.data {
+        Some(root) => load_splits(setting, root)?,
+        None => setting
+            .generate()
+            .expect("stage settings satisfy the tasks' constraints"),
+    };
+    let result = run::<B>(spec, setting, &splits, &cfg, device, run_ctl, progress)?;
+    let done = SweepRun {
+        lr,
+        weight_decay: wd,
+        result,
+    };
+    if let (Some(path), Some(ckpt)) = (&done_path, &ckpt) {
+        write_done(path, ckpt, print, &done)?;
+    }
+    Ok(done)
+}
+
+/// The names of a stage's task settings (their data directories' names),
+/// one per job when the stage runs as one job per setting. A job carries
+/// its setting's index too: two settings may share a name once a preset
+/// caps their lengths (they are then the same setting).
+pub fn setting_keys(settings: &StageSettings) -> Vec<String> {
+    stage_settings(settings)
+        .iter()
+        .map(TaskSetting::reference_dir_name)
+        .collect()
+}
+
+/// Runs task setting `index` of a stage (its whole lr × wd sweep): one job
+/// of a stage split into settings. `key` is the name [`setting_keys`] gave
+/// it, checked so that a job never runs another setting than it was queued
+/// for.
+///
+/// # Errors
+/// As [`evaluate`], and [`TrainError::Data`] when `index` and `key` do not
+/// name a setting of `settings`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_setting<B: AutodiffBackend>(
+    spec: &ArchSpec,
+    settings: &StageSettings,
+    index: usize,
+    key: &str,
+    seed: u64,
+    device: &B::Device,
+    ctl: StageControl<'_>,
+    progress: &(dyn Fn(&StageProgress<'_>) + Sync),
+) -> Result<SettingResult, TrainError> {
+    spec.validate_layers()?;
+    let keys = setting_keys(settings);
+    if keys.get(index).map(String::as_str) != Some(key) {
+        return Err(TrainError::Data(format!(
+            "the stage has no task setting {index} named {key} (it has {}): was the preset changed?",
+            keys.len()
+        )));
+    }
+    let setting = stage_settings(settings).swap_remove(index);
+    let sweep = sweep(settings);
+    let total = sweep.len();
+    let runs = side_by_side(total, ctl.parallel, ctl.threads, |i| {
+        sweep_run::<B>(
+            spec,
+            settings,
+            &setting,
+            sweep[i],
+            seed,
+            device,
+            ctl,
+            &mut |epoch| {
+                progress(&StageProgress {
+                    setting: &setting,
+                    lr: sweep[i].0,
+                    weight_decay: sweep[i].1,
+                    run: (i + 1, total),
+                    epoch,
+                })
+            },
+        )
+    })?;
+    Ok(best_of(setting, runs))
+}
+
+/// A setting's runs and the best of them.
+fn best_of(setting: TaskSetting, runs: Vec<SweepRun>) -> SettingResult {
+    let best = runs
+        .iter()
+        .map(|r| r.result.test)
+        .max_by(|a, b| a.macro_.total_cmp(&b.macro_))
+        .unwrap_or_default();
+    SettingResult {
+        setting,
+        runs,
+        best,
+    }
+}
+
 /// Runs `stage` on `spec`.
 ///
 /// # Errors
@@ -384,79 +541,56 @@ pub fn evaluate<B: AutodiffBackend>(
     spec.validate_layers()?;
     let start = Instant::now();
     let task_settings = stage_settings(settings);
-    let sweep: Vec<(f64, f64)> = settings
-        .lr
-        .iter()
-        .flat_map(|&lr| settings.weight_decay.iter().map(move |&wd| (lr, wd)))
-        .collect();
-    let jobs: Vec<(usize, f64, f64)> = (0..task_settings.len())
-        .flat_map(|i| sweep.iter().map(move |&(lr, wd)| (i, lr, wd)))
+    let sweep = sweep(settings);
+    let jobs: Vec<(usize, (f64, f64))> = (0..task_settings.len())
+        .flat_map(|i| sweep.iter().map(move |&o| (i, o)))
         .collect();
     let total = jobs.len();
     let one = |index: usize| -> Result<SweepRun, TrainError> {
-        let (i, lr, wd) = jobs[index];
+        let (i, opt) = jobs[index];
         let setting = &task_settings[i];
-        let cfg = run_config(settings, lr, wd, seed);
-        let print = crate::train::run::fingerprint(spec, setting, &cfg);
-        let key = run_key(setting, lr, wd);
-        let done_path = ctl.dir.map(|d| d.join(format!("{key}.done.json")));
-        if let Some(done) = done_path.as_deref().and_then(|p| read_done(p, &print)) {
-            return Ok(done);
-        }
-        let ckpt = ctl.dir.map(|d| d.join(format!("{key}.ckpt")));
-        let run_ctl = RunControl {
-            checkpoint: ckpt.as_deref().map(|p| (p, ctl.checkpoint_every)),
-            stop: ctl.stop,
-        };
-        let splits = match ctl.data {
-            Some(root) => load_splits(setting, root)?,
-            None => setting
-                .generate()
-                .expect("stage settings satisfy the tasks' constraints"),
-        };
-        let result = run::<B>(
+        sweep_run::<B>(
             spec,
+            settings,
             setting,
-            &splits,
-            &cfg,
+            opt,
+            seed,
             device,
-            run_ctl,
+            ctl,
             &mut |epoch| {
                 progress(&StageProgress {
                     setting,
-                    lr,
-                    weight_decay: wd,
+                    lr: opt.0,
+                    weight_decay: opt.1,
                     run: (index + 1, total),
                     epoch,
                 })
             },
-        )?;
-        let done = SweepRun {
-            lr,
-            weight_decay: wd,
-            result,
-        };
-        if let (Some(path), Some(ckpt)) = (&done_path, &ckpt) {
-            write_done(path, ckpt, print, &done)?;
-        }
-        Ok(done)
+        )
     };
     let runs = side_by_side(total, ctl.parallel, ctl.threads, one)?;
     let mut per_setting = Vec::with_capacity(task_settings.len());
     let mut runs = runs.into_iter();
     for setting in task_settings {
         let runs: Vec<SweepRun> = runs.by_ref().take(sweep.len()).collect();
-        let best = runs
-            .iter()
-            .map(|r| r.result.test)
-            .max_by(|a, b| a.macro_.total_cmp(&b.macro_))
-            .unwrap_or_default();
-        per_setting.push(SettingResult {
-            setting,
-            runs,
-            best,
-        });
+        per_setting.push(best_of(setting, runs));
     }
+    Ok(assemble(
+        stage,
+        settings,
+        per_setting,
+        start.elapsed().as_secs_f64(),
+    ))
+}
+
+/// A stage's result from its settings' results: per task the mean of its
+/// settings' best macro accuracy, overall the mean of the tasks.
+pub fn assemble(
+    stage: StageName,
+    settings: &StageSettings,
+    per_setting: Vec<SettingResult>,
+    seconds: f64,
+) -> StageResult {
     let mut by_task: BTreeMap<TaskKind, Vec<f64>> = BTreeMap::new();
     for s in &per_setting {
         by_task
@@ -473,14 +607,14 @@ pub fn evaluate<B: AutodiffBackend>(
     } else {
         per_task.values().sum::<f64>() / per_task.len() as f64
     };
-    Ok(StageResult {
+    StageResult {
         stage,
         settings: settings.clone(),
         per_setting,
         per_task,
         score,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+        seconds,
+    }
 }
 
 #[cfg(test)]

@@ -288,7 +288,93 @@ pub fn fit(
     Ok((optima, law, state_law))
 }
 
-/// Runs the `scale` stage on `spec`.
+/// The runs of `spec`'s `scale` stage, checked against the corpus.
+///
+/// # Errors
+/// The genome is invalid or has no plan ([`TrainError::Data`]), or the
+/// corpus is too small for a run.
+pub fn planned_runs(
+    spec: &ArchSpec,
+    settings: &ScaleSettings,
+    corpus: &Corpus,
+) -> Result<Vec<PlannedRun>, TrainError> {
+    spec.validate_layers()?;
+    let planned =
+        plan(spec, settings, corpus.vocab()).map_err(|e| TrainError::Data(e.to_string()))?;
+    for p in &planned {
+        corpus
+            .check(
+                p.tokens as usize,
+                settings.seq_len,
+                &format!("the run {}", p.key()),
+            )
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+    }
+    Ok(planned)
+}
+
+/// Trains one planned run, checkpointing to `ckpt` every `ctl.checkpoint_every`
+/// steps and resuming from it.
+///
+/// # Errors
+/// As [`run`].
+#[allow(clippy::too_many_arguments)]
+pub fn train_run<B: AutodiffBackend>(
+    p: &PlannedRun,
+    settings: &ScaleSettings,
+    corpus: &Corpus,
+    seed: u64,
+    device: &B::Device,
+    ckpt: Option<&Path>,
+    ctl: ScaleControl<'_>,
+    progress: &mut dyn FnMut(usize, f64),
+) -> Result<ScaleRun, TrainError> {
+    let cfg = lm_config(settings, p, seed);
+    let result = run::<B>(
+        &p.member.spec,
+        corpus,
+        &cfg,
+        device,
+        RunControl {
+            checkpoint: ckpt.map(|c| (c, ctl.checkpoint_every.max(1))),
+            stop: ctl.stop,
+        },
+        progress,
+    )?;
+    Ok(ScaleRun {
+        planned: p.clone(),
+        result,
+    })
+}
+
+/// The stage's result from its finished runs: the fits and the prediction.
+///
+/// # Errors
+/// [`TrainError::Fit`] naming what cannot be fitted.
+pub fn assemble(
+    settings: &ScaleSettings,
+    corpus: &str,
+    runs: Vec<ScaleRun>,
+    seconds: f64,
+) -> Result<ScaleResult, TrainError> {
+    let (optima, law, state_law) = fit(settings, &runs)?;
+    let predicted_loss = law.predict(settings.target_compute);
+    Ok(ScaleResult {
+        settings: settings.clone(),
+        corpus: corpus.to_string(),
+        predicted_se: law.predict_se(settings.target_compute),
+        score: (-predicted_loss).exp(),
+        predicted_loss,
+        runs,
+        optima,
+        law,
+        state_law,
+        seconds,
+    })
+}
+
+/// Runs the `scale` stage on `spec`, every run in this call (finished runs
+/// are kept as files in `ctl.dir` and read back by a later call).
 ///
 /// # Errors
 /// The genome or its plan is invalid, the corpus is too small, a file
@@ -303,24 +389,12 @@ pub fn evaluate<B: AutodiffBackend>(
     ctl: ScaleControl<'_>,
     progress: &(dyn Fn(&ScaleProgress<'_>) + Sync),
 ) -> Result<ScaleResult, TrainError> {
-    spec.validate_layers()?;
     let start = Instant::now();
-    let planned =
-        plan(spec, settings, corpus.vocab()).map_err(|e| TrainError::Data(e.to_string()))?;
-    for p in &planned {
-        corpus
-            .check(
-                p.tokens as usize,
-                settings.seq_len,
-                &format!("the run {}", p.key()),
-            )
-            .map_err(|e| TrainError::Data(e.to_string()))?;
-    }
+    let planned = planned_runs(spec, settings, corpus)?;
     let total = planned.len();
     let one = |index: usize| -> Result<ScaleRun, TrainError> {
         let p = &planned[index];
-        let cfg = lm_config(settings, p, seed);
-        let print = fingerprint(&p.member.spec, corpus, &cfg);
+        let print = fingerprint(&p.member.spec, corpus, &lm_config(settings, p, seed));
         let key = p.key();
         let done_path = ctl.dir.map(|d| d.join(format!("{key}.done.json")));
         if let Some(done) = done_path
@@ -330,15 +404,14 @@ pub fn evaluate<B: AutodiffBackend>(
             return Ok(done);
         }
         let ckpt = ctl.dir.map(|d| d.join(format!("{key}.ckpt")));
-        let result = run::<B>(
-            &p.member.spec,
+        let done = train_run::<B>(
+            p,
+            settings,
             corpus,
-            &cfg,
+            seed,
             device,
-            RunControl {
-                checkpoint: ckpt.as_deref().map(|c| (c, ctl.checkpoint_every.max(1))),
-                stop: ctl.stop,
-            },
+            ckpt.as_deref(),
+            ctl,
             &mut |step, loss| {
                 progress(&ScaleProgress {
                     planned: p,
@@ -348,30 +421,13 @@ pub fn evaluate<B: AutodiffBackend>(
                 })
             },
         )?;
-        let done = ScaleRun {
-            planned: p.clone(),
-            result,
-        };
         if let (Some(path), Some(ckpt)) = (&done_path, &ckpt) {
             write_done(path, ckpt, print, &done)?;
         }
         Ok(done)
     };
     let runs = side_by_side(total, ctl.parallel, ctl.threads, one)?;
-    let (optima, law, state_law) = fit(settings, &runs)?;
-    let predicted_loss = law.predict(settings.target_compute);
-    Ok(ScaleResult {
-        settings: settings.clone(),
-        corpus: corpus.name().to_string(),
-        predicted_se: law.predict_se(settings.target_compute),
-        score: (-predicted_loss).exp(),
-        predicted_loss,
-        runs,
-        optima,
-        law,
-        state_law,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    assemble(settings, corpus.name(), runs, start.elapsed().as_secs_f64())
 }
 
 #[cfg(test)]

@@ -16,6 +16,14 @@
 //! | `results` | job id | the stage's full result (JSON) |
 //! | `events` | event number | [`Event`] |
 //! | `board` | stage, score descending, arch id | (empty): the leaderboard index |
+//! | `stage-results` | arch id, stage | the stage's full result (JSON) |
+//!
+//! A stage runs as one job (`screen`) or as one job per run (`mad`: per task
+//! setting; `scale`: per training run), each leased, retried and recorded on
+//! its own. `results` holds a run's result under its job; the job that
+//! finishes a stage's last run also writes the stage's result, assembled from
+//! all of them, to `stage-results` and the candidate's summary, in the same
+//! transaction.
 //!
 //! `stats`, the fronts, the score histograms and the board are maintained in the same
 //! transactions as the records they summarise, so `status` reads a few keys
@@ -32,8 +40,8 @@ use sled::transaction::{
 };
 
 pub use model::{
-    Candidate, Counts, Event, EventKind, FrontPoint, Job, JobId, JobState, SearchBudget,
-    SearchRecord, StageSummary, Stats, now,
+    Candidate, Counts, Evaluations, Event, EventKind, FrontPoint, Job, JobId, JobState, Part,
+    SearchBudget, SearchRecord, StageSummary, Stats, now,
 };
 
 use crate::genome::ArchId;
@@ -41,16 +49,20 @@ use crate::space::StageName;
 
 /// The schema this binary writes. Older databases are upgraded on open by
 /// [`MIGRATIONS`]; newer ones are refused.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 
-/// Upgrades from schema `i + 1` to `i + 2`, applied in order on open.
-/// (Schema 1 is the first; none exist yet.)
-const MIGRATIONS: &[fn(&sled::Db) -> sled::Result<()>] = &[];
+/// Upgrades from schema `i + 1` to `i + 2`, applied in order on open. Each
+/// is idempotent: a kill during one leaves the old schema number, and the
+/// next open runs it again.
+const MIGRATIONS: &[Migration] = &[migrate_to_2];
+
+/// One schema upgrade.
+type Migration = fn(&Store) -> Result<(), StoreError>;
 
 /// Failures of a job before it is given up.
 pub const MAX_FAILURES: u32 = 3;
 
-const TREES: [&str; 9] = [
+const TREES: [&str; 10] = [
     "meta",
     "candidates",
     "by-seq",
@@ -60,6 +72,7 @@ const TREES: [&str; 9] = [
     "results",
     "events",
     "board",
+    "stage-results",
 ];
 
 /// What went wrong with the store.
@@ -113,7 +126,7 @@ type Abort = ConflictableTransactionError<String>;
 pub struct Store {
     dir: PathBuf,
     db: sled::Db,
-    trees: [sled::Tree; 9],
+    trees: [sled::Tree; 10],
 }
 
 /// One transaction's view of all trees.
@@ -141,6 +154,35 @@ pub fn board_key(stage: StageName, score: f64, arch: ArchId) -> Vec<u8> {
     k.extend_from_slice(&(u64::MAX - bits).to_be_bytes());
     k.extend_from_slice(&arch.0);
     k
+}
+
+/// The `stage-results` key of a candidate's stage.
+fn stage_key(arch: ArchId, stage: StageName) -> [u8; 17] {
+    let mut k = [0; 17];
+    k[..16].copy_from_slice(&arch.0);
+    k[16] = stage_byte(stage);
+    k
+}
+
+/// How a finished job leaves its stage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StageEnd<'a> {
+    /// Other runs of the stage are still to finish (or one failed for good).
+    Pending,
+    /// It was the last run (or the whole stage): the stage's verdict.
+    Done {
+        /// Kept on the candidate.
+        summary: &'a StageSummary,
+        /// The stage's full result.
+        full: &'a serde_json::Value,
+    },
+    /// It was the last run, but the runs give no result (a scaling fit that
+    /// fails, every optimiser setting of a task diverged): the stage fails
+    /// for the candidate.
+    Failed {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// sled's settings for a store at `path`.
@@ -236,11 +278,39 @@ impl Tx<'_> {
         self.put(3, &key, job)
     }
 
+    /// Queues `cand` for `stage`: one job per run in `parts`, or one job
+    /// for the whole stage when `parts` is empty. Returns the first job.
+    fn queue_stage(
+        &self,
+        cand: &mut Candidate,
+        stage: StageName,
+        parts: &[String],
+        stats: &mut Stats,
+    ) -> Result<JobId, Abort> {
+        stats.evaluations.entry(stage).or_default().open += 1;
+        cand.queued.push(stage);
+        if parts.is_empty() {
+            return self.new_job(cand, stage, None, stats);
+        }
+        let mut first = None;
+        for (i, key) in parts.iter().enumerate() {
+            let part = Part {
+                index: i as u32,
+                of: parts.len() as u32,
+                key: key.clone(),
+            };
+            let id = self.new_job(cand, stage, Some(part), stats)?;
+            first.get_or_insert(id);
+        }
+        Ok(first.expect("at least one part"))
+    }
+
     /// A new queued job for `arch` at `stage`.
     fn new_job(
         &self,
         cand: &mut Candidate,
         stage: StageName,
+        part: Option<Part>,
         stats: &mut Stats,
     ) -> Result<JobId, Abort> {
         let id: u64 = self.get(0, b"next-job")?.unwrap_or(1);
@@ -249,6 +319,7 @@ impl Tx<'_> {
             id,
             arch: cand.id,
             stage,
+            part,
             attempt: 1,
             failures: 0,
             state: JobState::Queued,
@@ -257,7 +328,6 @@ impl Tx<'_> {
         stats.transition(stage, None, &job.state);
         self.put(3, &be(id), &job)?;
         self.t[4].insert(&be(id), &[])?;
-        cand.queued.push(stage);
         cand.jobs.push(id);
         self.event(EventKind::Queued {
             job: id,
@@ -266,6 +336,126 @@ impl Tx<'_> {
         })?;
         Ok(id)
     }
+
+    /// Records `cand`'s verdict at `stage`: summary, board, histogram,
+    /// front, full result, counts.
+    fn complete_stage(
+        &self,
+        c: &mut Candidate,
+        stage: StageName,
+        summary: &StageSummary,
+        full: &serde_json::Value,
+        stats: &mut Stats,
+    ) -> Result<(), Abort> {
+        self.put(9, &stage_key(c.id, stage), full)?;
+        let hkey = hist_key(stage);
+        let mut hist: Vec<u64> = self
+            .get(0, hkey.as_bytes())?
+            .unwrap_or_else(|| vec![0; HIST_BUCKETS]);
+        if let Some(old) = c.stages.get(&stage) {
+            self.t[8].remove(board_key(stage, old.score, c.id))?;
+            let slot = &mut hist[bucket(old.score)];
+            *slot = slot.saturating_sub(1);
+        } else {
+            let e = stats.evaluations.entry(stage).or_default();
+            e.open = e.open.saturating_sub(1);
+            e.done += 1;
+        }
+        self.t[8].insert(board_key(stage, summary.score, c.id), &[])?;
+        hist[bucket(summary.score)] += 1;
+        self.put(0, hkey.as_bytes(), &hist)?;
+        c.stages.insert(stage, summary.clone());
+        let key = format!("front/{}", stage.name());
+        let mut front: Vec<FrontPoint> = self.get(0, key.as_bytes())?.unwrap_or_default();
+        let p = FrontPoint {
+            arch: c.id,
+            score: summary.score,
+            params: c.params,
+            state: c.state,
+        };
+        front.retain(|q| q.arch != p.arch);
+        if !front.iter().any(|q| q.dominates(&p)) {
+            front.retain(|q| !p.dominates(q));
+            front.push(p);
+            front.sort_by(|a, b| b.score.total_cmp(&a.score));
+        }
+        self.put(0, key.as_bytes(), &front)
+    }
+
+    /// Gives up `c`'s evaluation at `stage` (once): the reason on the
+    /// candidate, the counts, and its other runs still queued cancelled
+    /// (those running finish and are recorded, the stage stays failed).
+    fn fail_stage(
+        &self,
+        c: &mut Candidate,
+        stage: StageName,
+        job: JobId,
+        reason: &str,
+        stats: &mut Stats,
+    ) -> Result<(), Abort> {
+        if c.stages.contains_key(&stage) || c.failed.contains_key(&stage) {
+            return Ok(());
+        }
+        c.failed.insert(stage, reason.to_string());
+        let e = stats.evaluations.entry(stage).or_default();
+        e.open = e.open.saturating_sub(1);
+        e.failed += 1;
+        for &other in &c.jobs {
+            if other == job {
+                continue;
+            }
+            if let Some(mut o) = self.job(other)?
+                && o.stage == stage
+                && o.state == JobState::Queued
+            {
+                let why = format!("not run: job {job} of the same stage failed");
+                self.move_job(
+                    &mut o,
+                    JobState::Failed {
+                        reason: why,
+                        finished: now(),
+                    },
+                    stats,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Schema 1 → 2: stages may run as several jobs. Full stage results move
+/// from `results` (under the job that produced them) to `stage-results`,
+/// and the per-stage evaluation counts are derived from the candidates.
+fn migrate_to_2(store: &Store) -> Result<(), StoreError> {
+    let mut evaluations: std::collections::BTreeMap<StageName, Evaluations> = Default::default();
+    for c in store.candidates()? {
+        for &stage in &c.queued {
+            let e = evaluations.entry(stage).or_default();
+            if c.stages.contains_key(&stage) {
+                e.done += 1;
+            } else if c.failed.contains_key(&stage) {
+                e.failed += 1;
+            } else {
+                e.open += 1;
+            }
+        }
+        for (&stage, summary) in &c.stages {
+            let key = stage_key(c.id, stage);
+            let old = be(summary.job);
+            if let Some(full) = store.trees[6].get(old).map_err(|e| store.db_err(e))? {
+                store.trees[9]
+                    .insert(key, full)
+                    .map_err(|e| store.db_err(e))?;
+                store.trees[6].remove(old).map_err(|e| store.db_err(e))?;
+            }
+        }
+    }
+    let mut stats = store.stats()?;
+    stats.evaluations = evaluations;
+    store.trees[0]
+        .insert("stats", encode(&stats))
+        .map_err(|e| store.db_err(e))?;
+    Ok(())
 }
 
 /// How a lease ends without a result.
@@ -416,7 +606,7 @@ impl Store {
         Ok(Store {
             dir: dir.to_owned(),
             db,
-            trees: trees.try_into().expect("nine trees"),
+            trees: trees.try_into().expect("one handle per tree"),
         })
     }
 
@@ -435,7 +625,7 @@ impl Store {
             });
         }
         for (i, migrate) in MIGRATIONS.iter().enumerate().skip(found as usize - 1) {
-            migrate(&self.db).map_err(|e| self.db_err(e))?;
+            migrate(self)?;
             self.trees[0]
                 .insert("schema", &(i as u32 + 2).to_be_bytes())
                 .map_err(|e| self.db_err(e))?;
@@ -464,24 +654,8 @@ impl Store {
 
     /// Runs `f` as one transaction over every tree.
     fn tx<T>(&self, f: impl Fn(&Tx<'_>) -> Result<T, Abort>) -> Result<T, StoreError> {
-        let t = &self.trees;
-        let r = (
-            &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8],
-        )
-            .transaction(|(a, b, c, d, e, f2, g, h, i)| {
-                let views = [
-                    a.clone(),
-                    b.clone(),
-                    c.clone(),
-                    d.clone(),
-                    e.clone(),
-                    f2.clone(),
-                    g.clone(),
-                    h.clone(),
-                    i.clone(),
-                ];
-                f(&Tx { t: &views })
-            });
+        let trees: Vec<&sled::Tree> = self.trees.iter().collect();
+        let r = trees.as_slice().transaction(|views| f(&Tx { t: views }));
         match r {
             Ok(v) => Ok(v),
             Err(TransactionError::Abort(detail)) => Err(self.corrupt(detail)),
@@ -682,6 +856,35 @@ impl Store {
         self.read(6, &be(id))
     }
 
+    /// A candidate's full result at `stage`, as stored.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn stage_result(
+        &self,
+        arch: ArchId,
+        stage: StageName,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        self.read(9, &stage_key(arch, stage))
+    }
+
+    /// The jobs of `cand` at `stage`, in creation order (for a stage split
+    /// into runs, in run order).
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn stage_jobs(&self, cand: &Candidate, stage: StageName) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for &id in &cand.jobs {
+            if let Some(j) = self.job(id)?
+                && j.stage == stage
+            {
+                out.push(j);
+            }
+        }
+        Ok(out)
+    }
+
     /// The oldest queued job.
     ///
     /// # Errors
@@ -750,9 +953,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Adds a candidate and queues it for `stage`; `None` when its id is
-    /// already in the population (nothing changes). The candidate's `seq`,
-    /// `queued` and `created` are set here.
+    /// Adds a candidate and queues it for `stage` (one job per run in
+    /// `parts`, or one for the whole stage when it is empty); `None` when
+    /// its id is already in the population (nothing changes). The
+    /// candidate's `seq`, `queued` and `created` are set here. Returns the
+    /// first job.
     ///
     /// # Errors
     /// A damaged database.
@@ -760,6 +965,7 @@ impl Store {
         &self,
         cand: &Candidate,
         stage: StageName,
+        parts: &[String],
     ) -> Result<Option<JobId>, StoreError> {
         self.tx(|tx| {
             if tx.candidate(cand.id)?.is_some() {
@@ -772,7 +978,7 @@ impl Store {
             c.queued.clear();
             c.jobs.clear();
             stats.candidates += 1;
-            let job = tx.new_job(&mut c, stage, &mut stats)?;
+            let job = tx.queue_stage(&mut c, stage, parts, &mut stats)?;
             tx.put(1, &c.id.0, &c)?;
             tx.t[2].insert(&be(c.seq), &c.id.0)?;
             if let Some(name) = &c.baseline {
@@ -789,12 +995,17 @@ impl Store {
         })
     }
 
-    /// Queues `arch` for `stage` (a promotion); `None` if it was queued for
-    /// that stage before or is unknown.
+    /// Queues `arch` for `stage` (a promotion), as [`Store::add_candidate`]
+    /// does; `None` if it was queued for that stage before or is unknown.
     ///
     /// # Errors
     /// A damaged database.
-    pub fn enqueue(&self, arch: ArchId, stage: StageName) -> Result<Option<JobId>, StoreError> {
+    pub fn enqueue(
+        &self,
+        arch: ArchId,
+        stage: StageName,
+        parts: &[String],
+    ) -> Result<Option<JobId>, StoreError> {
         self.tx(|tx| {
             let Some(mut c) = tx.candidate(arch)? else {
                 return Ok(None);
@@ -803,7 +1014,7 @@ impl Store {
                 return Ok(None);
             }
             let mut stats = tx.stats()?;
-            let job = tx.new_job(&mut c, stage, &mut stats)?;
+            let job = tx.queue_stage(&mut c, stage, parts, &mut stats)?;
             tx.put(1, &c.id.0, &c)?;
             tx.put(0, b"stats", &stats)?;
             Ok(Some(job))
@@ -846,19 +1057,23 @@ impl Store {
         })
     }
 
-    /// Records a job's result; `false` (and nothing changes) when the job is
-    /// not leased under `attempt` any more (its lease lapsed meanwhile).
+    /// Records a finished job: its run's result `part` (for a stage split
+    /// into runs) under the job, `seconds` of evaluation time, and how the
+    /// stage ends ([`StageEnd`]). `false` (and nothing changes) when the job
+    /// is not leased under `attempt` any more (its lease lapsed meanwhile).
+    /// A [`StageEnd::Done`] while another run of the stage is not done is
+    /// recorded as [`StageEnd::Pending`] (the caller read a stale view).
     ///
     /// # Errors
     /// A damaged database.
-    pub fn finish<R: Serialize>(
+    pub fn finish(
         &self,
         job: JobId,
         attempt: u32,
-        summary: &StageSummary,
-        full: &R,
+        seconds: f64,
+        part: Option<&serde_json::Value>,
+        end: &StageEnd<'_>,
     ) -> Result<bool, StoreError> {
-        let full = encode(full);
         self.tx(|tx| {
             let Some(mut j) = tx.job(job)? else {
                 return Ok(false);
@@ -873,42 +1088,44 @@ impl Store {
             };
             let mut stats = tx.stats()?;
             tx.move_job(&mut j, JobState::Done { finished: now() }, &mut stats)?;
-            stats.evaluation_seconds += summary.seconds;
-            tx.t[6].insert(&be(job), full.clone())?;
-            let hkey = hist_key(j.stage);
-            let mut hist: Vec<u64> = tx
-                .get(0, hkey.as_bytes())?
-                .unwrap_or_else(|| vec![0; HIST_BUCKETS]);
-            if let Some(old) = c.stages.get(&j.stage) {
-                tx.t[8].remove(board_key(j.stage, old.score, c.id))?;
-                let slot = &mut hist[bucket(old.score)];
-                *slot = slot.saturating_sub(1);
+            stats.evaluation_seconds += seconds;
+            if let Some(part) = part {
+                tx.put(6, &be(job), part)?;
             }
-            tx.t[8].insert(board_key(j.stage, summary.score, c.id), &[])?;
-            hist[bucket(summary.score)] += 1;
-            tx.put(0, hkey.as_bytes(), &hist)?;
-            c.stages.insert(j.stage, summary.clone());
+            let mut last = true;
+            for &other in &c.jobs {
+                if other != job
+                    && let Some(o) = tx.job(other)?
+                    && o.stage == j.stage
+                    && !matches!(o.state, JobState::Done { .. })
+                {
+                    last = false;
+                }
+            }
+            match end {
+                StageEnd::Done { summary, full } if last => {
+                    tx.complete_stage(&mut c, j.stage, summary, full, &mut stats)?;
+                    tx.event(EventKind::Finished {
+                        job,
+                        score: summary.score,
+                    })?;
+                }
+                StageEnd::Failed { reason } if last => {
+                    tx.fail_stage(&mut c, j.stage, job, reason, &mut stats)?;
+                    tx.event(EventKind::Failed {
+                        job,
+                        reason: reason.clone(),
+                    })?;
+                }
+                _ => {
+                    tx.event(EventKind::RunFinished {
+                        job,
+                        part: j.part.as_ref().map(|p| p.key.clone()).unwrap_or_default(),
+                    })?;
+                }
+            }
             tx.put(1, &c.id.0, &c)?;
-            let key = format!("front/{}", j.stage.name());
-            let mut front: Vec<FrontPoint> = tx.get(0, key.as_bytes())?.unwrap_or_default();
-            let p = FrontPoint {
-                arch: c.id,
-                score: summary.score,
-                params: c.params,
-                state: c.state,
-            };
-            front.retain(|q| q.arch != p.arch);
-            if !front.iter().any(|q| q.dominates(&p)) {
-                front.retain(|q| !p.dominates(q));
-                front.push(p);
-                front.sort_by(|a, b| b.score.total_cmp(&a.score));
-            }
-            tx.put(0, key.as_bytes(), &front)?;
             tx.put(0, b"stats", &stats)?;
-            tx.event(EventKind::Finished {
-                job,
-                score: summary.score,
-            })?;
             Ok(true)
         })
     }
@@ -958,7 +1175,11 @@ impl Store {
                     &mut stats,
                 )?;
                 if let Some(mut c) = tx.candidate(j.arch)? {
-                    c.failed.insert(j.stage, why.clone());
+                    let stage_why = match &j.part {
+                        Some(p) => format!("run {}: {why}", p.key),
+                        None => why.clone(),
+                    };
+                    tx.fail_stage(&mut c, j.stage, job, &stage_why, &mut stats)?;
                     tx.put(1, &c.id.0, &c)?;
                 }
                 tx.event(EventKind::Failed { job, reason: why })?;

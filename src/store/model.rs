@@ -152,7 +152,23 @@ impl JobState {
     }
 }
 
-/// One unit of work: a candidate through a stage.
+/// Which run of a stage a job is, when the stage is split into runs (one
+/// job per `mad` task setting, one per `scale` training run).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// 0-based index among the stage's runs.
+    pub index: u32,
+    /// The stage's runs for this candidate.
+    pub of: u32,
+    /// The run's name (a task setting's directory name, a scaling run's
+    /// `C<budget>_d<width>_r<repeats>`): checked against the plan the worker
+    /// derives again from the genome and the preset.
+    pub key: String,
+}
+
+/// One unit of work: a candidate through a stage, or through one run of a
+/// stage split into runs (design §2: candidate, stage, setting, seed,
+/// attempt).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     /// Its number.
@@ -161,6 +177,9 @@ pub struct Job {
     pub arch: ArchId,
     /// The stage.
     pub stage: StageName,
+    /// The run of the stage; `None`: the whole stage in one job (`screen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
     /// 1 for the first try; +1 whenever a lease ends without a result.
     pub attempt: u32,
     /// Tries that failed (panic, timeout); three make the job failed.
@@ -200,6 +219,31 @@ impl Counts {
     }
 }
 
+/// Evaluations (a candidate through a stage, however many jobs it takes)
+/// of one stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evaluations {
+    /// Queued or running: some of its jobs are not done.
+    pub open: u64,
+    /// Finished with a stage result.
+    pub done: u64,
+    /// Given up (a job failed for good, or the stage's result could not be
+    /// assembled from its runs).
+    pub failed: u64,
+}
+
+impl Evaluations {
+    /// Done plus failed.
+    pub fn spent(&self) -> u64 {
+        self.done + self.failed
+    }
+
+    /// Open, done or failed: what the stage's budget counts.
+    pub fn committed(&self) -> u64 {
+        self.open + self.done + self.failed
+    }
+}
+
 /// Running totals, kept in one record so `status` reads them in one get.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
@@ -207,6 +251,9 @@ pub struct Stats {
     pub candidates: u64,
     /// Jobs per stage and state.
     pub jobs: BTreeMap<StageName, Counts>,
+    /// Evaluations per stage.
+    #[serde(default)]
+    pub evaluations: BTreeMap<StageName, Evaluations>,
     /// Seconds the daemon has run, summed over its runs (updated at leases,
     /// results and exit).
     pub daemon_seconds: f64,
@@ -268,6 +315,14 @@ pub enum EventKind {
         arch: ArchId,
         /// How.
         operator: Operator,
+    },
+    /// One run of a stage split into runs finished (the stage's result
+    /// comes with its last run: [`EventKind::Finished`]).
+    RunFinished {
+        /// Which.
+        job: JobId,
+        /// The run's name.
+        part: String,
     },
     /// A job was queued.
     Queued {

@@ -35,6 +35,21 @@ fn cand(layers: &str, params: u64, state: u64) -> Candidate {
     }
 }
 
+/// Finishes a whole-stage job with `score` and full result `full`.
+fn finish_whole(s: &Store, j: JobId, attempt: u32, score: f64, full: serde_json::Value) -> bool {
+    s.finish(
+        j,
+        attempt,
+        1.0,
+        None,
+        &StageEnd::Done {
+            summary: &summary(j, score),
+            full: &full,
+        },
+    )
+    .unwrap()
+}
+
 fn summary(job: JobId, score: f64) -> StageSummary {
     StageSummary {
         job,
@@ -51,9 +66,12 @@ fn jobs_move_through_their_states_with_counts_in_step() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::create_or_open(dir.path(), &record()).unwrap();
     let a = cand("hyena swiglu", 10, 10);
-    let j = s.add_candidate(&a, StageName::Screen).unwrap().unwrap();
+    let j = s
+        .add_candidate(&a, StageName::Screen, &[])
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        s.add_candidate(&a, StageName::Screen).unwrap(),
+        s.add_candidate(&a, StageName::Screen, &[]).unwrap(),
         None,
         "dedup by id"
     );
@@ -65,22 +83,21 @@ fn jobs_move_through_their_states_with_counts_in_step() {
     assert_eq!(st.jobs[&StageName::Screen].running, 1);
     assert_eq!(st.candidates, 1);
     // A stale attempt cannot finish it.
-    assert!(
-        !s.finish(j, leased.attempt + 1, &summary(j, 0.5), &"r")
-            .unwrap()
-    );
-    assert!(
-        s.finish(j, leased.attempt, &summary(j, 0.5), &"full")
-            .unwrap()
-    );
-    assert!(
-        !s.finish(j, leased.attempt, &summary(j, 0.9), &"again")
-            .unwrap()
-    );
+    assert!(!finish_whole(&s, j, leased.attempt + 1, 0.5, "r".into()));
+    assert!(finish_whole(&s, j, leased.attempt, 0.5, "full".into()));
+    assert!(!finish_whole(&s, j, leased.attempt, 0.9, "again".into()));
     let c = s.candidate(a.id).unwrap().unwrap();
     assert_eq!(c.stages[&StageName::Screen].score, 0.5);
     assert_eq!(c.jobs, vec![j]);
-    assert_eq!(s.result(j).unwrap().unwrap(), serde_json::json!("full"));
+    assert_eq!(
+        s.stage_result(a.id, StageName::Screen).unwrap().unwrap(),
+        serde_json::json!("full")
+    );
+    assert_eq!(
+        s.result(j).unwrap(),
+        None,
+        "a whole stage has no run result"
+    );
     let st = s.stats().unwrap();
     assert_eq!(
         st.jobs[&StageName::Screen],
@@ -91,9 +108,17 @@ fn jobs_move_through_their_states_with_counts_in_step() {
             failed: 0
         }
     );
+    assert_eq!(
+        st.evaluations[&StageName::Screen],
+        Evaluations {
+            open: 0,
+            done: 1,
+            failed: 0
+        }
+    );
     // Promotion queues once.
-    let m = s.enqueue(a.id, StageName::Mad).unwrap().unwrap();
-    assert_eq!(s.enqueue(a.id, StageName::Mad).unwrap(), None);
+    let m = s.enqueue(a.id, StageName::Mad, &[]).unwrap().unwrap();
+    assert_eq!(s.enqueue(a.id, StageName::Mad, &[]).unwrap(), None);
     assert_eq!(s.next_queued().unwrap().unwrap().id, m);
 }
 
@@ -102,7 +127,10 @@ fn failures_retry_then_give_up_and_orphans_requeue() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::create_or_open(dir.path(), &record()).unwrap();
     let a = cand("hyena swiglu", 10, 10);
-    let j = s.add_candidate(&a, StageName::Screen).unwrap().unwrap();
+    let j = s
+        .add_candidate(&a, StageName::Screen, &[])
+        .unwrap()
+        .unwrap();
     let fail = Release::Failed {
         reason: "panicked: boom".into(),
         retry: true,
@@ -128,9 +156,13 @@ fn failures_retry_then_give_up_and_orphans_requeue() {
     let job = s.job(j).unwrap().unwrap();
     assert_eq!((job.attempt, job.failures), (5, 3));
     assert_eq!(s.stats().unwrap().jobs[&StageName::Screen].failed, 1);
+    assert_eq!(s.stats().unwrap().evaluations[&StageName::Screen].failed, 1);
     // A deterministic failure is not retried.
     let b = cand("mh-attention swiglu", 5, 5);
-    let jb = s.add_candidate(&b, StageName::Screen).unwrap().unwrap();
+    let jb = s
+        .add_candidate(&b, StageName::Screen, &[])
+        .unwrap()
+        .unwrap();
     s.lease(jb, 0, now()).unwrap().unwrap();
     let no_retry = Release::Failed {
         reason: "diverged".into(),
@@ -166,9 +198,18 @@ fn board_and_front_follow_results() {
     ];
     for (layers, score, params, state) in specs {
         let c = cand(layers, params, state);
-        let j = s.add_candidate(&c, StageName::Screen).unwrap().unwrap();
+        let j = s
+            .add_candidate(&c, StageName::Screen, &[])
+            .unwrap()
+            .unwrap();
         let l = s.lease(j, 0, now() + 9.0).unwrap().unwrap();
-        assert!(s.finish(j, l.attempt, &summary(j, score), &()).unwrap());
+        assert!(finish_whole(
+            &s,
+            j,
+            l.attempt,
+            score,
+            serde_json::Value::Null
+        ));
     }
     let top: Vec<f64> = s
         .top(StageName::Screen, 3)
@@ -202,7 +243,7 @@ fn reopening_keeps_everything_and_newer_schemas_are_refused() {
     ));
     {
         let s = Store::create_or_open(dir.path(), &record()).unwrap();
-        s.add_candidate(&cand("hyena swiglu", 1, 1), StageName::Screen)
+        s.add_candidate(&cand("hyena swiglu", 1, 1), StageName::Screen, &[])
             .unwrap();
         s.flush().unwrap();
     }
@@ -249,9 +290,18 @@ fn ranks_from_the_histogram_match_a_full_count() {
                 _ => (k as f64 * 0.0371) % 1.0,
             };
             let c = cand(&format!("{a} {b}"), 1, 1);
-            let j = s.add_candidate(&c, StageName::Screen).unwrap().unwrap();
+            let j = s
+                .add_candidate(&c, StageName::Screen, &[])
+                .unwrap()
+                .unwrap();
             let l = s.lease(j, 0, now() + 9.0).unwrap().unwrap();
-            assert!(s.finish(j, l.attempt, &summary(j, score), &()).unwrap());
+            assert!(finish_whole(
+                &s,
+                j,
+                l.attempt,
+                score,
+                serde_json::Value::Null
+            ));
             scores.push((c.id, score));
         }
     }
@@ -269,4 +319,210 @@ fn ranks_from_the_histogram_match_a_full_count() {
             "score {score}"
         );
     }
+}
+
+/// A candidate through a stage split in `n` runs: the jobs, leased.
+fn split(s: &Store, layers: &str, n: usize) -> (ArchId, Vec<JobId>) {
+    let a = cand(layers, 10, 10);
+    let screen = s
+        .add_candidate(&a, StageName::Screen, &[])
+        .unwrap()
+        .unwrap();
+    s.lease(screen, 0, now() + 60.0).unwrap().unwrap();
+    assert!(finish_whole(s, screen, 1, 0.5, serde_json::Value::Null));
+    let keys: Vec<String> = (0..n).map(|i| format!("C1e9_d{i}_r1")).collect();
+    let first = s.enqueue(a.id, StageName::Scale, &keys).unwrap().unwrap();
+    let jobs: Vec<JobId> = (first..first + n as u64).collect();
+    for (i, &j) in jobs.iter().enumerate() {
+        let job = s.job(j).unwrap().unwrap();
+        assert_eq!(
+            job.part,
+            Some(Part {
+                index: i as u32,
+                of: n as u32,
+                key: keys[i].clone()
+            })
+        );
+        s.lease(j, i, now() + 60.0).unwrap().unwrap();
+    }
+    (a.id, jobs)
+}
+
+#[test]
+fn a_split_stage_completes_with_its_last_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create_or_open(dir.path(), &record()).unwrap();
+    let (a, jobs) = split(&s, "hyena swiglu", 3);
+    let st = s.stats().unwrap();
+    assert_eq!(st.jobs[&StageName::Scale].running, 3);
+    assert_eq!(st.evaluations[&StageName::Scale].open, 1, "one evaluation");
+    let run = |i: u64| serde_json::json!({ "run": i });
+    assert!(
+        s.finish(jobs[0], 1, 2.0, Some(&run(0)), &StageEnd::Pending)
+            .unwrap()
+    );
+    // A stage end claimed while a run is still going is not taken.
+    let early = summary(jobs[1], 0.7);
+    let full = serde_json::json!("all");
+    let done = StageEnd::Done {
+        summary: &early,
+        full: &full,
+    };
+    assert!(s.finish(jobs[1], 1, 2.0, Some(&run(1)), &done).unwrap());
+    let c = s.candidate(a).unwrap().unwrap();
+    assert!(!c.stages.contains_key(&StageName::Scale));
+    assert_eq!(s.stage_result(a, StageName::Scale).unwrap(), None);
+    // The last run ends the stage.
+    let last = summary(jobs[2], 0.8);
+    let done = StageEnd::Done {
+        summary: &last,
+        full: &full,
+    };
+    assert!(s.finish(jobs[2], 1, 2.0, Some(&run(2)), &done).unwrap());
+    let c = s.candidate(a).unwrap().unwrap();
+    assert_eq!(c.stages[&StageName::Scale].score, 0.8);
+    assert_eq!(s.stage_result(a, StageName::Scale).unwrap(), Some(full));
+    for (i, &j) in jobs.iter().enumerate() {
+        assert_eq!(s.result(j).unwrap(), Some(run(i as u64)));
+    }
+    assert_eq!(
+        s.stage_jobs(&c, StageName::Scale)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect::<Vec<_>>(),
+        jobs
+    );
+    let st = s.stats().unwrap();
+    assert_eq!(st.jobs[&StageName::Scale].done, 3);
+    assert_eq!(
+        st.evaluations[&StageName::Scale],
+        Evaluations {
+            open: 0,
+            done: 1,
+            failed: 0
+        }
+    );
+    assert_eq!(s.top(StageName::Scale, 5).unwrap()[0].id, a);
+    assert!((st.evaluation_seconds - 7.0).abs() < 1e-9, "1 + 3 × 2 s");
+}
+
+#[test]
+fn a_run_failing_for_good_fails_the_stage_and_cancels_its_queued_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create_or_open(dir.path(), &record()).unwrap();
+    let (a, jobs) = split(&s, "hyena swiglu", 4);
+    // Two runs go back to the queue (a stop), one is still running.
+    s.release(jobs[2], 1, &Release::Interrupted).unwrap();
+    s.release(jobs[3], 1, &Release::Interrupted).unwrap();
+    let fail = Release::Failed {
+        reason: "diverged".into(),
+        retry: false,
+    };
+    assert!(matches!(
+        s.release(jobs[0], 1, &fail).unwrap(),
+        Some(JobState::Failed { .. })
+    ));
+    let c = s.candidate(a).unwrap().unwrap();
+    assert_eq!(c.failed[&StageName::Scale], "run C1e9_d0_r1: diverged");
+    for &j in &jobs[2..] {
+        let job = s.job(j).unwrap().unwrap();
+        assert!(
+            matches!(&job.state, JobState::Failed { reason, .. } if reason.contains("not run")),
+            "{job:?}"
+        );
+    }
+    assert_eq!(s.next_queued().unwrap(), None);
+    // The run still going finishes; the stage stays failed.
+    let full = serde_json::json!("late");
+    let late = summary(jobs[1], 0.9);
+    let end = StageEnd::Done {
+        summary: &late,
+        full: &full,
+    };
+    assert!(s.finish(jobs[1], 1, 1.0, None, &end).unwrap());
+    let c = s.candidate(a).unwrap().unwrap();
+    assert!(!c.stages.contains_key(&StageName::Scale));
+    let st = s.stats().unwrap();
+    assert_eq!(
+        st.evaluations[&StageName::Scale],
+        Evaluations {
+            open: 0,
+            done: 0,
+            failed: 1
+        }
+    );
+    assert_eq!(
+        st.jobs[&StageName::Scale],
+        Counts {
+            queued: 0,
+            running: 0,
+            done: 1,
+            failed: 3
+        }
+    );
+    // A stage whose runs give no result fails with its last run.
+    let (b, jobs) = split(&s, "mh-hyena swiglu", 2);
+    s.finish(jobs[0], 1, 1.0, None, &StageEnd::Pending).unwrap();
+    let no_fit = StageEnd::Failed {
+        reason: "budget 1e9: no minimum".into(),
+    };
+    assert!(s.finish(jobs[1], 1, 1.0, None, &no_fit).unwrap());
+    let c = s.candidate(b).unwrap().unwrap();
+    assert_eq!(c.failed[&StageName::Scale], "budget 1e9: no minimum");
+    assert_eq!(s.stats().unwrap().evaluations[&StageName::Scale].failed, 2);
+}
+
+#[test]
+fn schema_one_databases_are_migrated_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, ja);
+    {
+        let s = Store::create_or_open(dir.path(), &record()).unwrap();
+        let ca = cand("hyena swiglu", 1, 1);
+        let cb = cand("mamba swiglu", 1, 1);
+        ja = s
+            .add_candidate(&ca, StageName::Screen, &[])
+            .unwrap()
+            .unwrap();
+        s.add_candidate(&cb, StageName::Screen, &[]).unwrap();
+        s.lease(ja, 0, now() + 9.0).unwrap().unwrap();
+        assert!(finish_whole(
+            &s,
+            ja,
+            1,
+            0.4,
+            serde_json::json!("screen of a")
+        ));
+        (a, b) = (ca.id, cb.id);
+        // Back to what schema 1 wrote: the full result under its job, no
+        // stage-results, no evaluation counts.
+        let full = s.trees[9]
+            .remove(stage_key(a, StageName::Screen))
+            .unwrap()
+            .unwrap();
+        s.trees[6].insert(be(ja), full).unwrap();
+        let mut st = s.stats().unwrap();
+        st.evaluations.clear();
+        s.trees[0].insert("stats", encode(&st)).unwrap();
+        s.trees[0].insert("schema", &1u32.to_be_bytes()).unwrap();
+        s.flush().unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        s.stage_result(a, StageName::Screen).unwrap(),
+        Some(serde_json::json!("screen of a"))
+    );
+    assert_eq!(s.result(ja).unwrap(), None);
+    assert_eq!(s.stage_result(b, StageName::Screen).unwrap(), None);
+    assert_eq!(
+        s.stats().unwrap().evaluations[&StageName::Screen],
+        Evaluations {
+            open: 1,
+            done: 1,
+            failed: 0
+        }
+    );
+    let raw = s.trees[0].get("schema").unwrap().unwrap();
+    assert_eq!(raw.as_ref(), &SCHEMA.to_be_bytes());
 }
