@@ -8,7 +8,17 @@
 //! cargo bench --bench torch -- --threads 1  # one thread on both sides
 //! cargo bench --bench torch -- --only hyena --reps 5
 //! cargo bench --bench torch -- --quick      # tiny shapes, once: does it run
+//! cargo bench --bench torch -- --screen     # screen evaluations per hour
 //! ```
+//!
+//! `--screen` times whole screen evaluations instead (issue #7's throughput
+//! figure): the preset's (`--preset`, default `cpu`) six task settings,
+//! their data generated once by mad-search into `target/screen-data/`,
+//! trained by `stages::evaluate` and by `benches/torch/screen.py` (the same
+//! loop in PyTorch on the same files), `--parallel` runs at a time (default
+//! the cores) with one thread each, on both sides. Early stopping is off
+//! unless `--early-stop` (both sides then train the same steps); prints
+//! wall seconds and evaluations per hour per architecture.
 //!
 //! The PyTorch side is `benches/torch/models.py`, run with the Python of
 //! `target/torch-venv` (or `--python PATH`). The first run creates that
@@ -31,6 +41,10 @@ struct Args {
     shape: Shape,
     layers: bool,
     models: bool,
+    screen: bool,
+    preset: String,
+    parallel: usize,
+    early_stop: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -41,6 +55,10 @@ fn parse() -> Result<Args, String> {
         shape: Shape::PROTOCOL,
         layers: true,
         models: true,
+        screen: false,
+        preset: "cpu".into(),
+        parallel: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        early_stop: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -61,12 +79,16 @@ fn parse() -> Result<Args, String> {
             "--python" => a.python = Some(PathBuf::from(value("--python")?)),
             "--models" => a.layers = false,
             "--layers" => a.models = false,
+            "--screen" => a.screen = true,
+            "--preset" => a.preset = value("--preset")?,
+            "--parallel" => a.parallel = number("--parallel", value("--parallel")?)?,
+            "--early-stop" => a.early_stop = true,
             "--bench" => {}
             other => {
                 return Err(format!(
                     "unknown argument {other:?}; expected --threads N, --reps N, --batch N, \
-                     --seq N, --quick, --only NAME, --python PATH, --models (architectures only) or \
-                     --layers (primitives only)"
+                     --seq N, --quick, --only NAME, --python PATH, --models (architectures only), \
+                     --layers (primitives only), --screen [--preset NAME --parallel N --early-stop]"
                 ));
             }
         }
@@ -160,6 +182,13 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if a.screen {
+        if let Err(e) = screen(&a, &py) {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let s = a.shape;
     println!(
         "mad-search (Burn 0.21 flex) vs PyTorch: batch {}, length {}, width {}, {} threads each, median of {} after a warm-up",
@@ -207,4 +236,146 @@ fn main() {
         "\nratio = ours / PyTorch (below 1: mad-search faster); PyTorch {}",
         version.as_deref().unwrap_or("?")
     );
+}
+
+/// Screen evaluations of the paper's architectures, timed on both sides.
+fn screen(a: &Args, py: &Path) -> Result<(), String> {
+    use mad_search::layers::CpuAutodiff;
+    use mad_search::space::{SearchSpace, StageName};
+    use mad_search::stages::{StageControl, evaluate, stage_settings};
+    use mad_search::train::RunConfig;
+
+    let space = SearchSpace::embedded_default();
+    let mut settings = space.preset(&a.preset)?.screen.clone();
+    if !a.early_stop {
+        // Accuracy never reaches 2: every epoch runs, on both sides.
+        settings.early_stop = 2.0;
+    }
+    let (lr, wd) = match (settings.lr.as_slice(), settings.weight_decay.as_slice()) {
+        ([lr], [wd]) => (*lr, *wd),
+        _ => return Err("the screen sweeps several optimiser settings: not timed here".into()),
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/screen-data")
+        .join(&a.preset);
+    let tasks = stage_settings(&settings);
+    let mut job_settings = Vec::new();
+    for t in &tasks {
+        let dir = t.data_dir(&root);
+        if !dir.join("test/targets.npy").is_file() {
+            let splits = t.generate().map_err(|e| e.to_string())?;
+            for (split, d) in [("train", &splits.train), ("test", &splits.test)] {
+                d.save_npy(&dir.join(split)).map_err(|e| e.to_string())?;
+            }
+        }
+        job_settings.push(serde_json::json!({
+            "dir": t.reference_dir_name(),
+            "task": t.task.name(),
+            "vocab": t.vocab,
+            "model_len": t.model_len(),
+            "num_train": t.num_train,
+            "num_test": t.num_test,
+        }));
+    }
+    let defaults = RunConfig::default();
+    println!(
+        "screen of preset `{}`: {} task settings, {} epochs of batch {}, early stop {}, {} runs \
+         side by side with 1 thread each, on both sides",
+        a.preset,
+        tasks.len(),
+        settings.max_epochs,
+        settings.batch_size,
+        if a.early_stop { "on" } else { "off" },
+        a.parallel
+    );
+    println!(
+        "{:<44} {:>8} {:>8} {:>6} {:>8} {:>8} {:>7} {:>7}",
+        "architecture", "ours s", "torch s", "ratio", "ours/h", "torch/h", "ours acc", "torch acc"
+    );
+    let (mut ours_total, mut torch_total, mut n) = (0.0, 0.0, 0usize);
+    for &layers in ARCHITECTURES {
+        if a.only.as_deref().is_some_and(|o| !layers.contains(o)) {
+            continue;
+        }
+        let spec = ArchSpec::from_layers_str(layers).expect("known names");
+        let ctl = StageControl {
+            parallel: a.parallel,
+            threads: Some(1),
+            data: Some(&root),
+            ..StageControl::default()
+        };
+        let t = std::time::Instant::now();
+        let r = evaluate::<CpuAutodiff>(
+            &spec,
+            StageName::Screen,
+            &settings,
+            defaults.seed,
+            &Default::default(),
+            ctl,
+            &|_| {},
+        )
+        .map_err(|e| format!("{layers}: {e}"))?;
+        let ours = t.elapsed().as_secs_f64();
+        let ours_acc = r.per_setting.iter().map(|s| s.best.micro).sum::<f64>()
+            / r.per_setting.len().max(1) as f64;
+        let job = serde_json::json!({
+            "settings": job_settings,
+            "args": {
+                "data": root, "layers": layers, "width": spec.d_model, "lr": lr,
+                "min_lr": defaults.min_lr, "weight_decay": wd, "betas": settings.betas,
+                "epsilon": defaults.epsilon, "epochs": settings.max_epochs,
+                "max_steps": settings.max_steps, "batch": settings.batch_size,
+                "early_stop": settings.early_stop, "seed": defaults.seed,
+                "parallel": a.parallel,
+            },
+        });
+        let file = root.join("job.json");
+        std::fs::write(&file, job.to_string()).map_err(|e| format!("{}: {e}", file.display()))?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch/screen.py");
+        let out = Command::new(py)
+            .arg(&script)
+            .arg("--job")
+            .arg(&file)
+            .env("OMP_NUM_THREADS", "1")
+            .output()
+            .map_err(|e| format!("{}: {e}", py.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed on {layers}: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("unexpected output of {}: {e}", script.display()))?;
+        let torch = v["wall"]
+            .as_f64()
+            .ok_or("no `wall` in screen.py's output")?;
+        let runs = v["runs"].as_array().cloned().unwrap_or_default();
+        let torch_acc =
+            runs.iter().filter_map(|r| r["test"].as_f64()).sum::<f64>() / runs.len().max(1) as f64;
+        println!(
+            "{layers:<44} {ours:>8.1} {torch:>8.1} {:>6.2} {:>8.1} {:>8.1} {ours_acc:>7.3} {torch_acc:>7.3}",
+            ours / torch,
+            3600.0 / ours,
+            3600.0 / torch
+        );
+        ours_total += ours;
+        torch_total += torch;
+        n += 1;
+    }
+    if n > 0 {
+        println!(
+            "{:<44} {ours_total:>8.1} {torch_total:>8.1} {:>6.2} {:>8.1} {:>8.1}",
+            "all (one evaluation of each)",
+            ours_total / torch_total,
+            3600.0 * n as f64 / ours_total,
+            3600.0 * n as f64 / torch_total
+        );
+        println!(
+            "throughput = evaluations per hour at this concurrency; ours / PyTorch throughput = {:.2}",
+            torch_total / ours_total
+        );
+    }
+    Ok(())
 }

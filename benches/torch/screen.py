@@ -1,0 +1,168 @@
+"""The screen stage in PyTorch: the same task data (written by mad-search in
+the reference layout), the same models (models.py), the same training loop
+as src/train/run.rs, the same concurrency. Run by `cargo bench --bench torch
+-- --screen`; prints one JSON line.
+
+Per task setting: AdamW (betas and epsilon of the preset, weight decay on
+all parameters), learning rate stepped per epoch on a cosine from `lr` to
+`min_lr`, batches reshuffled every epoch, masked cross-entropy (targets -100
+unscored), validation accuracy after every epoch (the test split doubles as
+validation split, as in the reference), test accuracy of the best epoch's
+weights. Compression uses the autoencoder head of src/layers/model.rs.
+Settings run `--parallel` at a time, each in a process with one thread
+(mad-search: one single-threaded pool per run).
+"""
+
+import argparse
+import copy
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def worker_init(threads):
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def sinusoidal(seq, d):
+    import torch
+
+    p = torch.arange(seq, dtype=torch.float64)[:, None]
+    j = torch.arange(d)
+    freq = 10000.0 ** (-(j - j % 2).double() / d)
+    a = p * freq
+    return torch.where(j % 2 == 0, a.sin(), a.cos()).float()[None]
+
+
+def build(names, d, seq, vocab, autoencoder):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from models import Model, RMSNorm
+
+    class AutoEncoder(nn.Module):
+        """The LM's layers, then the last position broadcast over the
+        sequence plus a sinusoidal position code, two GELU layers, norm, head."""
+
+        def __init__(self):
+            super().__init__()
+            self.lm = Model(names, d, seq, vocab)
+            self.norm1, self.l1 = RMSNorm(d), nn.Linear(d, d)
+            self.norm2, self.l2 = RMSNorm(d), nn.Linear(d, d)
+            for lin in (self.l1, self.l2, self.lm.head):
+                nn.init.normal_(lin.weight, std=0.02)
+                nn.init.zeros_(lin.bias)
+            self.register_buffer("pe", sinusoidal(seq, d))
+
+        def forward(self, tokens):
+            h = self.lm.layers(self.lm.embedding(tokens))
+            x = h[:, -1:, :] + self.pe[:, : h.shape[1]]
+            x = F.gelu(self.l1(self.norm1(x)))
+            x = F.gelu(self.l2(self.norm2(x)))
+            return self.lm.head(self.lm.norm(x))
+
+    return AutoEncoder() if autoencoder else Model(names, d, seq, vocab)
+
+
+def accuracy(model, inputs, targets, batch):
+    import torch
+
+    correct = scored = 0
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch):
+            logits = model(inputs[i : i + batch])
+            t = targets[i : i + batch]
+            mask = t >= 0
+            correct += ((logits.argmax(-1) == t) & mask).sum().item()
+            scored += mask.sum().item()
+    return correct / max(scored, 1)
+
+
+def run_setting(job):
+    import torch
+    import torch.nn.functional as F
+
+    s, a = job["setting"], job["args"]
+    torch.manual_seed(a["seed"])
+    load = lambda split, name: torch.from_numpy(
+        np.load(os.path.join(a["data"], s["dir"], split, name + ".npy")).astype(np.int64)
+    )
+    x, y = load("train", "inputs"), load("train", "targets")
+    tx, ty = load("test", "inputs"), load("test", "targets")
+    x, y = x[: s["num_train"]], y[: s["num_train"]]
+    tx, ty = tx[: s["num_test"]], ty[: s["num_test"]]
+    names = a["layers"].split()
+    model = build(names, a["width"], s["model_len"], s["vocab"], s["task"] == "compression")
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=a["lr"], betas=tuple(a["betas"]), eps=a["epsilon"],
+        weight_decay=a["weight_decay"],
+    )
+    t0 = time.perf_counter()
+    best, best_acc, steps, epochs = None, -1.0, 0, 0
+    g = torch.Generator().manual_seed(a["seed"])
+    for epoch in range(a["epochs"]):
+        lr = a["min_lr"] + (a["lr"] - a["min_lr"]) * 0.5 * (1 + math.cos(math.pi * epoch / a["epochs"]))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), a["batch"]):
+            idx = order[i : i + a["batch"]]
+            logits = model(x[idx])
+            loss = F.cross_entropy(logits.reshape(-1, s["vocab"]), y[idx].reshape(-1), ignore_index=-100)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            if a["max_steps"] is not None and steps >= a["max_steps"]:
+                break
+        epochs += 1
+        model.eval()
+        valid = accuracy(model, tx, ty, a["batch"])
+        if valid > best_acc:
+            best_acc, best = valid, copy.deepcopy(model.state_dict())
+        if valid >= a["early_stop"]:
+            break
+        if a["max_steps"] is not None and steps >= a["max_steps"]:
+            break
+    model.load_state_dict(best)
+    test = accuracy(model, tx, ty, a["batch"])
+    return {
+        "task": s["task"], "steps": steps, "epochs": epochs, "test": test,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--job", required=True, help="JSON file: settings and hyper-parameters")
+    a = p.parse_args()
+    with open(a.job) as f:
+        job = json.load(f)
+    args = job["args"]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args["parallel"], initializer=worker_init, initargs=(1,)) as pool:
+        # Workers import torch before the clock starts.
+        pool.map(worker_init, [1] * args["parallel"])
+        t0 = time.perf_counter()
+        runs = pool.map(run_setting, [{"setting": s, "args": args} for s in job["settings"]], chunksize=1)
+        wall = time.perf_counter() - t0
+    import torch
+
+    print(json.dumps({"wall": wall, "runs": runs, "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    main()
