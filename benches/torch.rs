@@ -7,6 +7,7 @@
 //! cargo bench --bench torch                 # all rows, threads = cores
 //! cargo bench --bench torch -- --threads 1  # one thread on both sides
 //! cargo bench --bench torch -- --only hyena --reps 5
+//! cargo bench --bench torch -- --only "mamba,mh-hyena swiglu mh-hyena"
 //! cargo bench --bench torch -- --quick      # tiny shapes, once: does it run
 //! cargo bench --bench torch -- --screen     # screen evaluations per hour
 //! ```
@@ -45,6 +46,16 @@ struct Args {
     preset: String,
     parallel: usize,
     early_stop: bool,
+}
+
+impl Args {
+    /// Whether row `name` is asked for: `--only` is a comma-separated list
+    /// of substrings.
+    fn wants(&self, name: &str) -> bool {
+        self.only
+            .as_deref()
+            .is_none_or(|o| o.split(',').any(|part| name.contains(part.trim())))
+    }
 }
 
 fn parse() -> Result<Args, String> {
@@ -194,7 +205,7 @@ fn main() {
         "mad-search (Burn 0.21 flex) vs PyTorch: batch {}, length {}, width {}, {} threads each, median of {} after a warm-up",
         s.batch, s.seq, s.d, a.threads, s.reps
     );
-    let wanted = |name: &str| a.only.as_deref().is_none_or(|o| name.contains(o));
+    let wanted = |name: &str| a.wants(name);
     let mut version = None;
     let mut row =
         |name: &str, rust_ms: f64, layer_only: bool| match torch_ms(&py, name, layer_only, &a) {
@@ -294,7 +305,7 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
     );
     let (mut ours_total, mut torch_total, mut n) = (0.0, 0.0, 0usize);
     for &layers in ARCHITECTURES {
-        if a.only.as_deref().is_some_and(|o| !layers.contains(o)) {
+        if !a.wants(layers) {
             continue;
         }
         let spec = ArchSpec::from_layers_str(layers).expect("known names");

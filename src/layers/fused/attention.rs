@@ -28,7 +28,9 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::{Dispatch, cast, dispatch, dot, give, host, host_of, incoming, primitive};
+use super::{
+    Dispatch, axpy, cast, dispatch, dot, give, host, host_of, incoming, primitive, transpose,
+};
 use crate::layers::ops::{contiguous, fit};
 use crate::layers::rotary::{apply_rotary, inverse_frequencies};
 use crate::layers::{Cpu, CpuAutodiff};
@@ -206,29 +208,30 @@ fn forward(x: &Inputs) -> (Vec<f32>, Vec<f32>) {
     let per_pair: Vec<(Vec<f32>, Vec<f32>)> = pairs(x)
         .map(|(b, head)| {
             let [q, k, v] = x.gather(b, head);
+            // Keys and values transposed to `[hd, seq]`: each query's loops
+            // run over its visible keys, contiguous, and vectorise whatever
+            // the head dim (8 in the paper's 16-head attention).
+            let (kt, vt) = (transpose(&k, seq, hd), transpose(&v, seq, hd));
             let mut o = vec![0f32; seq * hd];
             let mut lse = vec![0f32; seq];
             let mut scores = vec![0f32; seq];
             for t in 0..seq {
-                let qt = &q[t * hd..(t + 1) * hd];
                 let first = x.h.first(t);
-                let mut max = f32::NEG_INFINITY;
-                for s in first..=t {
-                    let z = scale * dot(qt, &k[s * hd..(s + 1) * hd]);
-                    scores[s] = z;
-                    max = max.max(z);
+                let sc = &mut scores[first..=t];
+                sc.fill(0.0);
+                for (i, &qi) in q[t * hd..(t + 1) * hd].iter().enumerate() {
+                    axpy(scale * qi, &kt[i * seq + first..=i * seq + t], sc);
                 }
-                let ot = &mut o[t * hd..(t + 1) * hd];
+                let max = sc.iter().fold(f32::NEG_INFINITY, |m, &z| m.max(z));
                 let mut sum = 0f32;
-                for s in first..=t {
-                    let e = (scores[s] - max).exp();
-                    sum += e;
-                    for (oi, vi) in ot.iter_mut().zip(&v[s * hd..(s + 1) * hd]) {
-                        *oi += e * vi;
-                    }
+                for z in sc.iter_mut() {
+                    *z = (*z - max).exp();
+                    sum += *z;
                 }
                 let inv = 1.0 / sum;
-                ot.iter_mut().for_each(|oi| *oi *= inv);
+                for (i, oi) in o[t * hd..(t + 1) * hd].iter_mut().enumerate() {
+                    *oi = inv * dot(sc, &vt[i * seq + first..=i * seq + t]);
+                }
                 lse[t] = max + sum.ln();
             }
             (o, lse)
@@ -264,34 +267,43 @@ fn backward(x: &Inputs, out: &[f32], lse: &[f32], dout: &[f32]) -> Vec<f32> {
     let per_pair: Vec<[Vec<f32>; 3]> = pairs(x)
         .map(|(b, head)| {
             let [q, k, v] = x.gather(b, head);
+            // As the forward: loops over keys innermost, on transposed
+            // keys, values and their gradients.
+            let (kt, vt) = (transpose(&k, seq, hd), transpose(&v, seq, hd));
             let (o, g) = (rows(out, b, head), rows(dout, b, head));
             let p = b * x.h.heads + head;
             let l = &lse[p * seq..(p + 1) * seq];
-            let (mut dq, mut dk, mut dv) = (
+            let (mut dq, mut dkt, mut dvt) = (
                 vec![0f32; seq * hd],
-                vec![0f32; seq * hd],
-                vec![0f32; seq * hd],
+                vec![0f32; hd * seq],
+                vec![0f32; hd * seq],
             );
+            let (mut probs, mut ds) = (vec![0f32; seq], vec![0f32; seq]);
             for (t, &lse_t) in l.iter().enumerate() {
+                let first = x.h.first(t);
+                let keys = |i: usize| i * seq + first..=i * seq + t;
                 let row = t * hd..(t + 1) * hd;
                 let (qt, gt) = (&q[row.clone()], &g[row.clone()]);
-                let delta = dot(gt, &o[row.clone()]);
-                for s in x.h.first(t)..=t {
-                    let col = s * hd..(s + 1) * hd;
-                    let (ks, vs) = (&k[col.clone()], &v[col.clone()]);
-                    let prob = (scale * dot(qt, ks) - lse_t).exp();
-                    for (dvi, gi) in dv[col.clone()].iter_mut().zip(gt) {
-                        *dvi += prob * gi;
-                    }
-                    let ds = prob * (dot(gt, vs) - delta) * scale;
-                    for (dqi, ki) in dq[row.clone()].iter_mut().zip(ks) {
-                        *dqi += ds * ki;
-                    }
-                    for (dki, qi) in dk[col].iter_mut().zip(qt) {
-                        *dki += ds * qi;
-                    }
+                let delta = dot(gt, &o[row]);
+                let (pr, d) = (&mut probs[first..=t], &mut ds[first..=t]);
+                pr.fill(0.0);
+                d.fill(0.0);
+                for i in 0..hd {
+                    axpy(scale * qt[i], &kt[keys(i)], pr);
+                    axpy(gt[i], &vt[keys(i)], d);
+                }
+                // pr ← softmax probabilities; d ← dL/dscores · scale.
+                for (pi, di) in pr.iter_mut().zip(d.iter_mut()) {
+                    *pi = (*pi - lse_t).exp();
+                    *di = *pi * (*di - delta) * scale;
+                }
+                for i in 0..hd {
+                    axpy(gt[i], pr, &mut dvt[keys(i)]);
+                    axpy(qt[i], d, &mut dkt[keys(i)]);
+                    dq[t * hd + i] = dot(d, &kt[keys(i)]);
                 }
             }
+            let (mut dk, dv) = (transpose(&dkt, hd, seq), transpose(&dvt, hd, seq));
             for t in 0..seq {
                 x.rotate(&mut dq[t * hd..(t + 1) * hd], t, -1.0);
                 x.rotate(&mut dk[t * hd..(t + 1) * hd], t, -1.0);

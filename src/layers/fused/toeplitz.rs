@@ -20,7 +20,9 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::{Dispatch, cast, dispatch, dot, give, host, host_of, incoming, primitive};
+use super::{
+    Dispatch, axpy, cast, dispatch, dot, give, host, host_of, incoming, primitive, transpose,
+};
 use crate::layers::linear_attention::{merge_heads, split_heads};
 use crate::layers::mh_hyena::mix;
 use crate::layers::{Cpu, CpuAutodiff};
@@ -101,6 +103,21 @@ impl Inputs {
         out
     }
 
+    /// Head `head` of batch element `b` of `m` (`[batch, seq, d]`),
+    /// transposed: `[hd, seq]`, so that loops over positions are contiguous.
+    fn cols(&self, m: &[f32], b: usize, head: usize) -> Vec<f32> {
+        let [_, seq, d] = self.dims;
+        let hd = self.head_dim();
+        let mut out = vec![0f32; hd * seq];
+        for t in 0..seq {
+            let i = (b * seq + t) * d + head * hd;
+            for (c, &x) in m[i..i + hd].iter().enumerate() {
+                out[c * seq + t] = x;
+            }
+        }
+        out
+    }
+
     /// Writes `[seq, hd]` rows of head `head` of batch element `b` into `m`.
     fn scatter(&self, m: &mut [f32], b: usize, head: usize, rows: &[f32]) {
         let [_, seq, d] = self.dims;
@@ -119,21 +136,29 @@ fn forward(x: &Inputs) -> Vec<f32> {
         .into_par_iter()
         .map(|p| {
             let (b, head) = (p / heads, p % heads);
-            let (q, k, v) = (
+            // Keys and values transposed: every inner loop below runs over
+            // the positions 0..=t, contiguous and long enough to vectorise
+            // (a head is only 8 wide in the paper's MH Hyena).
+            let (q, kt, vt) = (
                 x.rows(&x.q, b, head),
-                x.rows(&x.k, b, head),
-                x.rows(&x.v, b, head),
+                x.cols(&x.k, b, head),
+                x.cols(&x.v, b, head),
             );
             let kernel = &x.kernel[head * seq * seq..(head + 1) * seq * seq];
             let mut y = vec![0f32; seq * hd];
+            let mut scores = vec![0f32; seq];
             for t in 0..seq {
-                let qt = &q[t * hd..(t + 1) * hd];
-                let yt = &mut y[t * hd..(t + 1) * hd];
-                for s in 0..=t {
-                    let c = kernel[t * seq + s] * dot(qt, &k[s * hd..(s + 1) * hd]);
-                    for (yi, vi) in yt.iter_mut().zip(&v[s * hd..(s + 1) * hd]) {
-                        *yi += c * vi;
-                    }
+                let n = t + 1;
+                let sc = &mut scores[..n];
+                sc.fill(0.0);
+                for (i, &qi) in q[t * hd..(t + 1) * hd].iter().enumerate() {
+                    axpy(qi, &kt[i * seq..i * seq + n], sc);
+                }
+                for (s, w) in sc.iter_mut().zip(&kernel[t * seq..t * seq + n]) {
+                    *s *= w;
+                }
+                for (i, yi) in y[t * hd..(t + 1) * hd].iter_mut().enumerate() {
+                    *yi = dot(sc, &vt[i * seq..i * seq + n]);
                 }
             }
             y
@@ -157,44 +182,52 @@ fn backward(x: &Inputs, dy: &[f32]) -> [Vec<f32>; 4] {
             let kernel = &x.kernel[head * seq * seq..(head + 1) * seq * seq];
             let mut dkernel = vec![0f32; seq * seq];
             let mut grads = [0, 1, 2].map(|_| Vec::with_capacity(batch * seq * hd));
+            let (mut a, mut gv) = (vec![0f32; seq], vec![0f32; seq]);
             for b in 0..batch {
-                let (q, k, v) = (
+                // As the forward: keys, values and their gradients
+                // transposed, loops over positions innermost.
+                let (q, kt, vt) = (
                     x.rows(&x.q, b, head),
-                    x.rows(&x.k, b, head),
-                    x.rows(&x.v, b, head),
+                    x.cols(&x.k, b, head),
+                    x.cols(&x.v, b, head),
                 );
                 let g = x.rows(dy, b, head);
-                let (mut dq, mut dk, mut dv) = (
+                let (mut dq, mut dkt, mut dvt) = (
                     vec![0f32; seq * hd],
-                    vec![0f32; seq * hd],
-                    vec![0f32; seq * hd],
+                    vec![0f32; hd * seq],
+                    vec![0f32; hd * seq],
                 );
                 for t in 0..seq {
-                    let row = t * hd..(t + 1) * hd;
-                    let (qt, gt) = (&q[row.clone()], &g[row.clone()]);
-                    for s in 0..=t {
-                        let col = s * hd..(s + 1) * hd;
-                        let (ks, vs) = (&k[col.clone()], &v[col.clone()]);
-                        let w = kernel[t * seq + s];
-                        let a = dot(qt, ks);
-                        let gv = dot(gt, vs);
-                        dkernel[t * seq + s] += a * gv;
-                        let wa = w * a;
-                        for (d, gi) in dv[col.clone()].iter_mut().zip(gt) {
-                            *d += wa * gi;
-                        }
-                        let da = w * gv;
-                        for (d, ki) in dq[row.clone()].iter_mut().zip(ks) {
-                            *d += da * ki;
-                        }
-                        for (d, qi) in dk[col].iter_mut().zip(qt) {
-                            *d += da * qi;
-                        }
+                    let n = t + 1;
+                    let (qt, gt) = (&q[t * hd..(t + 1) * hd], &g[t * hd..(t + 1) * hd]);
+                    // a[s] = q_t · k_s, gv[s] = g_t · v_s.
+                    let (a, gv) = (&mut a[..n], &mut gv[..n]);
+                    a.fill(0.0);
+                    gv.fill(0.0);
+                    for i in 0..hd {
+                        axpy(qt[i], &kt[i * seq..i * seq + n], a);
+                        axpy(gt[i], &vt[i * seq..i * seq + n], gv);
+                    }
+                    let w = &kernel[t * seq..t * seq + n];
+                    for ((dw, &ai), &gi) in
+                        dkernel[t * seq..t * seq + n].iter_mut().zip(&*a).zip(&*gv)
+                    {
+                        *dw += ai * gi;
+                    }
+                    // a ← w ⊙ a (weights of g_t into dv), gv ← w ⊙ gv (of q, k).
+                    for ((ai, gi), wi) in a.iter_mut().zip(gv.iter_mut()).zip(w) {
+                        *ai *= wi;
+                        *gi *= wi;
+                    }
+                    for i in 0..hd {
+                        axpy(gt[i], a, &mut dvt[i * seq..i * seq + n]);
+                        axpy(qt[i], gv, &mut dkt[i * seq..i * seq + n]);
+                        dq[t * hd + i] = dot(gv, &kt[i * seq..i * seq + n]);
                     }
                 }
                 grads[0].extend_from_slice(&dq);
-                grads[1].extend_from_slice(&dk);
-                grads[2].extend_from_slice(&dv);
+                grads[1].extend_from_slice(&transpose(&dkt, hd, seq));
+                grads[2].extend_from_slice(&transpose(&dvt, hd, seq));
             }
             (grads, dkernel)
         })
