@@ -8,8 +8,8 @@ use burn::nn::Linear;
 use burn::prelude::*;
 
 use super::Init;
+use super::fused::conv::causal_conv;
 use super::hyena_filter::HyenaFilter;
-use super::long_conv::causal_conv;
 use super::ops::{contiguous, linear, scale_last};
 use super::short_conv::ShortConv;
 use crate::genome;

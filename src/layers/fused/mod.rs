@@ -23,6 +23,7 @@ use burn::tensor::{TensorData, TensorPrimitive};
 use super::{Cpu, CpuAutodiff};
 
 pub mod attention;
+pub mod conv;
 pub mod toeplitz;
 
 pub use attention::{Heads, attention};
