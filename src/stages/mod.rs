@@ -637,4 +637,52 @@ mod tests {
         assert_eq!(stage_settings(&paper.mad).len(), 66);
         assert_eq!(stage_settings(&paper.screen).len(), 6);
     }
+
+    /// A stage run as one job per setting (the daemon's `mad`) gives the
+    /// stage's result bit for bit, and a job never runs a setting other
+    /// than the one it was queued for.
+    #[test]
+    fn settings_run_one_by_one_assemble_to_the_whole_stage() {
+        use crate::layers::CpuAutodiff;
+        let space = SearchSpace::embedded_default();
+        let preset = space.preset("tiny").unwrap();
+        let settings = &preset.mad;
+        let spec = ArchSpec::from_layers_str("mh-attention swiglu").unwrap();
+        let device = Default::default();
+        let ctl = StageControl::default();
+        let whole =
+            evaluate::<CpuAutodiff>(&spec, StageName::Mad, settings, 3, &device, ctl, &|_| {})
+                .unwrap();
+        let corpus = crate::scale::corpus::Corpus::embedded();
+        let keys = stage_parts(StageName::Mad, preset, &spec, &corpus).unwrap();
+        assert_eq!(keys, setting_keys(settings));
+        assert_eq!(keys.len(), whole.per_setting.len());
+        let parts: Vec<SettingResult> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                evaluate_setting::<CpuAutodiff>(&spec, settings, i, key, 3, &device, ctl, &|_| {})
+                    .unwrap()
+            })
+            .collect();
+        let split = assemble(StageName::Mad, settings, parts, 0.0);
+        assert_eq!(split.score.to_bits(), whole.score.to_bits());
+        assert_eq!(split.per_task, whole.per_task);
+        for (a, b) in split.per_setting.iter().zip(&whole.per_setting) {
+            assert_eq!(a.best, b.best);
+        }
+        let wrong =
+            evaluate_setting::<CpuAutodiff>(&spec, settings, 0, &keys[1], 3, &device, ctl, &|_| {});
+        assert!(
+            matches!(&wrong, Err(TrainError::Data(m)) if m.contains("preset changed")),
+            "{wrong:?}"
+        );
+        assert!(
+            stage_parts(StageName::Screen, preset, &spec, &corpus)
+                .unwrap()
+                .is_empty()
+        );
+        let scale = stage_parts(StageName::Scale, preset, &spec, &corpus).unwrap();
+        assert_eq!(scale.len(), 9, "three budgets × three sizes: {scale:?}");
+    }
 }
