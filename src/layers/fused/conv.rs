@@ -17,15 +17,16 @@
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::{Dispatch, cast, dispatch, give, host, host_of, incoming, primitive, transpose};
+use super::{
+    Dispatch, cast, dispatch, give, host, host_of, incoming, primitive, record, transpose,
+};
 use crate::layers::long_conv;
 use crate::layers::{Cpu, CpuAutodiff};
 
@@ -173,16 +174,7 @@ fn conv_autodiff(
     let [v, taps]: [FloatTensor<CpuAutodiff>; 2] = [v, taps].map(|t| t.into_primitive().tensor());
     let x = Inputs::new(host_of(&v), &host_of(&taps), dims);
     let output = primitive(forward(&x), dims, &device);
-    let nodes = [&v, &taps].map(|t| t.node.clone());
-    let prep = FusedBackward
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful();
-    let result = match prep {
-        OpsKind::Tracked(prep) => prep.finish(x, output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(result))
+    record(FusedBackward, [&v, &taps], x, output)
 }
 
 #[cfg(test)]

@@ -14,8 +14,9 @@
 
 use std::any::{Any, TypeId};
 
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::Ops;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{TensorData, TensorPrimitive};
@@ -99,6 +100,30 @@ pub(crate) fn incoming<S, const N: usize>(
     let g = Tensor::<Cpu, 3>::from_primitive(TensorPrimitive::Float(g));
     let device = g.device();
     (host(g), device)
+}
+
+/// Records a fused op on the autodiff graph: `output` (computed already)
+/// becomes the result, with `bw` and `state` run at the backward pass when
+/// any of `inputs` is tracked (the state is dropped otherwise).
+pub(crate) fn record<BW, const N: usize>(
+    bw: BW,
+    inputs: [&FloatTensor<CpuAutodiff>; N],
+    state: BW::State,
+    output: FloatTensor<Cpu>,
+) -> Tensor<CpuAutodiff, 3>
+where
+    BW: Backward<Cpu, N>,
+{
+    let nodes = inputs.map(|t| t.node.clone());
+    let result = match bw
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(result))
 }
 
 /// Registers `values[i]` (shape `shapes[i]`) as the gradient of the op's

@@ -12,16 +12,16 @@
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::{
-    Dispatch, axpy, cast, dispatch, dot, give, host, host_of, incoming, primitive, transpose,
+    Dispatch, axpy, cast, dispatch, dot, give, host, host_of, incoming, primitive, record,
+    transpose,
 };
 use crate::layers::linear_attention::{merge_heads, split_heads};
 use crate::layers::mh_hyena::mix;
@@ -293,16 +293,7 @@ fn mix_autodiff(
         [q, k, v, kernel].map(|t| t.into_primitive().tensor());
     let x = Inputs::new([&q, &k, &v, &kernel].map(host_of), dims, heads);
     let output = primitive(forward(&x), dims, &device);
-    let nodes = [&q, &k, &v, &kernel].map(|t| t.node.clone());
-    let prep = FusedBackward
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful();
-    let result = match prep {
-        OpsKind::Tracked(prep) => prep.finish(x, output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(result))
+    record(FusedBackward, [&q, &k, &v, &kernel], x, output)
 }
 
 #[cfg(test)]
