@@ -8,6 +8,9 @@
 //! inside chunks of [`CHUNK`] steps, and the chunk-final states carried across
 //! chunks. Only products of decays ≤ 1 are formed, so it is stable for any Δ.
 //! [`recurrent`] is the token-by-token form the tests compare against.
+//! On the CPU backends the layer runs the fused kernel
+//! [`super::fused::scan`] instead (same recurrence, step by step); other
+//! backends (CUDA) run the chunked scan.
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -108,7 +111,7 @@ impl<B: Backend> Mamba<B> {
     /// - x: `[batch, seq, d]` → `[batch, seq, d]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let s = self.scan_inputs(x);
-        let y = chunked_scan(s.x.clone(), s.dt, s.a, s.b, s.c, CHUNK)
+        let y = super::fused::scan::selective_scan(s.x.clone(), s.dt, s.a, s.b, s.c)
             + scale_last(s.x, self.skip.val());
         linear(&self.out_proj, y * silu(s.z))
     }

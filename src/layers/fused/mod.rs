@@ -1,7 +1,9 @@
 //! Fused CPU kernels with their own backward, for the operations that Burn
 //! ops on flex compute slowly because they materialise `[batch, heads, seq,
 //! seq]` tensors and walk strided views: softmax attention ([`attention`])
-//! and multi-head Hyena's Toeplitz-weighted mix ([`toeplitz`]).
+//! multi-head Hyena's Toeplitz-weighted mix ([`toeplitz`]), Hyena's long
+//! convolution ([`conv`]), and Mamba's selective scan ([`scan`]), which they
+//! compute as chains of small ops.
 //!
 //! Each public function is generic over the backend like every layer, and
 //! dispatches on its type: for [`Cpu`] (flex) the fused forward, for
@@ -25,6 +27,7 @@ use super::{Cpu, CpuAutodiff};
 
 pub mod attention;
 pub mod conv;
+pub mod scan;
 pub mod toeplitz;
 
 pub use attention::{Heads, attention};
@@ -184,6 +187,38 @@ pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// `e^x` in single precision, branch-free so that a loop over it vectorises
+/// (`f32::exp` is a libm call per element). `x = k ln 2 + r` with `|r| ≤
+/// ln 2 / 2` (ln 2 split in two for an exact reduction), `e^r` by the
+/// degree-7 minimax polynomial of Cephes' `expf`, `2^k` built in the
+/// exponent bits. Relative error ≤ 2e-7 on the normal range; below
+/// −87.3 (where `e^x` leaves the normal floats) it returns 0, above 88.3 it
+/// saturates at `e^88.3`. NaN gives NaN.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and removing 1.5 · 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let v = x.clamp(-87.3, 88.3);
+    let k = (v * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = (v - k * LN2_HI) - k * LN2_LO;
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 0.166_666_65)
+        * r
+        + 0.5;
+    let e = (p * r * r + r) + 1.0;
+    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    let y = e * scale;
+    if x < -87.3 {
+        0.0
+    } else if x.is_nan() {
+        x
+    } else {
+        y
+    }
+}
+
 /// `y += alpha · x` over the shorter length.
 pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
@@ -194,6 +229,26 @@ pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulps_of_libm_over_the_float_range() {
+        let mut worst = 0f64;
+        let mut x = -87.3f32;
+        while x <= 88.3 {
+            let (ours, libm) = (f64::from(exp(x)), f64::from(x).exp());
+            worst = worst.max((ours - libm).abs() / libm);
+            x += 0.001_37;
+        }
+        assert!(worst < 2.5e-7, "relative error {worst}");
+        for x in [0.0f32, -0.0, 1e-30, -1e-30, 1.0, -1.0] {
+            assert!((exp(x) - x.exp()).abs() <= 1.2e-7 * x.exp(), "{x}");
+        }
+        assert_eq!(exp(-87.4), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-1e30), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert!(exp(1e30).is_finite() && exp(1e30) > 1e38);
+    }
 
     #[test]
     fn dot_and_axpy_match_the_plain_loops_at_every_length() {
