@@ -1,7 +1,8 @@
 //! Depthwise causal convolution with a short kernel (Hyena's short filter,
 //! Mamba's conv): `y[t, c] = b[c] + Σ_{j<k} w[c, j] · x[t − (k−1) + j, c]`,
-//! zero-padded on the left. Computed as a sum of k shifted copies, which is
-//! causal by construction.
+//! zero-padded on the left. On the CPU backends one fused kernel
+//! ([`super::fused::short_conv`]); elsewhere [`composite`], a sum of k
+//! shifted copies, which is causal by construction.
 
 use burn::module::Param;
 use burn::prelude::*;
@@ -31,19 +32,29 @@ impl<B: Backend> ShortConv<B> {
     /// # Shapes
     /// - x: `[batch, seq, channels]` → `[batch, seq, channels]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, seq, channels] = x.dims();
-        let [kernel, _] = self.weight.dims();
-        let w = self.weight.val();
-        let dims = [batch, seq, channels];
-        let mut y = fit(self.bias.val().reshape([1, 1, channels]), dims);
-        for j in 0..kernel {
-            let shift = kernel - 1 - j;
-            let tap = w.clone().narrow(0, j, 1).reshape([1, 1, channels]);
-            let shifted = shift_right(x.clone(), shift);
-            y = y + shifted * fit(tap, dims);
-        }
-        y
+        super::fused::short_conv::short_conv(x, self.weight.val(), self.bias.val())
     }
+}
+
+/// The convolution composed from Burn ops: the bias plus `kernel` shifted
+/// copies of `x`, each times its tap. What backends without a fused kernel
+/// run, and the reference the kernel is tested against.
+///
+/// # Shapes
+/// - x: `[batch, seq, channels]`; w: `[kernel, channels]`; bias: `[channels]`
+///   → `[batch, seq, channels]`
+pub fn composite<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 3> {
+    let [batch, seq, channels] = x.dims();
+    let [kernel, _] = w.dims();
+    let dims = [batch, seq, channels];
+    let mut y = fit(bias.reshape([1, 1, channels]), dims);
+    for j in 0..kernel {
+        let shift = kernel - 1 - j;
+        let tap = w.clone().narrow(0, j, 1).reshape([1, 1, channels]);
+        let shifted = shift_right(x.clone(), shift);
+        y = y + shifted * fit(tap, dims);
+    }
+    y
 }
 
 /// Delays a sequence by `shift` steps along dim 1, filling with zeros.

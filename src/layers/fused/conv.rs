@@ -12,7 +12,7 @@
 //! no permutation. Same number of multiply-adds as the Toeplitz product
 //! (half of it: the zeros above the diagonal are skipped). The forward runs
 //! one task per batch element; the backward too, each summing its own tap
-//! gradient, reduced at the end.
+//! gradient, added in batch order at the end.
 
 use std::sync::Arc;
 
@@ -25,7 +25,8 @@ use burn::tensor::ops::FloatTensor;
 use rayon::prelude::*;
 
 use super::{
-    Dispatch, cast, dispatch, give, host, host_of, incoming, primitive, record, transpose,
+    Dispatch, cast, dispatch, give, host, host_of, incoming, ordered_sum, primitive, record,
+    transpose,
 };
 use crate::layers::long_conv;
 use crate::layers::{Cpu, CpuAutodiff};
@@ -102,39 +103,32 @@ fn forward(x: &Inputs) -> Vec<f32> {
 fn backward(x: &Inputs, dy: &[f32]) -> [Vec<f32>; 2] {
     let [batch, seq, c] = x.dims;
     let mut dv = vec![0f32; batch * seq * c];
-    let dtaps = dv
+    let partials = dv
         .par_chunks_mut(seq * c)
         .zip(x.v.par_chunks(seq * c))
         .zip(dy.par_chunks(seq * c))
-        .fold(
-            || vec![0f32; seq * c],
-            |mut dtaps, ((dv, v), g)| {
-                for t in 0..seq {
-                    let gt = &g[t * c..(t + 1) * c];
-                    for s in 0..=t {
-                        let lag = t - s;
-                        fma(
-                            &mut dv[s * c..(s + 1) * c],
-                            &x.taps[lag * c..(lag + 1) * c],
-                            gt,
-                        );
-                        fma(
-                            &mut dtaps[lag * c..(lag + 1) * c],
-                            gt,
-                            &v[s * c..(s + 1) * c],
-                        );
-                    }
+        .map(|((dv, v), g)| {
+            let mut dtaps = vec![0f32; seq * c];
+            for t in 0..seq {
+                let gt = &g[t * c..(t + 1) * c];
+                for s in 0..=t {
+                    let lag = t - s;
+                    fma(
+                        &mut dv[s * c..(s + 1) * c],
+                        &x.taps[lag * c..(lag + 1) * c],
+                        gt,
+                    );
+                    fma(
+                        &mut dtaps[lag * c..(lag + 1) * c],
+                        gt,
+                        &v[s * c..(s + 1) * c],
+                    );
                 }
-                dtaps
-            },
-        )
-        .reduce(
-            || vec![0f32; seq * c],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+            }
+            dtaps
+        })
+        .collect::<Vec<_>>();
+    let dtaps = ordered_sum(partials, seq * c);
     [dv, transpose(&dtaps, seq, c)]
 }
 
@@ -234,6 +228,33 @@ mod tests {
                 .unwrap();
             let reference: Vec<f32> = long_conv::causal_conv(v, h).into_data().to_vec().unwrap();
             close(&plain, &reference, &format!("inference, {case}"));
+        }
+    }
+
+    /// The taps' gradient is summed in batch order: the same bits on every
+    /// run whatever the thread count and the work's split.
+    #[test]
+    fn the_backward_is_bitwise_deterministic() {
+        let (batch, seq, c) = (16, 12, 5);
+        let values = |n: usize, f: f32| (0..n).map(|i| (i as f32 * f).sin()).collect::<Vec<f32>>();
+        let x = Inputs::new(
+            values(batch * seq * c, 0.37),
+            &values(c * seq, 0.11),
+            [batch, seq, c],
+        );
+        let dy = values(batch * seq * c, 0.23);
+        let runs: Vec<[Vec<f32>; 2]> = [1, 3, 4, 4]
+            .iter()
+            .map(|&threads| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| backward(&x, &dy))
+            })
+            .collect();
+        for r in &runs[1..] {
+            assert_eq!(r, &runs[0]);
         }
     }
 }

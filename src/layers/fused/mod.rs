@@ -2,8 +2,9 @@
 //! ops on flex compute slowly because they materialise `[batch, heads, seq,
 //! seq]` tensors and walk strided views: softmax attention ([`attention`])
 //! multi-head Hyena's Toeplitz-weighted mix ([`toeplitz`]), Hyena's long
-//! convolution ([`conv`]), and Mamba's selective scan ([`scan`]), which they
-//! compute as chains of small ops.
+//! convolution ([`conv`]), Mamba's selective scan ([`scan`]) and the short
+//! depthwise convolution of both ([`short_conv`]), which they compute as
+//! chains of small ops.
 //!
 //! Each public function is generic over the backend like every layer, and
 //! dispatches on its type: for [`Cpu`] (flex) the fused forward, for
@@ -28,6 +29,7 @@ use super::{Cpu, CpuAutodiff};
 pub mod attention;
 pub mod conv;
 pub mod scan;
+pub mod short_conv;
 pub mod toeplitz;
 
 pub use attention::{Heads, attention};
@@ -217,6 +219,19 @@ pub(crate) fn exp(x: f32) -> f32 {
     } else {
         y
     }
+}
+
+/// The element-wise sum of `partials` (one per batch element, each `len`
+/// long), added in their order. A kernel's shared gradient (taps, `A`) is
+/// summed this way rather than by a rayon `fold`/`reduce`, whose grouping
+/// follows how the work happened to be split: the gradient's bits, and so a
+/// resumed run's, would change from run to run.
+pub(crate) fn ordered_sum(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut total = vec![0f32; len];
+    for p in &partials {
+        total.iter_mut().zip(p).for_each(|(x, y)| *x += y);
+    }
+    total
 }
 
 /// `y += alpha · x` over the shorter length.

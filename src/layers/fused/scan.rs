@@ -17,7 +17,7 @@
 //! The backward recomputes one batch element's states (the forward keeps
 //! none: memory stays that of the inputs) and walks back in time carrying
 //! `exp(Δ_{t+1} A) ⊙ ∂h_{t+1}`. One task per batch element; `A`'s gradient
-//! is summed per task and reduced.
+//! is summed per task and added in batch order.
 
 use std::sync::Arc;
 
@@ -30,7 +30,8 @@ use burn::tensor::ops::FloatTensor;
 use rayon::prelude::*;
 
 use super::{
-    Dispatch, cast, dispatch, dot, exp, give, host, host_of, incoming, primitive, record, transpose,
+    Dispatch, cast, dispatch, dot, exp, give, host, host_of, incoming, ordered_sum, primitive,
+    record, transpose,
 };
 use crate::layers::mamba::{self, CHUNK};
 use crate::layers::{Cpu, CpuAutodiff};
@@ -271,27 +272,20 @@ fn backward(s: &Inputs, dy: &[f32]) -> [Vec<f32>; 5] {
     let mut ddt = vec![0f32; batch * wide];
     let mut db = vec![0f32; batch * narrow];
     let mut dc = vec![0f32; batch * narrow];
-    let da_sum = dx
+    let partials = dx
         .par_chunks_mut(wide)
         .zip(ddt.par_chunks_mut(wide))
         .zip(db.par_chunks_mut(narrow))
         .zip(dc.par_chunks_mut(narrow))
         .enumerate()
-        .fold(
-            || vec![0f32; n * di],
-            |mut da_sum, (i, (((dx, ddt), db), dc))| {
-                let g = ElementGrads { dx, ddt, db, dc };
-                element_backward(s, i, dy, g, &mut da_sum);
-                da_sum
-            },
-        )
-        .reduce(
-            || vec![0f32; n * di],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+        .map(|(i, (((dx, ddt), db), dc))| {
+            let mut da_sum = vec![0f32; n * di];
+            let g = ElementGrads { dx, ddt, db, dc };
+            element_backward(s, i, dy, g, &mut da_sum);
+            da_sum
+        })
+        .collect::<Vec<_>>();
+    let da_sum = ordered_sum(partials, n * di);
     [dx, ddt, transpose(&da_sum, n, di), db, dc]
 }
 
@@ -423,6 +417,45 @@ mod tests {
                 .to_vec()
                 .unwrap();
             close(&plain, &reference, 1e-5, &format!("inference, {case}"));
+        }
+    }
+
+    /// `A`'s gradient is summed in batch order: the same bits on every run
+    /// whatever the thread count and the work's split.
+    #[test]
+    fn the_backward_is_bitwise_deterministic() {
+        let (batch, seq, di, n) = (16, 10, 6, 4);
+        let values =
+            |len: usize, f: f32| (0..len).map(|i| (i as f32 * f).sin()).collect::<Vec<f32>>();
+        let a: Vec<f32> = values(di * n, 0.3).iter().map(|v| -v.abs() - 0.1).collect();
+        let dt: Vec<f32> = values(batch * seq * di, 0.7)
+            .iter()
+            .map(|v| v.abs())
+            .collect();
+        let s = Inputs::new(
+            [
+                values(batch * seq * di, 0.37),
+                dt,
+                a,
+                values(batch * seq * n, 0.11),
+                values(batch * seq * n, 0.19),
+            ],
+            [batch, seq, di],
+            n,
+        );
+        let dy = values(batch * seq * di, 0.23);
+        let runs: Vec<[Vec<f32>; 5]> = [1, 3, 4, 4]
+            .iter()
+            .map(|&threads| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| backward(&s, &dy))
+            })
+            .collect();
+        for r in &runs[1..] {
+            assert_eq!(r, &runs[0]);
         }
     }
 }
