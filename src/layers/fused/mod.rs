@@ -241,6 +241,28 @@ pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// Asserts that `backward` gives the same bits on pools of 1, 3 and 4
+/// threads, twice on the last: what [`ordered_sum`] is for.
+#[cfg(test)]
+pub(crate) fn assert_same_bits_on_any_pool<T>(backward: impl Fn() -> T + Sync)
+where
+    T: PartialEq + std::fmt::Debug + Send,
+{
+    let runs: Vec<T> = [1, 3, 4, 4]
+        .iter()
+        .map(|&threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a test thread pool");
+            pool.install(&backward)
+        })
+        .collect();
+    for r in &runs[1..] {
+        assert_eq!(r, &runs[0]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

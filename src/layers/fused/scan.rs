@@ -30,8 +30,8 @@ use burn::tensor::ops::FloatTensor;
 use rayon::prelude::*;
 
 use super::{
-    Dispatch, cast, dispatch, dot, exp, give, host, host_of, incoming, ordered_sum, primitive,
-    record, transpose,
+    Dispatch, axpy, cast, dispatch, dot, exp, give, host, host_of, incoming, ordered_sum,
+    primitive, record, transpose,
 };
 use crate::layers::mamba::{self, CHUNK};
 use crate::layers::{Cpu, CpuAutodiff};
@@ -117,45 +117,27 @@ impl Inputs {
 }
 
 /// One step of the recurrence for one batch element: `h ← exp(Δ A) ⊙ h +
-/// Δ x B`, with the decays written to `decay` when given, and `y ← C · h`.
-/// `h`, `decay`: `[d_state, d_inner]`; `xt`, `dtt`, `u` (scratch), `y`:
-/// `[d_inner]`; `bt`, `ct`: `[d_state]`.
-#[allow(clippy::too_many_arguments)]
-fn step(
+/// Δ x B`, the decays `exp(Δ A)` written to `decay`. `h`, `decay`:
+/// `[d_state, d_inner]`; `xt`, `dtt`, `u` (scratch): `[d_inner]`; `bt`:
+/// `[d_state]`.
+fn advance(
     at: &[f32],
     h: &mut [f32],
-    mut decay: Option<&mut [f32]>,
-    xt: &[f32],
-    dtt: &[f32],
-    bt: &[f32],
-    ct: &[f32],
+    decay: &mut [f32],
+    [xt, dtt, bt]: [&[f32]; 3],
     u: &mut [f32],
-    y: &mut [f32],
 ) {
     let di = xt.len();
     for ((u, x), dt) in u.iter_mut().zip(xt).zip(dtt) {
         *u = dt * x;
     }
-    y.fill(0.0);
-    for (j, (&bj, &cj)) in bt.iter().zip(ct).enumerate() {
+    for (j, &bj) in bt.iter().enumerate() {
         let range = j * di..(j + 1) * di;
-        let (hj, aj) = (&mut h[range.clone()], &at[range.clone()]);
-        match decay.as_deref_mut() {
-            Some(decay) => {
-                let dj = &mut decay[range];
-                for d in 0..di {
-                    let da = exp(dtt[d] * aj[d]);
-                    dj[d] = da;
-                    hj[d] = da * hj[d] + u[d] * bj;
-                    y[d] += cj * hj[d];
-                }
-            }
-            None => {
-                for d in 0..di {
-                    hj[d] = exp(dtt[d] * aj[d]) * hj[d] + u[d] * bj;
-                    y[d] += cj * hj[d];
-                }
-            }
+        let (hj, aj, dj) = (&mut h[range.clone()], &at[range.clone()], &mut decay[range]);
+        for d in 0..di {
+            let da = exp(dtt[d] * aj[d]);
+            dj[d] = da;
+            hj[d] = da * hj[d] + u[d] * bj;
         }
     }
 }
@@ -167,20 +149,16 @@ fn forward(s: &Inputs) -> Vec<f32> {
     out.par_chunks_mut(seq * di).enumerate().for_each(|(i, y)| {
         let [x, dt, b, c] = s.element(i);
         let mut h = vec![0f32; n * di];
-        let mut u = vec![0f32; di];
+        let (mut decay, mut u) = (vec![0f32; n * di], vec![0f32; di]);
         for t in 0..seq {
             let (wide, narrow) = (t * di..(t + 1) * di, t * n..(t + 1) * n);
-            step(
-                &s.at,
-                &mut h,
-                None,
-                &x[wide.clone()],
-                &dt[wide.clone()],
-                &b[narrow.clone()],
-                &c[narrow],
-                &mut u,
-                &mut y[wide],
-            );
+            let operands = [&x[wide.clone()], &dt[wide.clone()], &b[narrow.clone()]];
+            advance(&s.at, &mut h, &mut decay, operands, &mut u);
+            // y_t = Σ_j C_t[j] h_t[j], over the channels.
+            let yt = &mut y[wide];
+            for (j, &cj) in c[narrow].iter().enumerate() {
+                axpy(cj, &h[j * di..(j + 1) * di], yt);
+            }
         }
     });
     out
@@ -208,22 +186,18 @@ fn element_backward(s: &Inputs, i: usize, dy: &[f32], g: ElementGrads<'_>, da_su
     let mut hs = vec![0f32; (seq + 1) * state];
     let mut decays = vec![0f32; seq * state];
     let mut u = vec![0f32; di];
-    let mut y = vec![0f32; di];
     for t in 0..seq {
         let (before, after) = hs.split_at_mut((t + 1) * state);
         let h = &mut after[..state];
         h.copy_from_slice(&before[t * state..]);
         let (wide, narrow) = (t * di..(t + 1) * di, t * n..(t + 1) * n);
-        step(
+        let decay = &mut decays[t * state..(t + 1) * state];
+        advance(
             &s.at,
             h,
-            Some(&mut decays[t * state..(t + 1) * state]),
-            &x[wide.clone()],
-            &dt[wide],
-            &b[narrow.clone()],
-            &c[narrow],
+            decay,
+            [&x[wide.clone()], &dt[wide], &b[narrow]],
             &mut u,
-            &mut y,
         );
     }
     // `carry` = exp(Δ_{t+1} A) ⊙ ∂h_{t+1}; `gh` = ∂h_t for one state index.
@@ -444,18 +418,6 @@ mod tests {
             n,
         );
         let dy = values(batch * seq * di, 0.23);
-        let runs: Vec<[Vec<f32>; 5]> = [1, 3, 4, 4]
-            .iter()
-            .map(|&threads| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| backward(&s, &dy))
-            })
-            .collect();
-        for r in &runs[1..] {
-            assert_eq!(r, &runs[0]);
-        }
+        crate::layers::fused::assert_same_bits_on_any_pool(|| backward(&s, &dy));
     }
 }
