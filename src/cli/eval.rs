@@ -74,7 +74,7 @@ pub struct EvalArgs {
     /// little-endian u16 tokens (default: the embedded corpus).
     #[arg(long, value_name = "PATH")]
     pub corpus: Option<PathBuf>,
-    /// Device: cpu, cuda or cuda:N.
+    /// Device: cpu, cuda, cuda:N or wgpu.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Seed of weights and batch order.

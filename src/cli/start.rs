@@ -11,7 +11,7 @@ use clap::Args;
 use super::state::{StateArgs, daemon_pid};
 use crate::daemon::DaemonConfig;
 use crate::daemon::control::{Answer, Request, request};
-use crate::layers::device::DeviceSpec;
+use crate::layers::device::DeviceSlots;
 use crate::scale::corpus::Corpus;
 use crate::search::candidate;
 use crate::space::{DEFAULT_SPACE, DEFAULT_SPACE_NAME, Operator, SearchSpace, StageName};
@@ -49,7 +49,9 @@ pub struct StartArgs {
     /// Tensor threads per job (default: the cores divided among the workers).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Device: cpu, cuda or cuda:N.
+    /// Devices: cpu, cuda, cuda:N or wgpu, or a comma-separated list of worker
+    /// slots, each with an optional count (`cuda:0x8`: eight jobs side by side
+    /// on GPU 0; `cuda:0x4,cuda:1x4`); worker `w` runs on slot `w mod slots`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// A job running longer than this (seconds) is stopped and retried.
@@ -126,7 +128,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
             state.display()
         );
     }
-    let device: DeviceSpec = args.device.parse()?;
+    let device: DeviceSlots = args.device.parse()?;
     device.check()?;
     if args.workers == Some(0) || args.threads == Some(0) || args.checkpoint_every == 0 {
         bail!("--workers, --threads and --checkpoint-every must be at least 1");
@@ -159,7 +161,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = args.workers.unwrap_or(cores);
+    let workers = args.workers.unwrap_or(device.default_workers(cores));
     let threads = args.threads.unwrap_or((cores / workers).max(1));
     if args.foreground {
         let cfg = DaemonConfig {

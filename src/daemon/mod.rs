@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use crossbeam_channel::RecvTimeoutError;
 
-use crate::layers::device::DeviceSpec;
+use crate::layers::device::DeviceSlots;
 use crate::scale::corpus::Corpus;
 use crate::search::{Policy, Proposal};
 use crate::space::{Baseline, SearchSpace, StageName};
@@ -42,8 +42,8 @@ pub struct DaemonConfig {
     pub workers: usize,
     /// Tensor threads per worker.
     pub threads: usize,
-    /// Where models train.
-    pub device: DeviceSpec,
+    /// Where models train: worker `w` on slot `w mod slots`.
+    pub device: DeviceSlots,
     /// A job's lease, seconds: a job running longer is stopped and retried.
     pub job_timeout: f64,
     /// Checkpoint interval, optimiser steps.
@@ -274,7 +274,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         corpus: Arc::new(corpus),
         seed: record.seed,
         threads: cfg.threads,
-        device: cfg.device,
+        device: cfg.device.clone(),
         checkpoint_every: cfg.checkpoint_every,
     });
     for w in 0..cfg.workers {

@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::Shared;
 use crate::genome::{ArchId, ArchSpec};
-use crate::layers::device::{DeviceSpec, on_device};
+use crate::layers::device::{DeviceSlots, on_device};
 use crate::scale::corpus::Corpus;
 use crate::space::{Preset, StageName};
 use crate::stages::scale::{ScaleControl, ScaleProgress, ScaleResult, ScaleRun};
@@ -35,7 +35,7 @@ pub(crate) struct WorkerConfig {
     pub corpus: Arc<Corpus>,
     pub seed: u64,
     pub threads: usize,
-    pub device: DeviceSpec,
+    pub device: DeviceSlots,
     pub checkpoint_every: usize,
 }
 
@@ -134,6 +134,7 @@ fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
     let job = &item.job;
     let dir = runs_dir(&cfg.state, job.arch, job.stage);
     let seed = crate::seed::derive(cfg.seed, &[&job.arch.to_string(), job.stage.name()]);
+    let slot = cfg.device.for_worker(item.worker);
     let show = |line: String| {
         if let Some(r) = shared
             .running
@@ -175,11 +176,11 @@ fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
                     ))
                 };
                 match &job.part {
-                    None => on_device!(cfg.device, B, device => evaluate::<B>(
+                    None => on_device!(slot, B, device => evaluate::<B>(
                         &item.genome, job.stage, &settings, seed, &device, ctl, &progress,
                     ))
                     .map(Evaluation::Tasks),
-                    Some(part) => on_device!(cfg.device, B, device =>
+                    Some(part) => on_device!(slot, B, device =>
                     crate::stages::evaluate_setting::<B>(
                         &item.genome, &settings, part.index as usize, &part.key, seed,
                         &device, ctl, &progress,
@@ -199,7 +200,7 @@ fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
                 match &job.part {
                     None => {
                         let progress = |p: &ScaleProgress<'_>| show(p.line());
-                        on_device!(cfg.device, B, device =>
+                        on_device!(slot, B, device =>
                         crate::stages::scale::evaluate::<B>(
                             &item.genome, settings, &cfg.corpus, seed, &device, ctl,
                             &progress,
@@ -246,7 +247,7 @@ fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
                                 .line(),
                             );
                         };
-                        on_device!(cfg.device, B, device =>
+                        on_device!(slot, B, device =>
                         crate::stages::scale::train_run::<B>(
                             p, settings, &cfg.corpus, seed, &device, Some(&ckpt), ctl,
                             &mut progress,

@@ -101,6 +101,12 @@ impl<B: Backend> GatedLinearAttention<B> {
 
 /// `[1, 1, 1, chunk, chunk, 1]`: 0 where `s ≤ t`, −∞ elsewhere.
 fn pair_mask<B: Backend>(chunk: usize, device: &B::Device) -> Tensor<B, 6> {
+    super::consts::cached("gla_pair_mask", &[chunk], device, || {
+        pair_mask_build(chunk, device)
+    })
+}
+
+fn pair_mask_build<B: Backend>(chunk: usize, device: &B::Device) -> Tensor<B, 6> {
     let v: Vec<f32> = (0..chunk * chunk)
         .map(|i| {
             if i % chunk <= i / chunk {

@@ -81,18 +81,21 @@ impl<B: Backend> HyenaFilter<B> {
         let c = self.channels;
         let t_den = self.max_len.saturating_sub(1).max(1) as f64;
         let (lo, hi) = (0.01f64.ln() / 1.5, 0.01f64.ln() / 0.3);
-        let window: Vec<f32> = (0..len * c)
-            .map(|i| {
-                let (n, ch) = (i / c, i % c);
-                let delta = if c > 1 {
-                    lo + (hi - lo) * ch as f64 / (c - 1) as f64
-                } else {
-                    lo
-                };
-                (-(n as f64 / t_den) * delta.abs()).exp() as f32
-            })
-            .collect();
-        let window = Tensor::<B, 2>::from_data(TensorData::new(window, [len, c]), &device);
+        let window =
+            super::consts::cached("hyena_window", &[len, c, self.max_len], &device, || {
+                let window: Vec<f32> = (0..len * c)
+                    .map(|i| {
+                        let (n, ch) = (i / c, i % c);
+                        let delta = if c > 1 {
+                            lo + (hi - lo) * ch as f64 / (c - 1) as f64
+                        } else {
+                            lo
+                        };
+                        (-(n as f64 / t_den) * delta.abs()).exp() as f32
+                    })
+                    .collect();
+                Tensor::<B, 2>::from_data(TensorData::new(window, [len, c]), &device)
+            });
         (h * window).swap_dims(0, 1)
     }
 }

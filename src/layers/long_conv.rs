@@ -21,18 +21,30 @@ pub const BLOCK: usize = 128;
 pub fn toeplitz<B: Backend>(h: Tensor<B, 2>) -> Tensor<B, 3> {
     let [channels, len] = h.dims();
     let device = h.device();
-    let idx: Vec<i64> = (0..len * len)
-        .map(|i| {
-            let (t, s) = (i / len, i % len);
-            if s <= t { (t - s) as i64 } else { 0 }
-        })
-        .collect();
-    let mask: Vec<f32> = (0..len * len)
-        .map(|i| if i % len <= i / len { 1.0 } else { 0.0 })
-        .collect();
-    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [len * len]), &device);
-    let mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [1, len, len]), &device);
+    let (idx, mask) = toeplitz_index::<B>(len, &device);
     h.select(1, idx).reshape([channels, len, len]) * fit(mask, [channels, len, len])
+}
+
+/// The lag of every `(t, s)` of a `[len, len]` Toeplitz matrix (0 above the
+/// diagonal), flattened, and the causal mask, `[1, len, len]`: built once
+/// per size and device ([`consts`](super::consts)).
+fn toeplitz_index<B: Backend>(len: usize, device: &B::Device) -> (Tensor<B, 1, Int>, Tensor<B, 3>) {
+    let idx = super::consts::cached("toeplitz_idx", &[len], device, || {
+        let idx: Vec<i64> = (0..len * len)
+            .map(|i| {
+                let (t, s) = (i / len, i % len);
+                if s <= t { (t - s) as i64 } else { 0 }
+            })
+            .collect();
+        Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [len * len]), device)
+    });
+    let mask = super::consts::cached("toeplitz_mask", &[len], device, || {
+        let mask: Vec<f32> = (0..len * len)
+            .map(|i| if i % len <= i / len { 1.0 } else { 0.0 })
+            .collect();
+        Tensor::<B, 3>::from_data(TensorData::new(mask, [1, len, len]), device)
+    });
+    (idx, mask)
 }
 
 /// Causal convolution of `v` with per-channel filters `h` (first `seq` taps used).
@@ -84,15 +96,21 @@ pub fn block_toeplitz_conv<B: Backend>(
     let vt = v.permute([2, 1, 0]).reshape([channels, nb, block, batch]);
     let mut y: Option<Tensor<B, 4>> = None;
     for lag in 0..nb {
-        let (idx, mask): (Vec<i64>, Vec<f32>) = (0..block * block)
-            .map(|i| {
-                let (a, b) = (i / block, i % block);
-                let tap = (lag * block + a) as i64 - b as i64;
-                if tap >= 0 { (tap, 1.0) } else { (0, 0.0) }
-            })
-            .unzip();
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [block * block]), &device);
-        let mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [1, block, block]), &device);
+        let build = || -> (Vec<i64>, Vec<f32>) {
+            (0..block * block)
+                .map(|i| {
+                    let (a, b) = (i / block, i % block);
+                    let tap = (lag * block + a) as i64 - b as i64;
+                    if tap >= 0 { (tap, 1.0) } else { (0, 0.0) }
+                })
+                .unzip()
+        };
+        let idx = super::consts::cached("block_idx", &[block, lag], &device, || {
+            Tensor::<B, 1, Int>::from_data(TensorData::new(build().0, [block * block]), &device)
+        });
+        let mask = super::consts::cached("block_mask", &[block, lag], &device, || {
+            Tensor::<B, 3>::from_data(TensorData::new(build().1, [1, block, block]), &device)
+        });
         let hk = h.clone().select(1, idx).reshape([channels, block, block])
             * fit(mask, [channels, block, block]);
         let src = vt.clone().narrow(1, 0, nb - lag); // blocks 0..nb−lag feed blocks lag..nb

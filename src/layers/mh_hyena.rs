@@ -67,10 +67,13 @@ impl<B: Backend> MhHyena<B> {
 /// - h: `[heads, seq]`; skip: `[heads]` → `[heads, seq, seq]`
 pub fn head_kernels<B: Backend>(h: Tensor<B, 2>, skip: Tensor<B, 1>) -> Tensor<B, 3> {
     let [heads, seq] = h.dims();
-    let eye: Vec<f32> = (0..seq * seq)
-        .map(|i| if i / seq == i % seq { 1.0 } else { 0.0 })
-        .collect();
-    let eye = Tensor::<B, 3>::from_data(TensorData::new(eye, [1, seq, seq]), &h.device());
+    let device = h.device();
+    let eye = super::consts::cached("eye", &[seq], &device, || {
+        let eye: Vec<f32> = (0..seq * seq)
+            .map(|i| if i / seq == i % seq { 1.0 } else { 0.0 })
+            .collect();
+        Tensor::<B, 3>::from_data(TensorData::new(eye, [1, seq, seq]), &device)
+    });
     toeplitz(h) + fit(eye, [heads, seq, seq]) * fit(skip.reshape([heads, 1, 1]), [heads, seq, seq])
 }
 

@@ -2,8 +2,10 @@
 //! builder ([`Model::new`]) that turns an [`ArchSpec`](crate::genome::ArchSpec)
 //! into a network.
 //!
-//! Everything is generic over the backend: `Flex` on CPU, `Cuda` with the
-//! `cuda` feature, wrapped in `Autodiff` for training. Every sequence mixer
+//! Everything is generic over the backend: `Flex` on CPU, CUDA and wgpu
+//! (CubeCL) with the `cuda` and `wgpu` features, wrapped in `Autodiff` for
+//! training. Constant tensors (masks, tables) come from a per-thread cache
+//! ([`consts`]). Every sequence mixer
 //! is causal; the recurrent layers (linear attention, GLA, Mamba) are computed
 //! in chunked parallel form and keep their token-by-token form for tests.
 //! Softmax attention runs as one fused kernel with its own backward on the
@@ -12,6 +14,7 @@
 
 pub mod attention;
 pub mod channel;
+pub mod consts;
 pub mod device;
 pub mod fused;
 pub mod gla;
@@ -40,3 +43,5 @@ pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
 
 #[cfg(test)]
 mod tests;
+#[cfg(all(test, feature = "wgpu"))]
+mod tests_gpu;

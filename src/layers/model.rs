@@ -205,7 +205,11 @@ impl<B: Backend> Model<B> {
                 let [batch, seq, d] = h.dims();
                 let z = h.slice([0..batch, seq - 1..seq, 0..d]);
                 let full = [batch, seq, d];
-                let x = fit(z, full) + fit(sinusoidal::<B>(seq, d, &dec.l1.weight.device()), full);
+                let device = dec.l1.weight.device();
+                let pe = super::consts::cached("sinusoidal", &[seq, d], &device, || {
+                    sinusoidal::<B>(seq, d, &device)
+                });
+                let x = fit(z, full) + fit(pe, full);
                 let x = gelu(linear(&dec.l1, dec.norm1.forward(x)));
                 gelu(linear(&dec.l2, dec.norm2.forward(x)))
             }

@@ -14,8 +14,11 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 
-/// Materialises `t` at shape `target` by repeating its size-1 dims, so the
-/// following binary op is same-shape. Dims that already match are left alone.
+/// `t` at shape `target`, its size-1 dims broadcast: on flex materialised
+/// by repeating them, so the following binary op is same-shape; on the
+/// CubeCL backends an expanded view (stride 0), which their kernels read
+/// without a copy (materialising there cost a `[batch, heads, T, T]` write
+/// per attention mask). Dims that already match are left alone.
 ///
 /// # Panics
 /// If a dim of `t` is neither 1 nor the target's.
@@ -24,6 +27,15 @@ where
     K: burn::tensor::BasicOps<B>,
 {
     let dims = t.dims();
+    if !super::fused::on_flex::<B>() {
+        for i in 0..D {
+            assert!(
+                dims[i] == target[i] || dims[i] == 1,
+                "cannot fit dim {i} of {dims:?} to {target:?}"
+            );
+        }
+        return if dims == target { t } else { t.expand(target) };
+    }
     let mut t = t;
     for i in (0..D).rev() {
         if dims[i] != target[i] {

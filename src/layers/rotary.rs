@@ -16,16 +16,17 @@ pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, rotary_dim: usize) -> Tensor<B,
     }
     let half = rotary_dim / 2;
     let device = x.device();
-    let inv = inverse_frequencies(rotary_dim);
-    let angles: Vec<f64> = (0..seq)
-        .flat_map(|p| inv.iter().map(move |w| p as f64 * w))
-        .collect();
-    let cos: Vec<f32> = angles.iter().map(|a| a.cos() as f32).collect();
-    let sin: Vec<f32> = angles.iter().map(|a| a.sin() as f32).collect();
-    let cos = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(cos, [seq, half]), &device)
-        .reshape([1, 1, seq, half]);
-    let sin = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(sin, [seq, half]), &device)
-        .reshape([1, 1, seq, half]);
+    let table = |name: &'static str, f: fn(f64) -> f64| -> Tensor<B, 4> {
+        crate::layers::consts::cached(name, &[seq, rotary_dim], &device, || {
+            let inv = inverse_frequencies(rotary_dim);
+            let v: Vec<f32> = (0..seq)
+                .flat_map(|p| inv.iter().map(move |w| f(p as f64 * w) as f32))
+                .collect();
+            Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(v, [seq, half]), &device)
+                .reshape([1, 1, seq, half])
+        })
+    };
+    let (cos, sin) = (table("rotary_cos", f64::cos), table("rotary_sin", f64::sin));
     let all = [0..batch, 0..heads, 0..seq];
     let x1 = contiguous(
         x.clone()

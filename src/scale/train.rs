@@ -341,6 +341,7 @@ mod tests {
             RunControl {
                 checkpoint: Some((&path, 5)),
                 stop: Some(&stop),
+                ..RunControl::default()
             },
             &mut |step, _| {
                 seen = step;
@@ -363,6 +364,7 @@ mod tests {
             RunControl {
                 checkpoint: Some((&path, 5)),
                 stop: Some(&stop),
+                ..RunControl::default()
             },
             &mut |_, _| {},
         )

@@ -424,6 +424,7 @@ fn sweep_run<B: AutodiffBackend>(
     let run_ctl = RunControl {
         checkpoint: ckpt.as_deref().map(|p| (p, ctl.checkpoint_every)),
         stop: ctl.stop,
+        ..RunControl::default()
     };
     let splits = match ctl.data {
         Some(root) => load_splits(setting, root)?,

@@ -338,6 +338,7 @@ pub fn train_run<B: AutodiffBackend>(
         RunControl {
             checkpoint: ckpt.map(|c| (c, ctl.checkpoint_every.max(1))),
             stop: ctl.stop,
+            ..RunControl::default()
         },
         progress,
     )?;

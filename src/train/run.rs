@@ -135,6 +135,63 @@ pub fn spec_for(spec: &ArchSpec, task: TaskKind) -> ArchSpec {
     s
 }
 
+/// Losses a GPU backend keeps on the device between two reads: a read waits
+/// for the device to finish every queued step, so reading each step's loss
+/// kept the GPU idle while the host queued the next. A NaN or infinite loss
+/// is still found (and the run ends as diverged at that step) within this
+/// many steps; flex reads every step (a read costs nothing there).
+pub const LOSS_READ_EVERY: usize = 16;
+
+/// Least wall time between two periodic checkpoints on a GPU backend (an
+/// interrupted run still checkpoints at once): a step there takes
+/// milliseconds, and every checkpoint copies the model and the optimiser's
+/// moments to the host. On flex every interval's checkpoint is written.
+pub const GPU_CHECKPOINT_SECONDS: f64 = 30.0;
+
+/// A split as the device sees it: on a GPU backend uploaded once, each batch
+/// then selected on the device; on flex assembled on the host per batch
+/// (cheaper there than a gather).
+struct Rows<'a, B: Backend> {
+    data: &'a Dataset,
+    /// `(inputs, targets)`, both `[n, len]`, on GPU backends.
+    on_device: Option<(Tensor<B, 2, Int>, Tensor<B, 2, Int>)>,
+    device: &'a B::Device,
+}
+
+impl<'a, B: Backend> Rows<'a, B> {
+    fn new(data: &'a Dataset, device: &'a B::Device) -> Rows<'a, B> {
+        let on_device = (!crate::layers::fused::on_flex::<B>()).then(|| {
+            let shape = [data.n, data.len];
+            let up = |v: &[i64]| {
+                Tensor::<B, 2, Int>::from_data(TensorData::new(v.to_vec(), shape), device)
+            };
+            (up(&data.inputs), up(&data.targets))
+        });
+        Rows {
+            data,
+            on_device,
+            device,
+        }
+    }
+
+    /// Rows `idx` as `(inputs [n, len], targets [n·len])`.
+    fn batch(&self, idx: &[usize]) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>) {
+        match &self.on_device {
+            Some((x, y)) => {
+                let rows: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+                let rows =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [idx.len()]), self.device);
+                let n = idx.len() * self.data.len;
+                (
+                    x.clone().select(0, rows.clone()),
+                    y.clone().select(0, rows).reshape([n]),
+                )
+            }
+            None => batch::<B>(self.data, idx, self.device),
+        }
+    }
+}
+
 /// Rows `idx` of `d` as `(inputs [n, len], targets [n·len])`.
 fn batch<B: Backend>(
     d: &Dataset,
@@ -165,21 +222,26 @@ pub fn evaluate<B: Backend>(
     device: &B::Device,
 ) -> Scores {
     let mut acc = Accuracy::new(vocab);
-    let all: Vec<usize> = (0..d.n).collect();
-    for idx in all.chunks(batch_size.max(1)) {
-        let (x, _) = batch::<B>(d, idx, device);
-        let n = idx.len() * d.len;
-        let pred: Vec<i64> = model
-            .forward(x)
-            .reshape([n, vocab])
-            .argmax(1)
-            .reshape([n])
-            .into_data()
-            .convert::<i64>()
-            .to_vec()
-            .expect("argmax gives integers");
-        acc.update(&pred, &d.targets[idx[0] * d.len..idx[0] * d.len + n]);
+    if d.n == 0 {
+        return acc.scores();
     }
+    // Every batch's predictions stay on the device; one read at the end.
+    let rows = Rows::<B>::new(d, device);
+    let all: Vec<usize> = (0..d.n).collect();
+    let preds: Vec<Tensor<B, 1, Int>> = all
+        .chunks(batch_size.max(1))
+        .map(|idx| {
+            let (x, _) = rows.batch(idx);
+            let n = idx.len() * d.len;
+            model.forward(x).reshape([n, vocab]).argmax(1).reshape([n])
+        })
+        .collect();
+    let pred: Vec<i64> = Tensor::cat(preds, 0)
+        .into_data()
+        .convert::<i64>()
+        .to_vec()
+        .expect("argmax gives integers");
+    acc.update(&pred, &d.targets[..d.n * d.len]);
     acc.scores()
 }
 
@@ -187,12 +249,18 @@ pub fn evaluate<B: Backend>(
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunControl<'a> {
     /// Checkpoint file and the interval in optimiser steps (also written
-    /// after every epoch and when stopped). A checkpoint there from the same
-    /// run is resumed; one from another run is ignored and replaced.
+    /// after every epoch and when stopped; on GPU backends the periodic ones
+    /// at least [`GPU_CHECKPOINT_SECONDS`] apart). A checkpoint there from
+    /// the same run is resumed; one from another run is ignored and replaced.
     pub checkpoint: Option<(&'a Path, usize)>,
     /// Checked after every step: once set, the run checkpoints (if it can)
     /// and returns [`TrainError::Interrupted`].
     pub stop: Option<&'a AtomicBool>,
+    /// Steps whose losses are read from the device at once (`None`: the
+    /// backend's own, 1 on flex and [`LOSS_READ_EVERY`] on GPU backends).
+    /// Training is the same either way; a NaN ends the run at its own step.
+    /// (The scale stage's language-model runs read every step.)
+    pub loss_read_every: Option<usize>,
 }
 
 /// Why a run did not produce a result.
@@ -334,6 +402,16 @@ pub fn run<B: AutodiffBackend>(
     };
     let every = ctl.checkpoint.map_or(usize::MAX, |(_, n)| n.max(1));
     let stopped = || ctl.stop.is_some_and(|s| s.load(Ordering::Relaxed));
+    let gpu = !crate::layers::fused::on_flex::<B>();
+    let read_every = ctl
+        .loss_read_every
+        .unwrap_or(if gpu { LOSS_READ_EVERY } else { 1 })
+        .max(1);
+    let min_gap = if gpu { GPU_CHECKPOINT_SECONDS } else { 0.0 };
+    let mut last_checkpoint = Instant::now();
+    let rows = Rows::<B>::new(train, device);
+    // Losses not read yet: (step, loss) in step order.
+    let mut pending: Vec<(usize, Tensor<B::InnerBackend, 1>)> = Vec::new();
     let mut outcome = Outcome::Completed;
     let mut epochs = at.epoch;
     while at.epoch < cfg.max_epochs {
@@ -351,13 +429,15 @@ pub fn run<B: AutodiffBackend>(
                 break;
             }
             let idx = batches[at.batch];
-            let (x, y) = batch::<B>(train, idx, device);
+            let (x, y) = rows.batch(idx);
             let n = idx.len() * train.len;
             let logits = model.forward(x).reshape([n, vocab]);
             let loss = masked_cross_entropy(logits, y);
-            let value: f64 = loss.clone().into_scalar().elem();
-            if !value.is_finite() {
-                outcome = Outcome::Diverged { step: at.steps };
+            pending.push((at.steps, loss.clone().inner()));
+            if pending.len() >= read_every
+                && let Some(step) = read_losses(&mut pending, &mut at)
+            {
+                outcome = Outcome::Diverged { step };
                 diverged = true;
                 break;
             }
@@ -365,14 +445,24 @@ pub fn run<B: AutodiffBackend>(
             model = optim.step(lr, model, grads);
             at.steps += 1;
             at.batch += 1;
-            at.loss_sum += value;
-            if stopped() {
+            let due = at.steps.is_multiple_of(every)
+                && last_checkpoint.elapsed().as_secs_f64() >= min_gap;
+            if stopped() || due {
+                if let Some(step) = read_losses(&mut pending, &mut at) {
+                    outcome = Outcome::Diverged { step };
+                    diverged = true;
+                    break;
+                }
                 checkpoint(&at, &model, &optim, &best)?;
-                return Err(TrainError::Interrupted { steps: at.steps });
+                last_checkpoint = Instant::now();
+                if stopped() {
+                    return Err(TrainError::Interrupted { steps: at.steps });
+                }
             }
-            if at.steps.is_multiple_of(every) {
-                checkpoint(&at, &model, &optim, &best)?;
-            }
+        }
+        if !diverged && let Some(step) = read_losses(&mut pending, &mut at) {
+            outcome = Outcome::Diverged { step };
+            diverged = true;
         }
         epochs = epoch + 1;
         if diverged {
@@ -405,10 +495,14 @@ pub fn run<B: AutodiffBackend>(
         if cfg.max_steps.is_some_and(|m| at.steps >= m) {
             break;
         }
-        if at.epoch < cfg.max_epochs {
+        if at.epoch < cfg.max_epochs && last_checkpoint.elapsed().as_secs_f64() >= min_gap {
             checkpoint(&at, &model, &optim, &best)?;
+            last_checkpoint = Instant::now();
         }
     }
+    // No epoch ended: the weights the run has (a diverged run's last
+    // weights: read every step, those before the NaN step; read every k
+    // steps, up to k − 1 steps after it).
     let (best_epoch, valid, weights) = match best {
         Some(b) => b,
         None => (0, Scores::default(), model.valid()),
@@ -424,6 +518,35 @@ pub fn run<B: AutodiffBackend>(
         train_loss: at.last_loss.unwrap_or(f64::NAN),
         seconds: spent_before + start.elapsed().as_secs_f64(),
     })
+}
+
+/// Reads the pending losses (one device read) into `at.loss_sum`, in step
+/// order. At the first NaN or infinite loss, returns its step, sets
+/// `at.steps` to it (the steps after it do not count: the run ends there)
+/// and drops the rest.
+fn read_losses<B: Backend>(
+    pending: &mut Vec<(usize, Tensor<B, 1>)>,
+    at: &mut Progress,
+) -> Option<usize> {
+    if pending.is_empty() {
+        return None;
+    }
+    let (steps, losses): (Vec<usize>, Vec<Tensor<B, 1>>) =
+        std::mem::take(pending).into_iter().unzip();
+    let values: Vec<f32> = Tensor::cat(losses, 0)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("losses are floats");
+    for (step, v) in steps.into_iter().zip(values) {
+        let v = f64::from(v);
+        if !v.is_finite() {
+            at.steps = step;
+            return Some(step);
+        }
+        at.loss_sum += v;
+    }
+    None
 }
 
 type Restored<B> = (
@@ -572,6 +695,44 @@ mod tests {
         );
     }
 
+    #[test]
+    fn losses_read_in_batches_give_the_same_run_and_the_same_divergence_step() {
+        let (setting, splits) = tiny_recall();
+        let mut spec = ArchSpec::from_layers_str("mh-attention swiglu").unwrap();
+        spec.d_model = 32;
+        let dev = Default::default();
+        let go = |cfg: &RunConfig, every: Option<usize>| {
+            let ctl = RunControl {
+                loss_read_every: every,
+                ..RunControl::default()
+            };
+            run::<CpuAutodiff>(&spec, &setting, &splits, cfg, &dev, ctl, &mut |_| {}).unwrap()
+        };
+        // 16 steps per epoch at batch 64, 3 epochs; reads every 5 steps
+        // straddle the epochs.
+        let cfg = RunConfig {
+            lr: 3e-3,
+            batch_size: 64,
+            max_epochs: 3,
+            ..RunConfig::default()
+        };
+        same(&go(&cfg, Some(5)), &go(&cfg, None));
+        // A learning rate that overflows: the same divergence step whether
+        // the losses are read each step or 16 at a time.
+        let wild = RunConfig {
+            lr: 1e30,
+            ..cfg.clone()
+        };
+        let each = go(&wild, None);
+        let batched = go(&wild, Some(16));
+        let Outcome::Diverged { step } = each.outcome else {
+            panic!("lr 1e30 did not diverge: {:?}", each.outcome);
+        };
+        assert_eq!(batched.outcome, Outcome::Diverged { step });
+        assert_eq!((batched.steps, batched.epochs), (each.steps, each.epochs));
+        assert_eq!(batched.steps, step);
+    }
+
     /// Everything but wall time.
     fn same(a: &RunResult, b: &RunResult) {
         assert_eq!(
@@ -614,6 +775,7 @@ mod tests {
         let ctl = RunControl {
             checkpoint: Some((&path, 3)),
             stop: Some(&stop),
+            ..RunControl::default()
         };
         let mut seen = Vec::new();
         let err = run::<CpuAutodiff>(&spec, &setting, &splits, &cfg, &dev, ctl, &mut |e| {
@@ -633,6 +795,7 @@ mod tests {
         let ctl = RunControl {
             checkpoint: Some((&path, 3)),
             stop: Some(&stop_at_24),
+            ..RunControl::default()
         };
         let err = run::<CpuAutodiff>(&spec, &setting, &splits, &cfg, &dev, ctl, &mut |e| {
             seen.push(e.epoch);
@@ -648,6 +811,7 @@ mod tests {
         let ctl = RunControl {
             checkpoint: Some((&path, 3)),
             stop: None,
+            ..RunControl::default()
         };
         let resumed = run::<CpuAutodiff>(&spec, &setting, &splits, &cfg, &dev, ctl, &mut |e| {
             seen.push(e.epoch)

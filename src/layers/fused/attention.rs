@@ -100,7 +100,11 @@ pub fn composite<B: Backend>(qkv: Tensor<B, 3>, h: Heads) -> Tensor<B, 3> {
     let v = part(2);
     let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
     let dims = scores.dims();
-    let scores = scores + fit(causal_bias::<B>(seq, h, &v.device()), dims);
+    let device = v.device();
+    let bias = crate::layers::consts::cached("causal_bias", &[seq, h.window], &device, || {
+        causal_bias::<B>(seq, h, &device)
+    });
+    let scores = scores + fit(bias, dims);
     let y = softmax(scores, 3).matmul(v); // [batch, heads, seq, hd]
     y.swap_dims(1, 2).reshape([batch, seq, d])
 }

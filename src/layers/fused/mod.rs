@@ -56,6 +56,12 @@ pub(crate) fn dispatch<B: Backend>() -> Dispatch {
     }
 }
 
+/// Whether `B` is flex (with or without autodiff): the backend whose
+/// broadcasts are slow and whose kernels here are fused.
+pub(crate) fn on_flex<B: Backend>() -> bool {
+    !matches!(dispatch::<B>(), Dispatch::Composite)
+}
+
 /// `t` as a tensor of backend `To`, which [`dispatch`] found to be the same
 /// type as `From`.
 ///

@@ -1,0 +1,281 @@
+//! The CubeCL path against flex, on wgpu (lavapipe, Mesa's software Vulkan,
+//! in CI): every primitive's forward and every parameter's gradient equal
+//! the CPU's within a stated tolerance; constants are built once per shape;
+//! a training run with a stop and a resume equals one without.
+//!
+//! Built with `--features wgpu`; needs a Vulkan device (`apt-get install
+//! mesa-vulkan-drivers` gives one on any machine).
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::backend::AutodiffBackend;
+
+use super::{CpuAutodiff, Model};
+use crate::genome::{ArchSpec, Backbone, Context, Layer, ParamValue, Primitive, Routing};
+use crate::train::loss::masked_cross_entropy;
+
+/// The default GPU backend: wgpu with burn-fusion.
+type Gpu = burn::backend::Autodiff<burn::backend::Wgpu>;
+
+/// Relative tolerance of the backend comparison (against the larger of 1
+/// and the reference's largest magnitude): f32 sums in another order, and
+/// GPU transcendental functions a few ulps apart.
+const REL: f32 = 2e-3;
+
+/// Every parameter's gradient, in visiting order, with its path.
+struct Grads<'a, B: AutodiffBackend> {
+    grads: &'a B::Gradients,
+    path: Vec<String>,
+    out: Vec<(String, Vec<f32>)>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let at = self.path.join(".");
+        let g = param
+            .val()
+            .grad(self.grads)
+            .map(|g| g.into_data().convert::<f32>().to_vec().expect("floats"))
+            .unwrap_or_default();
+        self.out.push((at, g));
+    }
+}
+
+/// Logits and every parameter's gradient of one forward and backward of
+/// `spec` on backend `B` (weights from seed 5: equal on every backend).
+fn forward_backward<B: AutodiffBackend>(
+    spec: &ArchSpec,
+    ctx: Context,
+    batch: usize,
+) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+    let dev = B::Device::default();
+    let model = Model::<B>::new(spec, ctx, 5, &dev).unwrap();
+    let n = batch * ctx.seq_len;
+    let tokens = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(
+            (0..n).map(|i| (i * 7 % ctx.vocab) as i64).collect(),
+            [batch, ctx.seq_len],
+        ),
+        &dev,
+    );
+    // Every third position unscored, as the tasks' targets.
+    let targets = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(
+            (0..n)
+                .map(|i| {
+                    if i % 3 == 2 {
+                        crate::tasks::IGNORE
+                    } else {
+                        (i * 3 % ctx.vocab) as i64
+                    }
+                })
+                .collect(),
+            [n],
+        ),
+        &dev,
+    );
+    let logits = model.forward(tokens).reshape([n, ctx.vocab]);
+    let values = logits
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap();
+    let grads = masked_cross_entropy(logits, targets).backward();
+    let mut visit = Grads::<B> {
+        grads: &grads,
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    model.visit(&mut visit);
+    (values, visit.out)
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let (at, diff) = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .enumerate()
+        .fold((0, 0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
+    assert!(
+        diff <= REL * scale && got.iter().all(|v| v.is_finite()),
+        "{what}: max |diff| {diff} at {at} (scale {scale}): {} vs {}",
+        got.get(at).copied().unwrap_or(f32::NAN),
+        want.get(at).copied().unwrap_or(f32::NAN)
+    );
+}
+
+/// Every primitive, with a channel mixer after each sequence mixer, at a
+/// small width; heads cut to fit.
+fn every_primitive(d: usize) -> Vec<ArchSpec> {
+    let mut specs = Vec::new();
+    for &p in Primitive::ALL {
+        let mut l = Layer::default_for(p);
+        if let Some(ParamValue::Int(h)) = l.param("n_heads", d) {
+            l.set_param("n_heads", ParamValue::Int(h.min(d / 4)))
+                .unwrap();
+        }
+        if let Some(ParamValue::Int(_)) = l.param("window", d) {
+            l.set_param("window", ParamValue::Int(5)).unwrap();
+        }
+        l.validate(d).unwrap();
+        let layers = if p.role() == crate::genome::Role::Channel {
+            vec![Layer::default_for(Primitive::MhAttention), l]
+        } else {
+            vec![l, Layer::default_for(Primitive::SwiGlu)]
+        };
+        specs.push(ArchSpec::new(d, layers));
+    }
+    let mut topk = Layer::default_for(Primitive::MoeMlp);
+    topk.set_param("routing", ParamValue::Routing(Routing::TopK))
+        .unwrap();
+    specs.push(ArchSpec::new(
+        d,
+        vec![Layer::default_for(Primitive::Hyena), topk],
+    ));
+    specs
+}
+
+#[test]
+fn every_primitive_on_wgpu_equals_flex_values_and_gradients() {
+    let ctx = Context {
+        vocab: 11,
+        seq_len: 24,
+    };
+    // The autoencoder's head (compression) for two of them: the mixers are
+    // the same in both, and every model costs its own kernel compilations
+    // on lavapipe (the whole test takes minutes there).
+    for (i, spec) in every_primitive(32).into_iter().enumerate() {
+        let backbones: &[Backbone] = if i < 2 {
+            &[Backbone::LanguageModel, Backbone::AutoEncoder]
+        } else {
+            &[Backbone::LanguageModel]
+        };
+        for &backbone in backbones {
+            let mut spec = spec.clone();
+            spec.backbone = backbone;
+            let what = format!("{} ({})", spec.layers_string(), backbone.name());
+            let (cpu_y, cpu_g) = forward_backward::<CpuAutodiff>(&spec, ctx, 3);
+            let (gpu_y, gpu_g) = forward_backward::<Gpu>(&spec, ctx, 3);
+            assert_close(&format!("{what}: logits"), &gpu_y, &cpu_y);
+            assert_eq!(gpu_g.len(), cpu_g.len(), "{what}: parameters");
+            for ((path, g), (_, c)) in gpu_g.iter().zip(&cpu_g) {
+                assert!(!c.is_empty(), "{what}: {path}: no gradient on flex");
+                assert_close(&format!("{what}: gradient of {path}"), g, c);
+            }
+        }
+    }
+}
+
+#[test]
+fn constants_are_built_once_per_shape_on_the_device() {
+    let ctx = Context {
+        vocab: 16,
+        seq_len: 32,
+    };
+    let spec =
+        ArchSpec::from_layers_str("mh-attention swiglu mh-hyena swiglu hyena swiglu").unwrap();
+    let dev = Default::default();
+    let model = Model::<Gpu>::new(&spec, ctx, 1, &dev).unwrap();
+    let tokens = Tensor::<Gpu, 2, Int>::from_data(
+        TensorData::new((0..64).map(|i| (i % 16) as i64).collect(), [2, 32]),
+        &dev,
+    );
+    let first = model.forward(tokens.clone());
+    let built = super::consts::builds();
+    assert!(built > 0, "the first forward builds its masks and tables");
+    let second = model.forward(tokens);
+    assert_eq!(
+        super::consts::builds(),
+        built,
+        "a second forward built constants"
+    );
+    assert_eq!(first.into_data(), second.into_data());
+}
+
+#[test]
+fn a_wgpu_run_agrees_with_flex_and_resumes_from_its_checkpoint() {
+    use crate::tasks::{TaskKind, TaskSetting};
+    use crate::train::run::{RunConfig, RunControl, TrainError, run};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut setting = TaskSetting::baseline(TaskKind::InContextRecall);
+    setting.seq_len = 32;
+    setting.num_train = 256;
+    setting.num_test = 64;
+    setting.num_valid = 64;
+    let splits = setting.generate().unwrap();
+    let mut spec = ArchSpec::from_layers_str("mh-attention swiglu").unwrap();
+    spec.d_model = 32;
+    let cfg = RunConfig {
+        lr: 3e-3,
+        batch_size: 64,
+        max_epochs: 3,
+        ..RunConfig::default()
+    };
+    let dev = Default::default();
+    let go = |ctl: RunControl<'_>, report: &mut dyn FnMut(&crate::train::run::EpochReport)| {
+        run::<Gpu>(&spec, &setting, &splits, &cfg, &dev, ctl, report)
+    };
+    let whole = go(RunControl::default(), &mut |_| {}).unwrap();
+    assert_eq!((whole.steps, whole.epochs), (12, 3));
+    // The same run on flex: the same steps, a training loss within 2 %.
+    let cpu = run::<CpuAutodiff>(
+        &spec,
+        &setting,
+        &splits,
+        &cfg,
+        &Default::default(),
+        RunControl::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(cpu.steps, whole.steps);
+    assert!(
+        (whole.train_loss - cpu.train_loss).abs() <= 0.02 * cpu.train_loss,
+        "train loss {} on wgpu, {} on flex",
+        whole.train_loss,
+        cpu.train_loss
+    );
+    // Stopped after epoch 1: the stop writes a checkpoint even inside the
+    // GPU's minimum interval, and the resumed run finishes the same run.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.ckpt");
+    let stop = AtomicBool::new(false);
+    let ctl = RunControl {
+        checkpoint: Some((&path, 3)),
+        stop: Some(&stop),
+        ..RunControl::default()
+    };
+    let err = go(ctl, &mut |_| stop.store(true, Ordering::Relaxed)).unwrap_err();
+    assert!(matches!(err, TrainError::Interrupted { steps: 5 }), "{err}");
+    assert!(path.exists());
+    let resumed = go(
+        RunControl {
+            checkpoint: Some((&path, 3)),
+            stop: None,
+            ..RunControl::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!((resumed.steps, resumed.epochs), (whole.steps, whole.epochs));
+    assert!(
+        (resumed.train_loss - whole.train_loss).abs() <= 1e-3 * whole.train_loss,
+        "resumed {} vs whole {}",
+        resumed.train_loss,
+        whole.train_loss
+    );
+}
