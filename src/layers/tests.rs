@@ -40,24 +40,27 @@ fn assert_close<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, rel: f32, what
     );
 }
 
-/// Every sequence mixer (and fused block) at small width with default
-/// hyper-parameters scaled to fit.
+/// Primitive `p` at small width `d`: default hyper-parameters, heads cut
+/// to fit, sliding windows of 5.
+pub(super) fn small_layer(p: Primitive, d: usize) -> Layer {
+    let mut l = Layer::default_for(p);
+    if let Some(ParamValue::Int(h)) = l.param("n_heads", d) {
+        l.set_param("n_heads", ParamValue::Int(h.min(d / 4)))
+            .unwrap();
+    }
+    if let Some(ParamValue::Int(_)) = l.param("window", d) {
+        l.set_param("window", ParamValue::Int(5)).unwrap();
+    }
+    l.validate(d).unwrap();
+    l
+}
+
+/// Every sequence mixer (and fused block) at small width.
 fn sequence_mixers(d: usize) -> Vec<Layer> {
     Primitive::ALL
         .iter()
         .filter(|p| p.role() != Role::Channel)
-        .map(|&p| {
-            let mut l = Layer::default_for(p);
-            if let Some(ParamValue::Int(h)) = l.param("n_heads", d) {
-                l.set_param("n_heads", ParamValue::Int(h.min(d / 4)))
-                    .unwrap();
-            }
-            if let Some(ParamValue::Int(_)) = l.param("window", d) {
-                l.set_param("window", ParamValue::Int(5)).unwrap();
-            }
-            l.validate(d).unwrap();
-            l
-        })
+        .map(|&p| small_layer(p, d))
         .collect()
 }
 

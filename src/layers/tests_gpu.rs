@@ -122,15 +122,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
 fn every_primitive(d: usize) -> Vec<ArchSpec> {
     let mut specs = Vec::new();
     for &p in Primitive::ALL {
-        let mut l = Layer::default_for(p);
-        if let Some(ParamValue::Int(h)) = l.param("n_heads", d) {
-            l.set_param("n_heads", ParamValue::Int(h.min(d / 4)))
-                .unwrap();
-        }
-        if let Some(ParamValue::Int(_)) = l.param("window", d) {
-            l.set_param("window", ParamValue::Int(5)).unwrap();
-        }
-        l.validate(d).unwrap();
+        let l = super::tests::small_layer(p, d);
         let layers = if p.role() == crate::genome::Role::Channel {
             vec![Layer::default_for(Primitive::MhAttention), l]
         } else {
