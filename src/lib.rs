@@ -7,9 +7,11 @@
 //! (one run, checkpoints) → `layers` (Burn modules) → [`tasks`] (the six
 //! generators) and [`space`] (grammar, sampling, mutation) → [`genome`]
 //! (one architecture, its id and accounting). `genome`, `space`, `tasks`,
-//! `search` and `store` are free of Burn; the rest needs the `models` feature.
+//! `search`, `stats` and `store` are free of Burn; the rest needs the `models` feature.
 
 pub mod alloc;
+#[cfg(feature = "models")]
+pub mod calibrate;
 pub mod cli;
 #[cfg(feature = "models")]
 pub mod daemon;
@@ -25,6 +27,7 @@ pub mod seed;
 pub mod space;
 #[cfg(feature = "models")]
 pub mod stages;
+pub mod stats;
 pub mod store;
 pub mod tasks;
 #[cfg(feature = "models")]

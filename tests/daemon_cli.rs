@@ -199,7 +199,7 @@ fn start_status_stop_resume_export() {
         done(&status_json(&state)) >= 3
     });
     let v = status_json(&state);
-    assert_eq!(v["schema"], "mad-search.status/1");
+    assert_eq!(v["schema"], "mad-search.status/2");
     assert_eq!(v["daemon"]["pid"].as_i64().unwrap(), i64::from(p));
     assert!(!v["leaderboard"].as_array().unwrap().is_empty());
     let human = text(&run(&["status", "--state", s(&state)]).stdout);
@@ -698,6 +698,12 @@ fn the_scale_stage_runs_in_the_daemon_and_resumes_after_kill_dash_nine() {
     assert!(
         corr.iter()
             .any(|c| c["from"] == "mad" && c["to"] == "scale" && c["candidates"] == 1),
+        "{v}"
+    );
+    // Below five candidates: the count only, no ρ or τ.
+    assert!(
+        corr.iter().all(|c| c["candidates"].as_u64().unwrap() >= 5
+            || (c["rho"].is_null() && c["tau"].is_null() && c["tau_interval"].is_null())),
         "{v}"
     );
     let out_dir = dir.path().join("cards");

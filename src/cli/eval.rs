@@ -163,7 +163,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let parallel = args.parallel.unwrap_or(cores.min(total_runs).max(1));
     let threads = args.threads.unwrap_or((cores / parallel).max(1));
-    let progress = Progress::new(total_runs, settings.max_epochs, settings.early_stop);
+    let progress = Progress::new(stage_epochs(&settings), settings.early_stop);
     let report = |p: &StageProgress<'_>| progress.epoch(p);
     let ctl = StageControl {
         dir: args.checkpoints.as_deref(),
@@ -172,6 +172,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         parallel,
         threads: Some(threads),
         data: args.data.as_deref(),
+        data_seed: None,
     };
     let result = on_device!(device, B, dev => evaluate::<B>(
         &spec, stage, &settings, args.seed, &dev, ctl, &report,
@@ -344,16 +345,24 @@ fn table(spec: &ArchSpec, preset: &str, r: &StageResult) -> String {
 
 /// Progress on stderr: a bar over all epochs of all runs in a terminal,
 /// one plain line per epoch otherwise (logs, pipes, CI).
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
-    max_epochs: usize,
     early_stop: f64,
 }
 
+/// Most epochs of all of a stage's runs (each task's own cap, times the sweep).
+pub(crate) fn stage_epochs(settings: &crate::space::StageSettings) -> usize {
+    let sweep = settings.lr.len() * settings.weight_decay.len();
+    crate::stages::stage_settings(settings)
+        .iter()
+        .map(|s| settings.max_epochs_of(s.task) * sweep)
+        .sum()
+}
+
 impl Progress {
-    fn new(runs: usize, max_epochs: usize, early_stop: f64) -> Progress {
+    pub(crate) fn new(epochs: usize, early_stop: f64) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new((runs * max_epochs) as u64);
+            let bar = indicatif::ProgressBar::new(epochs as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
                     "{elapsed_precise} [{bar:30}] {pos}/{len} epochs (eta {eta}) {msg}",
@@ -363,14 +372,10 @@ impl Progress {
             );
             bar
         });
-        Progress {
-            bar,
-            max_epochs,
-            early_stop,
-        }
+        Progress { bar, early_stop }
     }
 
-    fn epoch(&self, p: &StageProgress<'_>) {
+    pub(crate) fn epoch(&self, p: &StageProgress<'_>) {
         let s = p.setting;
         let line = format!(
             "[run {}/{} {} vocab {} len {} lr {:e} wd {}] epoch {}/{} loss {:.4} valid {:.3}",
@@ -391,7 +396,7 @@ impl Progress {
                 bar.inc(1);
                 // An early stop skips the run's remaining epochs.
                 if p.epoch.valid.macro_ >= self.early_stop {
-                    bar.inc(self.max_epochs.saturating_sub(p.epoch.epoch) as u64);
+                    bar.inc(p.epoch.max_epochs.saturating_sub(p.epoch.epoch) as u64);
                 }
                 bar.set_message(line);
             }
@@ -399,7 +404,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

@@ -3,6 +3,8 @@
 //! (`anyhow`) and are printed once.
 
 #[cfg(feature = "models")]
+mod calibrate;
+#[cfg(feature = "models")]
 mod eval;
 #[cfg(feature = "models")]
 mod export;
@@ -17,6 +19,9 @@ mod state;
 mod status;
 #[cfg(feature = "models")]
 mod stop;
+
+#[cfg(feature = "models")]
+pub use status::render as render_status;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -41,6 +46,9 @@ pub enum Command {
     /// Train and score one architecture on a stage (screen or mad), without a daemon.
     #[cfg(feature = "models")]
     Eval(eval::EvalArgs),
+    /// Check that a preset ranks architectures the way MAD does: the paper's baselines under several seeds, and its findings as pass/fail.
+    #[cfg(feature = "models")]
+    Calibrate(calibrate::CalibrateArgs),
     /// Start (or resume) a search: a daemon in the background, or attached with --foreground.
     #[cfg(feature = "models")]
     Start(start::StartArgs),
@@ -67,6 +75,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Space(cmd) => space::run(cmd),
         #[cfg(feature = "models")]
         Command::Eval(args) => eval::run(args),
+        #[cfg(feature = "models")]
+        Command::Calibrate(args) => calibrate::run(args),
         #[cfg(feature = "models")]
         Command::Start(args) => start::run(args),
         #[cfg(feature = "models")]

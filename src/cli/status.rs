@@ -1,5 +1,5 @@
 //! `mad-search status`: the search at a glance (text), or as JSON
-//! (schema `mad-search.status/1`).
+//! (schema `mad-search.status/2`).
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -232,21 +232,41 @@ pub fn render(r: &StatusReport) -> String {
         &r.baselines,
     );
     if !r.correlations.is_empty() {
-        let _ = writeln!(s, "\nrank correlation between stages (Spearman's ρ)");
+        let _ = writeln!(
+            s,
+            "\nhow well each stage predicts the next (rank correlations, 90 % bootstrap intervals)"
+        );
+        let est = |v: Option<f64>, i: Option<crate::stats::Interval>| match (v, i) {
+            (Some(v), Some(i)) => format!("{v:+.2} [{:+.2}, {:+.2}]", i.lo, i.hi),
+            (Some(v), None) => format!("{v:+.2}"),
+            (None, _) => "-".into(),
+        };
         for c in &r.correlations {
-            let _ = writeln!(
-                s,
-                "  {} → {}: {} over {} candidate(s){}",
-                c.from.name(),
-                c.to.name(),
-                c.rho.map_or("-".into(), |r| format!("{r:+.3}")),
-                c.candidates,
-                if c.to == StageName::Scale {
-                    " (scale: exp(−predicted loss))"
-                } else {
-                    ""
-                }
-            );
+            let which = if c.to == StageName::Scale {
+                " (scale: exp(−predicted loss))"
+            } else {
+                ""
+            };
+            if c.candidates < crate::stats::MIN_AGREEMENT_PAIRS {
+                let _ = writeln!(
+                    s,
+                    "  {} → {}: {} candidate(s) at both stages (shown from {}){which}",
+                    c.from.name(),
+                    c.to.name(),
+                    c.candidates,
+                    crate::stats::MIN_AGREEMENT_PAIRS
+                );
+            } else {
+                let _ = writeln!(
+                    s,
+                    "  {} → {}: Spearman's ρ {}, Kendall's τ {} over {} candidates{which}",
+                    c.from.name(),
+                    c.to.name(),
+                    est(c.rho, c.rho_interval),
+                    est(c.tau, c.tau_interval),
+                    c.candidates
+                );
+            }
         }
     }
     s

@@ -3,7 +3,7 @@
 //! socket and a direct read of the database.
 //!
 //! The JSON form of [`StatusReport`] is `mad-search status --json`'s output
-//! (schema `mad-search.status/1`, documented in the README).
+//! (schema `mad-search.status/2`, documented in the README).
 
 use std::collections::BTreeMap;
 
@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::genome::ArchId;
 use crate::space::{Operator, StageName};
+use crate::stats::Interval;
 use crate::store::{Candidate, Counts, Evaluations, Job, JobId, Store, StoreError};
 
 /// Identifies the status schema.
-pub const STATUS_SCHEMA: &str = "mad-search.status/1";
+pub const STATUS_SCHEMA: &str = "mad-search.status/2";
 
 /// A job in progress, as the daemon sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -136,9 +137,9 @@ pub struct StatusReport {
     pub pareto: BTreeMap<StageName, Vec<Row>>,
     /// The paper's architectures, for reference.
     pub baselines: Vec<Row>,
-    /// Spearman's ρ between consecutive stages (screen → mad, mad →
-    /// scale's predicted likelihood): the paper's claim that cheap
-    /// synthetic scores predict scaling, re-tested on this search.
+    /// Spearman's ρ and Kendall's τ between consecutive stages (screen →
+    /// mad, mad → scale's predicted likelihood): the paper's claim that
+    /// cheap synthetic scores predict scaling, re-tested on this search.
     #[serde(default)]
     pub correlations: Vec<Correlation>,
 }
@@ -167,16 +168,27 @@ fn row(c: &Candidate, rank: usize, stage: Option<StageName>) -> Row {
     }
 }
 
-/// Spearman's rank correlation between two stages' scores over the
-/// candidates finished at both.
+/// How well one stage's scores predict the next's, over the candidates
+/// finished at both: Spearman's ρ and Kendall's τ, each with a 90 %
+/// bootstrap interval, from [`crate::stats::MIN_AGREEMENT_PAIRS`]
+/// candidates on (below, only the count).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Correlation {
     /// The cheaper stage.
     pub from: StageName,
     /// The stage it should predict.
     pub to: StageName,
-    /// ρ (`None` with fewer than three candidates or a constant side).
+    /// ρ (`None` below five candidates or with a constant side).
     pub rho: Option<f64>,
+    /// ρ's 90 % percentile-bootstrap interval.
+    #[serde(default)]
+    pub rho_interval: Option<Interval>,
+    /// Kendall's τ-b.
+    #[serde(default)]
+    pub tau: Option<f64>,
+    /// τ's 90 % percentile-bootstrap interval.
+    #[serde(default)]
+    pub tau_interval: Option<Interval>,
     /// Candidates it rests on.
     pub candidates: usize,
 }
@@ -191,16 +203,20 @@ fn correlations(store: &Store) -> Result<Vec<Correlation>, StoreError> {
         if n == 0 {
             continue;
         }
-        let pairs: Vec<(f64, f64)> = store
+        let (x, y): (Vec<f64>, Vec<f64>) = store
             .top(to, n)?
             .iter()
             .filter_map(|c| Some((c.stages.get(&from)?.score, c.stages.get(&to)?.score)))
-            .collect();
+            .unzip();
+        let a = crate::stats::agreement(&x, &y, 0x5eed);
         out.push(Correlation {
             from,
             to,
-            rho: crate::scale::fit::spearman(&pairs),
-            candidates: pairs.len(),
+            rho: a.spearman.map(|e| e.value),
+            rho_interval: a.spearman.and_then(|e| e.interval),
+            tau: a.kendall.map(|e| e.value),
+            tau_interval: a.kendall.and_then(|e| e.interval),
+            candidates: a.n,
         });
     }
     Ok(out)

@@ -100,6 +100,7 @@ pub fn read(state: &Path, top: usize) -> Option<StatusReport> {
     let snapshot: Snapshot = serde_json::from_slice(&bytes).ok()?;
     if snapshot.schema != SNAPSHOT_SCHEMA
         || snapshot.version != env!("CARGO_PKG_VERSION")
+        || snapshot.report.schema != super::report::STATUS_SCHEMA
         || snapshot.top < top
         || db_files(state).ok()? != snapshot.files
     {
@@ -133,6 +134,12 @@ mod tests {
     /// A search with six screened candidates, three of them also at `mad`
     /// (so the board lists a candidate once though it ranks at two stages).
     fn search(dir: &Path) -> Store {
+        search_with(dir, |i| (i % 2 == 1).then(|| 0.05 * (i + 1) as f64))
+    }
+
+    /// Six screened candidates (scores 0.1, 0.2, …), those with a `mad`
+    /// score from `mad(i)` also at `mad`.
+    fn search_with(dir: &Path, mad: impl Fn(usize) -> Option<f64>) -> Store {
         let record = SearchRecord {
             name: "snap".into(),
             created_by: "test".into(),
@@ -184,12 +191,55 @@ mod tests {
                 .unwrap()
                 .unwrap();
             finish(job, 0.1 * (i + 1) as f64);
-            if i % 2 == 1 {
+            if let Some(score) = mad(i) {
                 let job = s.enqueue(c.id, StageName::Mad, &[]).unwrap().unwrap();
-                finish(job, 0.05 * (i + 1) as f64);
+                finish(job, score);
             }
         }
         s
+    }
+
+    /// Status reports screen → mad ρ and τ with intervals from five
+    /// candidates at both stages; below, the count alone.
+    #[test]
+    fn stage_correlations_come_with_intervals_from_five_candidates() {
+        let dir = tempfile::tempdir().unwrap();
+        let three = status(&search(dir.path()), None, 3).unwrap();
+        let c = &three.correlations[0];
+        assert_eq!(
+            (c.from, c.to, c.candidates),
+            (StageName::Screen, StageName::Mad, 3)
+        );
+        assert_eq!(
+            (c.rho, c.tau, c.rho_interval, c.tau_interval),
+            (None, None, None, None)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // Screen 0.1 … 0.6; mad swaps the first two and the last two.
+        let mad = [0.2, 0.1, 0.3, 0.4, 0.6, 0.5];
+        let six = status(&search_with(dir.path(), |i| Some(mad[i])), None, 3).unwrap();
+        let c = &six.correlations[0];
+        assert_eq!(c.candidates, 6);
+        // Σd² = 4 → ρ = 1 − 24/210; τ = (13 − 2)/15.
+        assert!(
+            (c.rho.unwrap() - (1.0 - 24.0 / 210.0)).abs() < 1e-12,
+            "{c:?}"
+        );
+        assert!((c.tau.unwrap() - 11.0 / 15.0).abs() < 1e-12, "{c:?}");
+        let (r, t) = (c.rho_interval.unwrap(), c.tau_interval.unwrap());
+        assert!(r.lo <= c.rho.unwrap() && c.rho.unwrap() <= r.hi, "{c:?}");
+        assert!(t.lo <= c.tau.unwrap() && c.tau.unwrap() <= t.hi, "{c:?}");
+        let text = crate::cli::render_status(&six);
+        assert!(
+            text.contains("screen → mad: Spearman's ρ +0.89 ["),
+            "{text}"
+        );
+        assert!(text.contains("Kendall's τ +0.73 ["), "{text}");
+        let text = crate::cli::render_status(&three);
+        assert!(
+            text.contains("screen → mad: 3 candidate(s) at both stages (shown from 5)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -162,6 +162,7 @@ fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
                     parallel: 1,
                     threads: None,
                     data: None,
+                    data_seed: None,
                 };
                 let progress = |p: &StageProgress<'_>| {
                     show(format!(

@@ -34,7 +34,7 @@ pub mod routing;
 pub mod short_conv;
 
 pub use init::Init;
-pub use model::{Mixer, Model};
+pub use model::{Mixer, Model, ModelInit};
 
 /// The CPU backend.
 pub type Cpu = burn::backend::Flex;

@@ -1,7 +1,8 @@
 //! The model builder: [`ArchSpec`] → Burn model. Every layer is wrapped
 //! pre-norm residual, `x ← x + layer(norm(x))`, inside one of two backbones
 //! (mad-protocol §2.2, §1.5):
-//! - language model: embedding N(0, 0.02), no positional embedding, layers,
+//! - language model: embedding N(0, 0.02) (a preset may change the std:
+//!   [`ModelInit`]), no positional embedding, layers,
 //!   final norm, untied linear head with bias;
 //! - autoencoder (compression): the same encoder, the hidden state at the last
 //!   position plus a sinusoidal position embedding decoded at every position by
@@ -24,6 +25,22 @@ use super::mh_hyena::MhHyena;
 use super::norm::Norm;
 use super::ops::{fit, linear};
 use crate::genome::{ArchSpec, Backbone, Context, GenomeError, Layer};
+
+/// What a preset may change in a model's initialisation (everything else
+/// is the protocol's, per primitive).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModelInit {
+    /// Standard deviation of the token embedding, N(0, std²) (protocol 0.02).
+    pub embedding_std: f64,
+}
+
+impl Default for ModelInit {
+    fn default() -> ModelInit {
+        ModelInit {
+            embedding_std: crate::space::PROTOCOL_EMBEDDING_STD,
+        }
+    }
+}
 
 /// One built layer.
 #[derive(Module, Debug)]
@@ -148,11 +165,26 @@ impl<B: Backend> Model<B> {
         seed: u64,
         device: &B::Device,
     ) -> Result<Model<B>, GenomeError> {
+        Model::with_init(spec, ctx, seed, ModelInit::default(), device)
+    }
+
+    /// As [`Model::new`], with the initialisation's departures from the
+    /// protocol in `options`.
+    ///
+    /// # Errors
+    /// The genome's validation error, before anything is allocated.
+    pub fn with_init(
+        spec: &ArchSpec,
+        ctx: Context,
+        seed: u64,
+        options: ModelInit,
+        device: &B::Device,
+    ) -> Result<Model<B>, GenomeError> {
         spec.validate_layers()?;
         let d = spec.d_model;
         let mut init = Init::<B>::new(seed, device);
         let embedding = Embedding {
-            weight: init.normal([ctx.vocab, d], 0.02),
+            weight: init.normal([ctx.vocab, d], options.embedding_std),
         };
         let layers = spec
             .layers

@@ -418,42 +418,6 @@ pub fn loglog(points: &[(f64, f64)]) -> Result<LogLog, FitError> {
     })
 }
 
-/// Ranks (1-based, ties get their mean rank).
-fn ranks(v: &[f64]) -> Vec<f64> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-    let mut out = vec![0.0; v.len()];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
-            j += 1;
-        }
-        let mean = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &idx[i..=j] {
-            out[k] = mean;
-        }
-        i = j + 1;
-    }
-    out
-}
-
-/// Spearman's rank correlation of paired samples (Pearson's correlation of
-/// the mid-ranks); `None` with fewer than three pairs or a constant side.
-pub fn spearman(pairs: &[(f64, f64)]) -> Option<f64> {
-    if pairs.len() < 3 {
-        return None;
-    }
-    let a = ranks(&pairs.iter().map(|p| p.0).collect::<Vec<_>>());
-    let b = ranks(&pairs.iter().map(|p| p.1).collect::<Vec<_>>());
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let cov: f64 = a.iter().zip(&b).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
-    (va > 0.0 && vb > 0.0).then(|| cov / (va * vb).sqrt())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,22 +529,5 @@ mod tests {
             "{} ± {se}",
             f.exponent
         );
-    }
-
-    #[test]
-    fn spearman_counts_ranks_with_ties() {
-        assert_eq!(
-            spearman(&[(1.0, 10.0), (2.0, 20.0), (3.0, 30.0)]),
-            Some(1.0)
-        );
-        assert_eq!(spearman(&[(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]), Some(-1.0));
-        // Monotone but not linear: still 1.
-        let pts: Vec<(f64, f64)> = (1..20).map(|i| (i as f64, (i as f64).exp())).collect();
-        assert!((spearman(&pts).unwrap() - 1.0).abs() < 1e-12);
-        // Ties: x = [1, 2, 2, 3], y = [1, 2, 3, 4] → ρ = 0.9487 (mid-ranks).
-        let r = spearman(&[(1.0, 1.0), (2.0, 2.0), (2.0, 3.0), (3.0, 4.0)]).unwrap();
-        assert!((r - 0.948_683_298).abs() < 1e-6, "{r}");
-        assert_eq!(spearman(&[(1.0, 1.0), (1.0, 2.0), (1.0, 3.0)]), None);
-        assert_eq!(spearman(&[(1.0, 1.0), (2.0, 2.0)]), None);
     }
 }

@@ -136,6 +136,89 @@ pub struct StageSettings {
     pub betas: [f64; 2],
     /// Stop once validation accuracy reaches this.
     pub early_stop: f64,
+    /// Standard deviation of the token embedding's initial weights
+    /// (protocol: 0.02; PyTorch's own default for `nn.Embedding` is 1).
+    #[serde(
+        default = "protocol_embedding_std",
+        skip_serializing_if = "is_protocol_embedding_std"
+    )]
+    pub embedding_std: f64,
+    /// Stop a run once its validation accuracy has not improved for this
+    /// many epochs (`None`, the protocol: every epoch runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
+    /// Per-task departures from the stage-wide caps (a preset's
+    /// `[presets.P.STAGE.per_task.TASK]` tables); a task without one takes
+    /// the stage's values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_task: BTreeMap<TaskKind, TaskBudget>,
+}
+
+/// The protocol's embedding initialisation, N(0, 0.02²) (mad-protocol §2.2).
+pub const PROTOCOL_EMBEDDING_STD: f64 = 0.02;
+
+/// serde default of an embedding std: the protocol's.
+pub(crate) fn protocol_embedding_std() -> f64 {
+    PROTOCOL_EMBEDDING_STD
+}
+
+/// serde skip test: the protocol's std is left out of records and run
+/// identities (those from before the field keep theirs).
+pub(crate) fn is_protocol_embedding_std(x: &f64) -> bool {
+    *x == PROTOCOL_EMBEDDING_STD
+}
+
+/// One task's departures from its stage's caps: a task that learns late
+/// (recall needs an induction circuit) gets more steps than one solved in a
+/// few epochs; each run stops early on its own once solved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskBudget {
+    /// Most epochs (the cosine schedule spans them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_epochs: Option<usize>,
+    /// Cap on optimiser steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<usize>,
+    /// Cap on training examples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_examples: Option<usize>,
+    /// Epochs without improvement before a run stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
+}
+
+impl StageSettings {
+    /// Most epochs of `task`'s runs.
+    pub fn max_epochs_of(&self, task: TaskKind) -> usize {
+        self.per_task
+            .get(&task)
+            .and_then(|b| b.max_epochs)
+            .unwrap_or(self.max_epochs)
+    }
+
+    /// Step cap of `task`'s runs.
+    pub fn max_steps_of(&self, task: TaskKind) -> Option<usize> {
+        self.per_task
+            .get(&task)
+            .and_then(|b| b.max_steps)
+            .or(self.max_steps)
+    }
+
+    /// Patience of `task`'s runs.
+    pub fn patience_of(&self, task: TaskKind) -> Option<usize> {
+        self.per_task
+            .get(&task)
+            .and_then(|b| b.patience)
+            .or(self.patience)
+    }
+
+    /// Cap on `task`'s training examples.
+    pub fn train_examples_of(&self, task: TaskKind) -> Option<usize> {
+        self.per_task
+            .get(&task)
+            .and_then(|b| b.train_examples)
+            .or(self.train_examples)
+    }
 }
 
 impl StageSettings {
@@ -160,6 +243,9 @@ impl StageSettings {
             weight_decay: if full { vec![0.0, 0.1] } else { vec![0.0] },
             betas: [0.9, 0.98],
             early_stop: 0.999,
+            embedding_std: PROTOCOL_EMBEDDING_STD,
+            patience: None,
+            per_task: BTreeMap::new(),
         }
     }
 }

@@ -10,7 +10,7 @@ use super::error::{Location, SpaceError};
 use super::toml_walk::{Doc, R, Table, Val};
 use super::{
     Budget, Grid, ModelChoices, Preset, PrimitiveChoices, ScaleSettings, SearchSettings,
-    SearchSpace, StageName, StageSettings, Structure,
+    SearchSpace, StageName, StageSettings, Structure, TaskBudget,
 };
 use crate::genome::{Layer, Norm, ParamValue, Primitive, Role, Routing};
 use crate::tasks::TaskKind;
@@ -471,6 +471,9 @@ fn parse_stage(t: &Table<'_, '_>, stage: StageName) -> R<StageSettings> {
         "weight_decay",
         "betas",
         "early_stop",
+        "embedding_std",
+        "patience",
+        "per_task",
     ])?;
     let base = StageSettings::protocol(stage);
     let probability_open = |v: &Val<'_, '_>, lo_open: bool| -> R<f64> {
@@ -548,8 +551,68 @@ fn parse_stage(t: &Table<'_, '_>, stage: StageName) -> R<StageSettings> {
         early_stop: t
             .get("early_stop", |v| probability_open(v, true))?
             .unwrap_or(base.early_stop),
+        embedding_std: t
+            .get("embedding_std", |v| {
+                let x = v.number()?;
+                if !(x > 0.0 && x <= 10.0) {
+                    return Err(v.error(format!(
+                        "expected a standard deviation in (0, 10], found {x} (the protocol's is 0.02)"
+                    )));
+                }
+                Ok(x)
+            })?
+            .unwrap_or(base.embedding_std),
+        patience: t.get("patience", |v| v.positive())?.or(base.patience),
+        per_task: t
+            .get("per_task", |v| parse_per_task(&v.table()?))?
+            .unwrap_or(base.per_task),
     };
+    if let Some(task) = s.per_task.keys().find(|k| !s.tasks.contains(k)) {
+        let msg = format!(
+            "sets a budget for {}, a task the stage does not run (tasks: {}); remove it or add \
+             the task to `tasks`",
+            task.name(),
+            s.tasks
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Err(match t.val("per_task") {
+            Some(v) => v.error(msg),
+            None => t.error(msg),
+        });
+    }
     Ok(s)
+}
+
+/// `per_task = { TASK = { max_epochs, max_steps, train_examples, patience } }`, or
+/// `[presets.P.STAGE.per_task.TASK]` tables.
+fn parse_per_task(t: &Table<'_, '_>) -> R<BTreeMap<TaskKind, TaskBudget>> {
+    let mut out = BTreeMap::new();
+    for (key, value) in t.entries() {
+        let v = Val {
+            doc: t.doc,
+            path: t.child_path(key.get_ref()),
+            v: value,
+        };
+        let task: TaskKind = key.get_ref().parse().map_err(|e| v.error(e))?;
+        let b = v.table()?;
+        b.only(&["max_epochs", "max_steps", "train_examples", "patience"])?;
+        let budget = TaskBudget {
+            max_epochs: b.get("max_epochs", |v| v.positive())?,
+            max_steps: b.get("max_steps", |v| v.positive())?,
+            train_examples: b.get("train_examples", |v| v.positive())?,
+            patience: b.get("patience", |v| v.positive())?,
+        };
+        if out.insert(task, budget).is_some() {
+            return Err(v.error(format!(
+                "{} has two budgets (a task's name and its short form name the same task)",
+                task.name()
+            )));
+        }
+    }
+    Ok(out)
 }
 
 fn parse_scale(t: &Table<'_, '_>) -> R<ScaleSettings> {
@@ -771,6 +834,61 @@ mod tests {
             vec![ParamValue::Int(2), ParamValue::Int(3), ParamValue::Int(4)]
         );
         assert_eq!(c.params["n_heads"], vec![ParamValue::Int(16)]);
+    }
+
+    #[test]
+    fn presets_take_per_task_budgets_init_and_patience() {
+        let s = SearchSpace::embedded_default();
+        let cpu = &s.presets["cpu"].screen;
+        assert_eq!(cpu.embedding_std, 1.0);
+        assert_eq!(cpu.patience, Some(3));
+        assert_eq!(cpu.max_epochs_of(TaskKind::InContextRecall), 10);
+        assert_eq!(cpu.max_epochs_of(TaskKind::SelectiveCopying), 8);
+        assert_eq!(cpu.max_epochs_of(TaskKind::Memorization), 64);
+        assert_eq!(cpu.patience_of(TaskKind::Memorization), Some(16));
+        assert_eq!(cpu.train_examples_of(TaskKind::Compression), Some(3200));
+        // The protocol keeps its own initialisation and runs every epoch.
+        let paper = &s.presets["paper"].screen;
+        assert_eq!(paper.embedding_std, crate::space::PROTOCOL_EMBEDDING_STD);
+        assert_eq!((paper.patience, paper.per_task.len()), (None, 0));
+        let with = |extra: &str| space(&format!("{MINIMAL}[presets.p.screen]\n{extra}"));
+        let ok = with("per_task = { CR = { max_steps = 7, train_examples = 9 } }\n").unwrap();
+        let b = ok.presets["p"].screen.per_task[&TaskKind::InContextRecall];
+        assert_eq!(
+            (b.max_steps, b.train_examples, b.max_epochs),
+            (Some(7), Some(9), None)
+        );
+        for (extra, want) in [
+            (
+                "per_task = { XR = { max_epochs = 2 } }",
+                "p.screen.per_task.XR: unknown task `XR`",
+            ),
+            (
+                "per_task = { CR = { epochs = 2 } }",
+                "per_task.CR.epochs: unknown key",
+            ),
+            (
+                "per_task = { CR = { max_epochs = 0 } }",
+                "expected a positive integer, found 0",
+            ),
+            (
+                "per_task = { CR = { max_epochs = 2 }, in-context-recall = { max_epochs = 3 } }",
+                "two budgets",
+            ),
+            (
+                "tasks = [\"M\"]\nper_task = { CR = { max_epochs = 2 } }",
+                "a task the stage does not run (tasks: memorization)",
+            ),
+            (
+                "embedding_std = 0.0",
+                "expected a standard deviation in (0, 10]",
+            ),
+            ("patience = 0", "expected a positive integer, found 0"),
+        ] {
+            let err = with(&format!("{extra}\n")).unwrap_err().to_string();
+            assert!(err.contains(want), "{extra}: {err}");
+            assert!(err.starts_with("t.toml:"), "{err}");
+        }
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn stage_settings(s: &StageSettings) -> Vec<TaskSetting> {
             Grid::Full => TaskSetting::grid(task),
         };
         for mut setting in grid {
-            if let Some(cap) = s.train_examples {
+            if let Some(cap) = s.train_examples_of(task) {
                 setting.num_train = setting.num_train.min(cap);
             }
             setting.num_test = s.test_examples;
@@ -134,6 +134,11 @@ pub struct StageControl<'a> {
     /// generating it; the test split doubles as validation split, as in the
     /// reference. The preset's example caps keep the first rows.
     pub data: Option<&'a Path>,
+    /// Generate every setting's data from this seed instead of the
+    /// protocol's (12345): another draw of the same tasks, for measuring how
+    /// much a score owes to its data (`calibrate --seeds`). Not used with
+    /// `data`.
+    pub data_seed: Option<u64>,
 }
 
 impl Default for StageControl<'_> {
@@ -145,8 +150,19 @@ impl Default for StageControl<'_> {
             parallel: 1,
             threads: None,
             data: None,
+            data_seed: None,
         }
     }
+}
+
+/// `settings` with their data drawn from `ctl.data_seed`, when it is set.
+fn reseeded(mut settings: Vec<TaskSetting>, ctl: &StageControl<'_>) -> Vec<TaskSetting> {
+    if let Some(seed) = ctl.data_seed {
+        for s in &mut settings {
+            s.seed = seed;
+        }
+    }
+    settings
 }
 
 /// A finished run as stored in the stage directory.
@@ -280,16 +296,18 @@ fn remove_with_leftovers(path: &Path) {
     }
 }
 
-/// The optimiser settings of one run.
-fn run_config(settings: &StageSettings, lr: f64, wd: f64, seed: u64) -> RunConfig {
+/// The optimiser settings of one run of `task`.
+fn run_config(settings: &StageSettings, task: TaskKind, lr: f64, wd: f64, seed: u64) -> RunConfig {
     RunConfig {
         lr,
         weight_decay: wd,
         betas: settings.betas,
         batch_size: settings.batch_size,
-        max_epochs: settings.max_epochs,
-        max_steps: settings.max_steps,
+        max_epochs: settings.max_epochs_of(task),
+        max_steps: settings.max_steps_of(task),
         early_stop: settings.early_stop,
+        embedding_std: settings.embedding_std,
+        patience: settings.patience_of(task),
         seed,
         ..RunConfig::default()
     }
@@ -391,6 +409,31 @@ pub fn stage_parts(
     }
 }
 
+/// The identities of the runs [`evaluate`] runs for (`spec`, `settings`,
+/// `seed`, `data_seed`): one per task setting × optimiser setting, in the
+/// stage's order. A kept stage result whose runs' identities differ from
+/// these is stale (the preset, the code's defaults or the data changed).
+pub fn run_fingerprints(
+    spec: &ArchSpec,
+    settings: &StageSettings,
+    seed: u64,
+    data_seed: Option<u64>,
+) -> Vec<String> {
+    let ctl = StageControl {
+        data_seed,
+        ..StageControl::default()
+    };
+    let sweep = sweep(settings);
+    reseeded(stage_settings(settings), &ctl)
+        .iter()
+        .flat_map(|s| {
+            sweep.iter().map(move |&(lr, wd)| {
+                crate::train::run::fingerprint(spec, s, &run_config(settings, s.task, lr, wd, seed))
+            })
+        })
+        .collect()
+}
+
 /// The optimiser settings a stage sweeps, lr-major.
 fn sweep(settings: &StageSettings) -> Vec<(f64, f64)> {
     settings
@@ -413,7 +456,7 @@ fn sweep_run<B: AutodiffBackend>(
     ctl: StageControl<'_>,
     progress: &mut dyn FnMut(&EpochReport),
 ) -> Result<SweepRun, TrainError> {
-    let cfg = run_config(settings, lr, wd, seed);
+    let cfg = run_config(settings, setting.task, lr, wd, seed);
     let print = crate::train::run::fingerprint(spec, setting, &cfg);
     let key = run_key(setting, lr, wd);
     let done_path = ctl.dir.map(|d| d.join(format!("{key}.done.json")));
@@ -482,7 +525,7 @@ pub fn evaluate_setting<B: AutodiffBackend>(
             keys.len()
         )));
     }
-    let setting = stage_settings(settings).swap_remove(index);
+    let setting = reseeded(stage_settings(settings), &ctl).swap_remove(index);
     let sweep = sweep(settings);
     let total = sweep.len();
     let runs = side_by_side(total, ctl.parallel, ctl.threads, |i| {
@@ -540,8 +583,13 @@ pub fn evaluate<B: AutodiffBackend>(
     progress: &(dyn Fn(&StageProgress<'_>) + Sync),
 ) -> Result<StageResult, TrainError> {
     spec.validate_layers()?;
+    if ctl.data.is_some() && ctl.data_seed.is_some() {
+        return Err(TrainError::Data(
+            "a data seed draws new data; it cannot apply to data read from files (--data)".into(),
+        ));
+    }
     let start = Instant::now();
-    let task_settings = stage_settings(settings);
+    let task_settings = reseeded(stage_settings(settings), &ctl);
     let sweep = sweep(settings);
     let jobs: Vec<(usize, (f64, f64))> = (0..task_settings.len())
         .flat_map(|i| sweep.iter().map(move |&o| (i, o)))

@@ -23,7 +23,8 @@ use super::feed::{Rows, read_losses};
 use super::loss::masked_cross_entropy;
 use super::metrics::{Accuracy, Scores};
 use crate::genome::{ArchSpec, Backbone, Context, GenomeError};
-use crate::layers::Model;
+use crate::layers::{Model, ModelInit};
+use crate::space::PROTOCOL_EMBEDDING_STD;
 use crate::tasks::{Dataset, Splits, TaskKind, TaskSetting};
 
 /// Optimiser and schedule of one run.
@@ -49,6 +50,19 @@ pub struct RunConfig {
     pub early_stop: f64,
     /// Seed of initial weights and batch order.
     pub seed: u64,
+    /// Standard deviation of the token embedding's initial weights (the
+    /// protocol's 0.02 is left out of the run's identity, so runs from
+    /// before the field keep their fingerprints and checkpoints).
+    #[serde(
+        default = "crate::space::protocol_embedding_std",
+        skip_serializing_if = "crate::space::is_protocol_embedding_std"
+    )]
+    pub embedding_std: f64,
+    /// Stop once validation accuracy has not improved for this many epochs
+    /// (`None`: the protocol, which runs every epoch). The reported weights
+    /// are the best epoch's either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
 }
 
 impl Default for RunConfig {
@@ -64,6 +78,8 @@ impl Default for RunConfig {
             min_lr: 1e-6,
             early_stop: 0.999,
             seed: 12345,
+            embedding_std: PROTOCOL_EMBEDDING_STD,
+            patience: None,
         }
     }
 }
@@ -76,6 +92,8 @@ pub enum Outcome {
     Completed,
     /// Validation accuracy reached the threshold.
     EarlyStopped,
+    /// Validation accuracy did not improve for the preset's `patience` epochs.
+    Plateaued,
     /// The loss became NaN or infinite.
     Diverged {
         /// Step at which it happened.
@@ -98,10 +116,31 @@ pub struct RunResult {
     pub valid: Scores,
     /// Test accuracy of those weights.
     pub test: Scores,
-    /// Mean training loss of the last epoch.
+    /// Mean training loss of the last epoch (NaN when no epoch finished:
+    /// a run that diverged in its first; written `null` in JSON).
+    #[serde(with = "nan_as_null")]
     pub train_loss: f64,
     /// Wall time in seconds.
     pub seconds: f64,
+}
+
+/// An `f64` that may be NaN, as JSON: NaN ↔ `null`. (serde_json writes NaN
+/// as `null` and then refuses to read it back into an `f64`: a diverged
+/// run's finished-run file would never be read again.)
+pub(crate) mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_nan() {
+            s.serialize_none()
+        } else {
+            s.serialize_f64(*x)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
 }
 
 /// Progress reported after every epoch.
@@ -278,10 +317,13 @@ pub fn run<B: AutodiffBackend>(
         vocab: setting.vocab,
         seq_len: setting.model_len(),
     };
-    let mut model = Model::<B>::new(
+    let mut model = Model::<B>::with_init(
         &spec,
         ctx,
         crate::seed::derive(cfg.seed, &["weights"]),
+        ModelInit {
+            embedding_std: cfg.embedding_std,
+        },
         device,
     )?;
     let new_optim = || adamw::<B>(cfg.betas, cfg.epsilon, cfg.weight_decay);
@@ -425,6 +467,12 @@ pub fn run<B: AutodiffBackend>(
         at.loss_sum = 0.0;
         if valid.macro_ >= cfg.early_stop {
             outcome = Outcome::EarlyStopped;
+            break;
+        }
+        if let (Some(p), Some((best_epoch, _, _))) = (cfg.patience, &best)
+            && epochs - best_epoch >= p
+        {
+            outcome = Outcome::Plateaued;
             break;
         }
         if cfg.max_steps.is_some_and(|m| at.steps >= m) {
@@ -748,5 +796,103 @@ mod tests {
         let again =
             run::<CpuAutodiff>(&spec, &setting, &splits, &cfg, &dev, ctl, &mut |_| {}).unwrap();
         same(&again, &whole);
+    }
+
+    /// A run that stops improving stops after `patience` epochs and reports
+    /// its best epoch; the protocol's defaults stay out of the fingerprint
+    /// (runs from before these fields keep their identity).
+    #[test]
+    fn patience_stops_a_stalled_run_and_defaults_keep_the_fingerprint() {
+        let (setting, splits) = tiny_recall();
+        let spec = ArchSpec::from_layers_str("hyena swiglu").unwrap();
+        let cfg = RunConfig {
+            lr: 1e-12,
+            batch_size: 256,
+            max_epochs: 6,
+            patience: Some(2),
+            ..RunConfig::default()
+        };
+        let mut seen = Vec::new();
+        let r = run::<CpuAutodiff>(
+            &spec,
+            &setting,
+            &splits,
+            &cfg,
+            &Default::default(),
+            RunControl::default(),
+            &mut |e| seen.push(e.valid.macro_),
+        )
+        .unwrap();
+        // No learning: epoch 1 stays best (later ties are not improvements).
+        assert_eq!(r.outcome, Outcome::Plateaued, "{seen:?}");
+        assert_eq!((r.epochs, r.best_epoch), (3, 1));
+        let json = serde_json::to_string(&RunConfig::default()).unwrap();
+        assert!(
+            !json.contains("embedding_std") && !json.contains("patience"),
+            "{json}"
+        );
+        let with = RunConfig {
+            embedding_std: 1.0,
+            ..RunConfig::default()
+        };
+        assert_ne!(
+            fingerprint(&spec, &setting, &with),
+            fingerprint(&spec, &setting, &RunConfig::default())
+        );
+        let back: RunConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, RunConfig::default());
+    }
+
+    /// A diverged run's result (NaN training loss) reads back from JSON.
+    #[test]
+    fn a_nan_training_loss_round_trips_through_json() {
+        let r = RunResult {
+            outcome: Outcome::Diverged { step: 3 },
+            epochs: 1,
+            steps: 3,
+            best_epoch: 0,
+            valid: Scores::default(),
+            test: Scores::default(),
+            train_loss: f64::NAN,
+            seconds: 1.0,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"train_loss\":null"), "{json}");
+        let back: RunResult = serde_json::from_str(&json).unwrap();
+        assert!(back.train_loss.is_nan());
+        assert_eq!(back.outcome, r.outcome);
+        let finite = RunResult {
+            train_loss: 0.25,
+            ..r
+        };
+        let back: RunResult =
+            serde_json::from_str(&serde_json::to_string(&finite).unwrap()).unwrap();
+        assert_eq!(back.train_loss, 0.25);
+    }
+
+    /// The embedding's initial spread follows the option (protocol 0.02).
+    #[test]
+    fn embedding_std_sets_the_initial_spread() {
+        let spec = ArchSpec::from_layers_str("hyena swiglu").unwrap();
+        let ctx = Context {
+            vocab: 64,
+            seq_len: 16,
+        };
+        let dev = Default::default();
+        let std_of = |std: f64| {
+            let m = Model::<CpuAutodiff>::with_init(
+                &spec,
+                ctx,
+                3,
+                ModelInit { embedding_std: std },
+                &dev,
+            )
+            .unwrap();
+            let w: Vec<f32> = m.embedding.weight.val().into_data().to_vec().unwrap();
+            let n = w.len() as f64;
+            (w.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / n).sqrt()
+        };
+        assert!((std_of(0.02) / 0.02 - 1.0).abs() < 0.05);
+        assert!((std_of(1.0) - 1.0).abs() < 0.05);
     }
 }
