@@ -8,12 +8,12 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 
-use super::eval::{Progress, parse_arch, stage_epochs};
+use super::eval::{Progress, lanes, parse_arch, stage_epochs, stop_on_ctrl_c};
 use super::out;
 use crate::calibrate::findings::{Check, Finding, Verdict};
 use crate::calibrate::{
@@ -169,14 +169,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
             return Err(e).with_context(|| format!("locking {}", lock_path.display()));
         }
     }
-    let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
-    ctrlc::set_handler(move || {
-        if stop.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("stopping: runs checkpoint and exit (Ctrl-C again to quit at once)");
-    })
-    .context("installing the Ctrl-C handler")?;
+    let stop = stop_on_ctrl_c()?;
 
     let stages: Vec<StageName> = match args.stage {
         CalibrateStage::Screen => vec![StageName::Screen],
@@ -234,9 +227,7 @@ fn calibrate_stage(
     let total_runs = crate::stages::stage_settings(settings).len()
         * settings.lr.len()
         * settings.weight_decay.len();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let parallel = args.parallel.unwrap_or(cores.min(total_runs).max(1));
-    let threads = args.threads.unwrap_or((cores / parallel).max(1));
+    let (parallel, threads) = lanes(total_runs, args.parallel, args.threads);
     let mut results: Vec<SubjectResults> = subjects
         .iter()
         .map(|s| SubjectResults {

@@ -82,6 +82,35 @@ pub struct EvalArgs {
     pub seed: u64,
 }
 
+/// A stop flag raised by Ctrl-C: runs checkpoint and the command exits;
+/// a second Ctrl-C quits at once (exit 130).
+///
+/// # Errors
+/// The handler cannot be installed.
+pub(crate) fn stop_on_ctrl_c() -> anyhow::Result<&'static AtomicBool> {
+    let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("stopping: runs checkpoint and exit (Ctrl-C again to quit at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+/// Runs side by side and threads per run for `runs` runs: as given, else
+/// one run per core (at most `runs`) and the cores divided among them.
+pub(crate) fn lanes(
+    runs: usize,
+    parallel: Option<usize>,
+    threads: Option<usize>,
+) -> (usize, usize) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parallel = parallel.unwrap_or(cores.min(runs).max(1));
+    (parallel, threads.unwrap_or((cores / parallel).max(1)))
+}
+
 /// Reads `--arch`: a genome file if one exists at that path, else a layer string.
 pub(crate) fn parse_arch(arg: &str) -> anyhow::Result<ArchSpec> {
     let path = Path::new(arg);
@@ -145,14 +174,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     if args.corpus.is_some() && stage != StageName::Scale {
         bail!("--corpus is for --stage scale");
     }
-    let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
-    ctrlc::set_handler(move || {
-        if stop.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("stopping: runs checkpoint and exit (Ctrl-C again to quit at once)");
-    })
-    .context("installing the Ctrl-C handler")?;
+    let stop = stop_on_ctrl_c()?;
     let Some(settings) = preset.tasks(stage) else {
         return run_scale(&args, &spec, &preset.scale, device, stop);
     };
@@ -160,9 +182,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let total_runs = crate::stages::stage_settings(&settings).len()
         * settings.lr.len()
         * settings.weight_decay.len();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let parallel = args.parallel.unwrap_or(cores.min(total_runs).max(1));
-    let threads = args.threads.unwrap_or((cores / parallel).max(1));
+    let (parallel, threads) = lanes(total_runs, args.parallel, args.threads);
     let progress = Progress::new(stage_epochs(&settings), settings.early_stop);
     let report = |p: &StageProgress<'_>| progress.epoch(p);
     let ctl = StageControl {
@@ -227,9 +247,7 @@ fn run_scale(
         None => Corpus::embedded(),
     };
     let planned = plan(spec, settings, corpus.vocab())?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let parallel = args.parallel.unwrap_or(cores.min(planned.len()).max(1));
-    let threads = args.threads.unwrap_or((cores / parallel).max(1));
+    let (parallel, threads) = lanes(planned.len(), args.parallel, args.threads);
     let ctl = ScaleControl {
         dir: args.checkpoints.as_deref(),
         checkpoint_every: args.checkpoint_every,
