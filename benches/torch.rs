@@ -10,6 +10,7 @@
 //! cargo bench --bench torch -- --only "mamba,mh-hyena swiglu mh-hyena"
 //! cargo bench --bench torch -- --quick      # tiny shapes, once: does it run
 //! cargo bench --bench torch -- --screen     # screen evaluations per hour
+//! cargo bench --bench torch -- --curves     # learning curves, side by side
 //! ```
 //!
 //! `--screen` times whole screen evaluations instead (issue #7's throughput
@@ -21,6 +22,15 @@
 //! unless `--early-stop` (both sides then train the same steps); prints
 //! wall seconds and evaluations per hour per architecture.
 //!
+//! `--curves` is `--screen` with the preset exactly as it is (early stop and
+//! patience on) on the architectures whose curves calibrate the `cpu` preset
+//! (attention, Hyena, MH Hyena, Mamba, a striped hybrid; `--only` picks
+//! others), and prints, per task, each side's validation accuracy (macro,
+//! the stage's metric) after every epoch and the steps to reach 0.5, 0.9 and
+//! 0.99: the same model, data, initialisation and schedule on both sides, so
+//! a change that slows learning here (an init, a kernel, a schedule) shows
+//! as a gap between the two curves.
+//!
 //! The PyTorch side is `benches/torch/models.py`, run with the Python of
 //! `target/torch-venv` (or `--python PATH`). The first run creates that
 //! virtual environment with `python3 -m venv` and installs `torch` and
@@ -29,8 +39,10 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use common::{ARCHITECTURES, Shape, layer_step, model_step};
 use mad_search::genome::{ArchSpec, Layer, Primitive};
@@ -46,6 +58,7 @@ struct Args {
     preset: String,
     parallel: usize,
     early_stop: bool,
+    curves: bool,
 }
 
 impl Args {
@@ -70,6 +83,7 @@ fn parse() -> Result<Args, String> {
         preset: "cpu".into(),
         parallel: std::thread::available_parallelism().map_or(1, |n| n.get()),
         early_stop: false,
+        curves: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -94,12 +108,18 @@ fn parse() -> Result<Args, String> {
             "--preset" => a.preset = value("--preset")?,
             "--parallel" => a.parallel = number("--parallel", value("--parallel")?)?,
             "--early-stop" => a.early_stop = true,
+            "--curves" => {
+                a.screen = true;
+                a.early_stop = true;
+                a.curves = true;
+            }
             "--bench" => {}
             other => {
                 return Err(format!(
                     "unknown argument {other:?}; expected --threads N, --reps N, --batch N, \
                      --seq N, --quick, --only NAME, --python PATH, --models (architectures only), \
-                     --layers (primitives only), --screen [--preset NAME --parallel N --early-stop]"
+                     --layers (primitives only), --screen [--preset NAME --parallel N --early-stop], \
+                     --curves [--preset NAME --parallel N]"
                 ));
             }
         }
@@ -249,6 +269,62 @@ fn main() {
     );
 }
 
+/// The architectures `--curves` runs unless `--only` says otherwise:
+/// attention, Hyena, MH Hyena, Mamba and a striped hybrid (issue #15).
+const CURVE_ARCHITECTURES: &[&str] = &[
+    "mh-attention swiglu mh-attention swiglu",
+    "hyena swiglu hyena swiglu",
+    "mh-hyena swiglu mh-hyena swiglu",
+    "mamba mamba mamba mamba",
+    "mh-hyena swiglu mh-attention swiglu",
+];
+
+/// One side's learning curve of one task setting: (steps, validation
+/// macro accuracy) after each epoch.
+type Curve = Vec<(usize, f64)>;
+
+/// The first step count at which `curve` reaches `level`, or `-`.
+fn steps_to(curve: &Curve, level: f64) -> String {
+    curve
+        .iter()
+        .find(|&&(_, acc)| acc >= level)
+        .map_or("-".into(), |(steps, _)| steps.to_string())
+}
+
+/// Prints both sides' curves of every task setting of one architecture.
+fn print_curves(ours: &BTreeMap<String, Curve>, torch: &[serde_json::Value]) {
+    println!(
+        "  {:<26} {:<5} {:>6} {:>6} {:>6} {:>6}  validation macro after each epoch",
+        "task", "side", "steps", "→0.5", "→0.9", "→0.99"
+    );
+    for run in torch {
+        let dir = run["dir"].as_str().unwrap_or("?");
+        let task = run["task"].as_str().unwrap_or("?");
+        let theirs: Curve = run["curve"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|p| Some((p["steps"].as_u64()? as usize, p["macro"].as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let empty = Curve::new();
+        let mine = ours.get(dir).unwrap_or(&empty);
+        for (side, curve) in [("ours", mine), ("torch", &theirs)] {
+            let points: Vec<String> = curve.iter().map(|(_, a)| format!("{a:.3}")).collect();
+            println!(
+                "  {:<26} {side:<5} {:>6} {:>6} {:>6} {:>6}  {}",
+                if side == "ours" { task } else { "" },
+                curve.last().map_or(0, |&(s, _)| s),
+                steps_to(curve, 0.5),
+                steps_to(curve, 0.9),
+                steps_to(curve, 0.99),
+                points.join(" ")
+            );
+        }
+    }
+}
+
 /// Screen evaluations of the paper's architectures, timed on both sides.
 fn screen(a: &Args, py: &Path) -> Result<(), String> {
     use mad_search::layers::CpuAutodiff;
@@ -259,8 +335,13 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
     let space = SearchSpace::embedded_default();
     let mut settings = space.preset(&a.preset)?.screen.clone();
     if !a.early_stop {
-        // Accuracy never reaches 2: every epoch runs, on both sides.
+        // Accuracy never reaches 2 and nothing plateaus: every epoch runs,
+        // on both sides.
         settings.early_stop = 2.0;
+        settings.patience = None;
+        for budget in settings.per_task.values_mut() {
+            budget.patience = None;
+        }
     }
     let (lr, wd) = match (settings.lr.as_slice(), settings.weight_decay.as_slice()) {
         ([lr], [wd]) => (*lr, *wd),
@@ -286,12 +367,15 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
             "model_len": t.model_len(),
             "num_train": t.num_train,
             "num_test": t.num_test,
+            "epochs": settings.max_epochs_of(t.task),
+            "max_steps": settings.max_steps_of(t.task),
+            "patience": settings.patience_of(t.task),
         }));
     }
     let defaults = RunConfig::default();
     println!(
-        "screen of preset `{}`: {} task settings, {} epochs of batch {}, early stop {}, {} runs \
-         side by side with 1 thread each, on both sides",
+        "screen of preset `{}`: {} task settings, {} epochs (unless a task says otherwise) of \
+         batch {}, early stop {}, {} runs side by side with 1 thread each, on both sides",
         a.preset,
         tasks.len(),
         settings.max_epochs,
@@ -304,11 +388,17 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
         "architecture", "ours s", "torch s", "ratio", "ours/h", "torch/h", "ours acc", "torch acc"
     );
     let (mut ours_total, mut torch_total, mut n) = (0.0, 0.0, 0usize);
-    for &layers in ARCHITECTURES {
+    let candidates = if a.curves && a.only.is_none() {
+        CURVE_ARCHITECTURES
+    } else {
+        ARCHITECTURES
+    };
+    for &layers in candidates {
         if !a.wants(layers) {
             continue;
         }
         let spec = ArchSpec::from_layers_str(layers).expect("known names");
+        let curves: Mutex<BTreeMap<String, Curve>> = Mutex::default();
         let ctl = StageControl {
             parallel: a.parallel,
             threads: Some(1),
@@ -323,7 +413,18 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
             defaults.seed,
             &Default::default(),
             ctl,
-            &|_| {},
+            &|p| {
+                let per_epoch = p.setting.num_train.div_ceil(settings.batch_size.max(1));
+                let steps = settings
+                    .max_steps_of(p.setting.task)
+                    .map_or(p.epoch.epoch * per_epoch, |m| {
+                        m.min(p.epoch.epoch * per_epoch)
+                    });
+                let mut c = curves.lock().unwrap_or_else(|e| e.into_inner());
+                c.entry(p.setting.reference_dir_name())
+                    .or_default()
+                    .push((steps, p.epoch.valid.macro_));
+            },
         )
         .map_err(|e| format!("{layers}: {e}"))?;
         let ours = t.elapsed().as_secs_f64();
@@ -334,8 +435,8 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
             "args": {
                 "data": root, "layers": layers, "width": spec.d_model, "lr": lr,
                 "min_lr": defaults.min_lr, "weight_decay": wd, "betas": settings.betas,
-                "epsilon": defaults.epsilon, "epochs": settings.max_epochs,
-                "max_steps": settings.max_steps, "batch": settings.batch_size,
+                "epsilon": defaults.epsilon, "embedding_std": settings.embedding_std,
+                "batch": settings.batch_size,
                 "early_stop": settings.early_stop, "seed": defaults.seed,
                 "parallel": a.parallel,
             },
@@ -371,6 +472,12 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
             3600.0 / ours,
             3600.0 / torch
         );
+        if a.curves {
+            print_curves(
+                &curves.into_inner().unwrap_or_else(|e| e.into_inner()),
+                &runs,
+            );
+        }
         ours_total += ours;
         torch_total += torch;
         n += 1;

@@ -158,21 +158,50 @@ fn finished(state: &Path) -> BTreeMap<u64, (String, u64)> {
     out
 }
 
-/// No candidate has two finished jobs for one stage.
+/// No job trains twice without a reason: read from the event log, every
+/// lease (training start) of a job after its first follows a daemon start
+/// (the one before was killed or stopped) or that job's requeue (a lapsed
+/// lease), and no job is leased again once it finished. (Counting finished
+/// jobs would prove nothing: the store makes them unique by construction.)
 fn no_double_evaluation(state: &Path) {
+    use mad_search::store::EventKind;
     let store = open(state);
-    let mut seen = std::collections::HashSet::new();
-    for j in store.jobs().unwrap() {
-        if matches!(j.state, JobState::Done { .. }) {
-            let part = j.part.as_ref().map(|p| p.index);
-            assert!(
-                seen.insert((j.arch, j.stage, part)),
-                "{} evaluated twice at {:?} run {part:?}",
-                j.arch,
-                j.stage
-            );
+    // Oldest first.
+    let events = store.events(usize::MAX).unwrap();
+    let mut last_lease: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut excused: std::collections::BTreeSet<u64> = Default::default();
+    let mut finished: std::collections::BTreeSet<u64> = Default::default();
+    let mut leases = 0;
+    for (i, e) in events.iter().enumerate() {
+        match &e.kind {
+            EventKind::DaemonStarted { .. } => {
+                // Whatever ran before ran in a daemon that is gone.
+                excused.extend(last_lease.keys().copied());
+            }
+            EventKind::Requeued { job, .. } => {
+                excused.insert(*job);
+            }
+            EventKind::Leased { job, .. } => {
+                leases += 1;
+                assert!(
+                    !finished.contains(job),
+                    "job {job} trained again after it finished (event {i})"
+                );
+                if let Some(prev) = last_lease.insert(*job, i) {
+                    assert!(
+                        excused.remove(job),
+                        "job {job} trained twice in one daemon's life without a requeue \
+                         (leases at events {prev} and {i})"
+                    );
+                }
+            }
+            EventKind::Finished { job, .. } | EventKind::RunFinished { job, .. } => {
+                finished.insert(*job);
+            }
+            _ => {}
         }
     }
+    assert!(leases > 0, "no lease in the event log");
 }
 
 #[test]
@@ -185,6 +214,11 @@ fn start_status_stop_resume_export() {
         "{}",
         text(&out.stdout)
     );
+    // Private: the state dir 0700, the socket 0600.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "state dir mode");
+    assert_eq!(mode(&state.join("daemon.sock")), 0o600, "socket mode");
     // Second start refused, naming the pid.
     let again = run(&["start", "--state", s(&state)]);
     assert!(!again.status.success());
@@ -206,6 +240,23 @@ fn start_status_stop_resume_export() {
     assert!(
         human.contains("daemon: up") && human.contains("leaderboard"),
         "{human}"
+    );
+    // A huge `--top` is clamped (it once overflowed an allocation and
+    // killed the control thread), and the socket serves on.
+    let huge = run(&[
+        "status",
+        "--state",
+        s(&state),
+        "--json",
+        "--top",
+        "18446744073709551615",
+    ]);
+    assert!(huge.status.success(), "{}", text(&huge.stderr));
+    let huge: serde_json::Value = serde_json::from_slice(&huge.stdout).unwrap();
+    assert_eq!(huge["daemon"]["pid"].as_i64().unwrap(), i64::from(p));
+    assert_eq!(
+        status_json(&state)["daemon"]["pid"].as_i64().unwrap(),
+        i64::from(p)
     );
     stop(&state);
     assert!(!alive(p), "daemon still alive after stop");
@@ -450,6 +501,62 @@ fn failing_jobs_are_recorded_and_the_daemon_keeps_serving() {
     );
 }
 
+#[test]
+fn a_scheduler_error_drains_flushes_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("search");
+    // Two workers: the second job is in flight when the first one's end
+    // makes the scheduler fail (as a database error would).
+    let out = bin()
+        .args([
+            "start",
+            "--state",
+            s(&state),
+            "--space",
+            SPACE,
+            "--preset",
+            "tiny",
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--budget",
+            "screen=6",
+            "--foreground",
+        ])
+        .env("MAD_SEARCH_TEST_SCHEDULER_ERROR_AFTER", "1")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "exit 0 after a scheduler error: {err}"
+    );
+    assert!(
+        err.contains("the scheduler failed") && err.contains("stopped on the error"),
+        "{err}"
+    );
+    assert!(!state.join("daemon.sock").exists(), "the socket was left");
+    assert!(!state.join("daemon.pid").exists(), "the pid file was left");
+    let store = open(&state);
+    let jobs = store.jobs().unwrap();
+    assert!(
+        jobs.iter()
+            .all(|j| !matches!(j.state, JobState::Leased { .. })),
+        "a lease was left: {jobs:?}"
+    );
+    assert!(
+        jobs.iter()
+            .any(|j| matches!(j.state, JobState::Done { .. })),
+        "the settled job's end was lost: {jobs:?}"
+    );
+    drop(store);
+    // The search resumes and finishes.
+    let out = run(&["start", "--state", s(&state), "--foreground"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(status_json(&state)["jobs"]["screen"]["done"], 6);
+}
+
 fn failed_id(state: &Path) -> String {
     let store = open(state);
     store
@@ -527,6 +634,156 @@ fn bad_state_dirs_get_clear_messages() {
     // Unknown ids in show.
     let out = run(&["show", "zzzz", "--state", s(&newer)]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn a_refused_start_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A new search with a seed architecture its space does not admit
+    // (eight layers; the default space allows four): no search is left.
+    let fresh = dir.path().join("fresh");
+    let eight = ["attention"; 8].join(" ");
+    let out = run(&["start", "--state", s(&fresh), "--seed-arch", &eight]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("does not admit") && !err.contains("new search"),
+        "{err}"
+    );
+    assert!(
+        !fresh.exists(),
+        "a refused start created {}",
+        fresh.display()
+    );
+    // A state dir whose socket path would not fit a socket address.
+    let deep = dir.path().join("d".repeat(120));
+    let out = run(&["start", "--state", s(&deep)]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("107") && err.contains("shorter --state"),
+        "{err}"
+    );
+    assert!(!deep.exists(), "a refused start created {}", deep.display());
+    // An existing search: a refused start keeps its budget.
+    let kept = dir.path().join("kept");
+    let out = run(&[
+        "start",
+        "--state",
+        s(&kept),
+        "--space",
+        SPACE,
+        "--preset",
+        "tiny",
+        "--budget",
+        "screen=0",
+        "--foreground",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&[
+        "start",
+        "--state",
+        s(&kept),
+        "--budget",
+        "screen=9",
+        "--seed-arch",
+        "/no/such/genome.json",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("/no/such/genome.json")
+            && err.contains("cannot be read")
+            && !err.contains("unknown primitive"),
+        "{err}"
+    );
+    let budget = open(&kept).search().unwrap().unwrap().budget;
+    assert_eq!(
+        budget
+            .evaluations
+            .get(&mad_search::space::StageName::Screen),
+        Some(&0),
+        "a refused start changed the budget"
+    );
+}
+
+#[test]
+fn stop_never_signals_a_stranger() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("search");
+    let out = run(&[
+        "start",
+        "--state",
+        s(&state),
+        "--space",
+        SPACE,
+        "--preset",
+        "tiny",
+        "--budget",
+        "screen=0",
+        "--foreground",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A daemon killed without cleaning up left its pid file, and another
+    // process got that pid.
+    let mut stranger = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(state.join("daemon.pid"), format!("{}\n", stranger.id())).unwrap();
+    let out = run(&["stop", "--state", s(&state), "--wait", "2"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("no daemon is running"), "{err}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "stop signalled a process that is not the daemon"
+    );
+    // Nor does `start` take it for a running daemon.
+    let out = run(&["start", "--state", s(&state), "--foreground"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+}
+
+#[test]
+fn status_watch_with_the_daemon_down_holds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("search");
+    let create = || {
+        run(&[
+            "start",
+            "--state",
+            s(&state),
+            "--space",
+            SPACE,
+            "--preset",
+            "tiny",
+            "--budget",
+            "screen=0",
+            "--foreground",
+        ])
+    };
+    let out = create();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _ = std::fs::remove_file(state.join("status.snapshot.json"));
+    let mut watch = bin()
+        .args(["status", "--state", s(&state), "--watch", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first report read the database (no snapshot was there).
+    wait_until("the watch's first report", 30, || {
+        state.join("status.snapshot.json").is_file()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let out = create();
+    let still = watch.try_wait().unwrap().is_none();
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    assert!(still, "the watch ended early");
+    assert!(
+        out.status.success(),
+        "start beside `status --watch`: {}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -451,13 +451,14 @@ class Residual(nn.Module):
 
 
 class Model(nn.Module):
-    """Language model: embedding N(0, 0.02), pre-norm residual layers, final
-    RMSNorm, linear head with bias."""
+    """Language model: embedding N(0, embedding_std) (the protocol's 0.02
+    unless a preset says otherwise), pre-norm residual layers, final RMSNorm,
+    linear head with bias."""
 
-    def __init__(self, names, d, seq, vocab):
+    def __init__(self, names, d, seq, vocab, embedding_std=0.02):
         super().__init__()
         self.embedding = nn.Embedding(vocab, d)
-        nn.init.normal_(self.embedding.weight, std=0.02)
+        nn.init.normal_(self.embedding.weight, std=embedding_std)
         self.layers = nn.Sequential(*(Residual(layer(n, d, seq), d) for n in names))
         self.norm = RMSNorm(d)
         self.head = nn.Linear(d, vocab)

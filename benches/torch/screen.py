@@ -5,12 +5,17 @@ as src/train/run.rs, the same concurrency. Run by `cargo bench --bench torch
 
 Per task setting: AdamW (betas and epsilon of the preset, weight decay on
 all parameters), learning rate stepped per epoch on a cosine from `lr` to
-`min_lr`, batches reshuffled every epoch, masked cross-entropy (targets -100
-unscored), validation accuracy after every epoch (the test split doubles as
-validation split, as in the reference), test accuracy of the best epoch's
-weights. Compression uses the autoencoder head of src/layers/model.rs.
-Settings run `--parallel` at a time, each in a process with one thread
-(mad-search: one single-threaded pool per run).
+`min_lr` over the setting's epochs, batches reshuffled every epoch, masked
+cross-entropy (targets -100 unscored), embedding N(0, embedding_std),
+validation accuracy (micro and macro, as src/train/metrics.rs) after every
+epoch (the test split doubles as validation split, as in the reference),
+early stop when validation macro reaches `early_stop`, a plateau stop after
+`patience` epochs without a better macro, test accuracy of the best epoch's
+weights (best by macro). Every setting carries its own epochs, step cap and
+patience (a preset's per-task budgets). Compression uses the autoencoder head
+of src/layers/model.rs. Settings run `--parallel` at a time, each in a
+process with one thread (mad-search: one single-threaded pool per run).
+Every run reports its learning curve: validation accuracy after each epoch.
 """
 
 import argparse
@@ -45,7 +50,7 @@ def sinusoidal(seq, d):
     return torch.where(j % 2 == 0, a.sin(), a.cos()).float()[None]
 
 
-def build(names, d, seq, vocab, autoencoder):
+def build(names, d, seq, vocab, autoencoder, embedding_std):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -58,7 +63,7 @@ def build(names, d, seq, vocab, autoencoder):
 
         def __init__(self):
             super().__init__()
-            self.lm = Model(names, d, seq, vocab)
+            self.lm = Model(names, d, seq, vocab, embedding_std)
             self.norm1, self.l1 = RMSNorm(d), nn.Linear(d, d)
             self.norm2, self.l2 = RMSNorm(d), nn.Linear(d, d)
             for lin in (self.l1, self.l2, self.lm.head):
@@ -73,21 +78,32 @@ def build(names, d, seq, vocab, autoencoder):
             x = F.gelu(self.l2(self.norm2(x)))
             return self.lm.head(self.lm.norm(x))
 
-    return AutoEncoder() if autoencoder else Model(names, d, seq, vocab)
+    return AutoEncoder() if autoencoder else Model(names, d, seq, vocab, embedding_std)
 
 
-def accuracy(model, inputs, targets, batch):
+def accuracy(model, inputs, targets, batch, vocab):
+    """(micro, macro): hits over scored positions, and per-class recall
+    averaged over the classes seen in the targets or the predictions."""
     import torch
 
-    correct = scored = 0
+    hits = torch.zeros(vocab, dtype=torch.int64)
+    support = torch.zeros(vocab, dtype=torch.int64)
+    predicted = torch.zeros(vocab, dtype=torch.int64)
     with torch.no_grad():
         for i in range(0, len(inputs), batch):
-            logits = model(inputs[i : i + batch])
+            pred = model(inputs[i : i + batch]).argmax(-1)
             t = targets[i : i + batch]
             mask = t >= 0
-            correct += ((logits.argmax(-1) == t) & mask).sum().item()
-            scored += mask.sum().item()
-    return correct / max(scored, 1)
+            p, t = pred[mask], t[mask]
+            support += torch.bincount(t, minlength=vocab)
+            predicted += torch.bincount(p, minlength=vocab)
+            hits += torch.bincount(t[p == t], minlength=vocab)
+    scored = support.sum().item()
+    micro = hits.sum().item() / max(scored, 1)
+    seen = (support > 0) | (predicted > 0)
+    recall = hits.double() / support.clamp(min=1).double()
+    macro = recall[seen].sum().item() / max(seen.sum().item(), 1)
+    return micro, macro
 
 
 def run_setting(job):
@@ -104,20 +120,26 @@ def run_setting(job):
     x, y = x[: s["num_train"]], y[: s["num_train"]]
     tx, ty = tx[: s["num_test"]], ty[: s["num_test"]]
     names = a["layers"].split()
-    model = build(names, a["width"], s["model_len"], s["vocab"], s["task"] == "compression")
+    model = build(
+        names, a["width"], s["model_len"], s["vocab"], s["task"] == "compression",
+        a["embedding_std"],
+    )
     opt = torch.optim.AdamW(
         model.parameters(), lr=a["lr"], betas=tuple(a["betas"]), eps=a["epsilon"],
         weight_decay=a["weight_decay"],
     )
+    epochs_max, max_steps, patience = s["epochs"], s["max_steps"], s["patience"]
     t0 = time.perf_counter()
-    best, best_acc, steps, epochs = None, -1.0, 0, 0
+    best, best_macro, best_epoch, steps, epochs, curve = None, -1.0, 0, 0, 0, []
+    outcome = "budget"
     g = torch.Generator().manual_seed(a["seed"])
-    for epoch in range(a["epochs"]):
-        lr = a["min_lr"] + (a["lr"] - a["min_lr"]) * 0.5 * (1 + math.cos(math.pi * epoch / a["epochs"]))
+    for epoch in range(epochs_max):
+        lr = a["min_lr"] + (a["lr"] - a["min_lr"]) * 0.5 * (1 + math.cos(math.pi * epoch / epochs_max))
         for group in opt.param_groups:
             group["lr"] = lr
         model.train()
         order = torch.randperm(len(x), generator=g)
+        loss_sum, batches = 0.0, 0
         for i in range(0, len(x), a["batch"]):
             idx = order[i : i + a["batch"]]
             logits = model(x[idx])
@@ -125,22 +147,31 @@ def run_setting(job):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            loss_sum += loss.item()
+            batches += 1
             steps += 1
-            if a["max_steps"] is not None and steps >= a["max_steps"]:
+            if max_steps is not None and steps >= max_steps:
                 break
         epochs += 1
         model.eval()
-        valid = accuracy(model, tx, ty, a["batch"])
-        if valid > best_acc:
-            best_acc, best = valid, copy.deepcopy(model.state_dict())
-        if valid >= a["early_stop"]:
+        micro, macro = accuracy(model, tx, ty, a["batch"], s["vocab"])
+        curve.append({"epoch": epochs, "steps": steps, "loss": loss_sum / max(batches, 1),
+                      "micro": micro, "macro": macro})
+        if macro > best_macro:
+            best_macro, best_epoch, best = macro, epochs, copy.deepcopy(model.state_dict())
+        if macro >= a["early_stop"]:
+            outcome = "early-stopped"
             break
-        if a["max_steps"] is not None and steps >= a["max_steps"]:
+        if patience is not None and epochs - best_epoch >= patience:
+            outcome = "plateaued"
+            break
+        if max_steps is not None and steps >= max_steps:
             break
     model.load_state_dict(best)
-    test = accuracy(model, tx, ty, a["batch"])
+    micro, macro = accuracy(model, tx, ty, a["batch"], s["vocab"])
     return {
-        "task": s["task"], "steps": steps, "epochs": epochs, "test": test,
+        "task": s["task"], "dir": s["dir"], "steps": steps, "epochs": epochs, "test": micro,
+        "test_macro": macro, "outcome": outcome, "curve": curve,
         "seconds": time.perf_counter() - t0,
     }
 

@@ -130,6 +130,16 @@ pub(crate) fn parse_arch(arg: &str) -> anyhow::Result<ArchSpec> {
                 path.display()
             )
         })?
+    } else if arg.contains('/') || arg.ends_with(".json") || arg.ends_with(".toml") {
+        // No primitive name looks like this: a genome file that is not there.
+        let why = match std::fs::metadata(path) {
+            Ok(_) => "is not a regular file".to_string(),
+            Err(e) => e.to_string(),
+        };
+        anyhow::bail!(
+            "--arch `{arg}`: the genome file cannot be read ({why}); give a genome file \
+             as `export` writes, a layer string or a short run id"
+        );
     } else if !arg.contains(char::is_whitespace)
         && arg.contains('-')
         && ArchSpec::from_short_str(arg).is_ok()

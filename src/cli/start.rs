@@ -15,7 +15,7 @@ use crate::layers::device::DeviceSlots;
 use crate::scale::corpus::Corpus;
 use crate::search::candidate;
 use crate::space::{DEFAULT_SPACE, DEFAULT_SPACE_NAME, Operator, SearchSpace, StageName};
-use crate::store::{SearchBudget, SearchRecord, Store, StoreError, now};
+use crate::store::{Candidate, SearchBudget, SearchRecord, Store, StoreError, now};
 
 /// Arguments of `start`.
 #[derive(Debug, Args)]
@@ -128,6 +128,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
             state.display()
         );
     }
+    crate::daemon::control::check_socket_path(&state).map_err(anyhow::Error::msg)?;
     let device: DeviceSlots = args.device.parse()?;
     device.check()?;
     if args.workers == Some(0) || args.threads == Some(0) || args.checkpoint_every == 0 {
@@ -137,25 +138,27 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         bail!("--job-timeout must be a positive number of seconds");
     }
     let budget = args.budget.as_deref().map(parse_budget).transpose()?;
-    let store = open_or_create(&args, &state, budget.as_ref())?;
-    let record = store.search()?.context("no search record")?;
-    let space = SearchSpace::parse(Path::new(&record.space_file), &record.space_text)?;
-    for arch in &args.seed_arch {
-        let mut genome = super::eval::parse_arch(arch)?;
-        // Layer strings carry no width: read them at the space's first width
-        // when the reference's 128 is not allowed.
-        if !Path::new(arch).is_file() && !space.model.d_model.contains(&genome.d_model) {
-            genome.d_model = space.model.d_model[0];
+    // Everything is checked before anything is written: a refused flag
+    // leaves no search behind and changes none.
+    let opening = open_or_plan(&args, &state)?;
+    let space = match &opening {
+        Opening::Existing(store) => {
+            let record = store.search()?.context("no search record")?;
+            SearchSpace::parse(Path::new(&record.space_file), &record.space_text)?
         }
-        if let Err(why) = space.admits(&genome) {
-            bail!(
-                "--seed-arch `{arch}`: the space does not admit it: {}",
-                why.0
-            );
+        Opening::New(record) => {
+            SearchSpace::parse(Path::new(&record.space_file), &record.space_text)?
         }
-        let c = candidate(&space, genome, vec![], Operator::Seed, None);
+    };
+    let seeds = args
+        .seed_arch
+        .iter()
+        .map(|arch| seed_candidate(&space, arch))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let store = commit(opening, &state, budget)?;
+    for c in &seeds {
         // The screen runs as one job (`stages::stage_parts`).
-        match store.add_candidate(&c, StageName::Screen, &[])? {
+        match store.add_candidate(c, StageName::Screen, &[])? {
             Some(job) => eprintln!("queued {} for screening (job {job})", c.id.short()),
             None => eprintln!("{} is already in the population", c.id.short()),
         }
@@ -180,19 +183,29 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     detach(&args, &state, workers, threads)
 }
 
-/// Opens the search in `state`, or creates it from the flags.
-fn open_or_create(
-    args: &StartArgs,
-    state: &Path,
-    budget: Option<&SearchBudget>,
-) -> anyhow::Result<Store> {
-    let in_use = |e: StoreError| match e {
+/// A search about to start: one that exists (opened and checked against
+/// the flags, nothing written yet) or one to create (nothing on disk yet).
+enum Opening {
+    /// The search in the state dir.
+    Existing(Store),
+    /// The record of a search to create.
+    New(SearchRecord),
+}
+
+/// A state dir held by someone else, said so.
+fn in_use(state: &Path, e: StoreError) -> anyhow::Error {
+    match e {
         StoreError::Locked { .. } => anyhow::anyhow!(
             "{} is in use by another process (a daemon starting or stopping?): {e}",
             state.display()
         ),
         e => e.into(),
-    };
+    }
+}
+
+/// Opens the search in `state` and checks the flags against it, or plans
+/// a new one from the flags. Writes nothing.
+fn open_or_plan(args: &StartArgs, state: &Path) -> anyhow::Result<Opening> {
     match super::state::open_store(state) {
         Ok(store) => {
             let record = store.search()?.context("no search record")?;
@@ -230,16 +243,7 @@ fn open_or_create(
                     ));
                 }
             }
-            if let Some(b) = budget {
-                store.set_budget(b)?;
-            }
-            eprintln!(
-                "resuming the search `{}` in {} ({} candidates)",
-                record.name,
-                state.display(),
-                store.stats()?.candidates
-            );
-            Ok(store)
+            Ok(Opening::Existing(store))
         }
         Err(StoreError::Missing { .. }) => {
             let (space_file, space_text) = match &args.space {
@@ -264,10 +268,35 @@ fn open_or_create(
                 space_file,
                 space_text,
                 preset,
-                budget: budget.cloned().unwrap_or_default(),
+                budget: SearchBudget::default(),
                 corpus: args.corpus.as_deref().map(corpus_path).transpose()?,
             };
-            let store = Store::create_or_open(state, &record).map_err(in_use)?;
+            Ok(Opening::New(record))
+        }
+        Err(e) => Err(in_use(state, e)),
+    }
+}
+
+/// Writes what `start` was asked: the budget of an existing search, or the
+/// new search itself.
+fn commit(opening: Opening, state: &Path, budget: Option<SearchBudget>) -> anyhow::Result<Store> {
+    match opening {
+        Opening::Existing(store) => {
+            let record = store.search()?.context("no search record")?;
+            if let Some(b) = &budget {
+                store.set_budget(b)?;
+            }
+            eprintln!(
+                "resuming the search `{}` in {} ({} candidates)",
+                record.name,
+                state.display(),
+                store.stats()?.candidates
+            );
+            Ok(store)
+        }
+        Opening::New(mut record) => {
+            record.budget = budget.unwrap_or_default();
+            let store = Store::create_or_open(state, &record).map_err(|e| in_use(state, e))?;
             eprintln!(
                 "new search `{}` in {} (space {}, preset {}, seed {})",
                 record.name,
@@ -278,8 +307,24 @@ fn open_or_create(
             );
             Ok(store)
         }
-        Err(e) => Err(in_use(e)),
     }
+}
+
+/// The candidate of one `--seed-arch`, checked against the space.
+fn seed_candidate(space: &SearchSpace, arch: &str) -> anyhow::Result<Candidate> {
+    let mut genome = super::eval::parse_arch(arch)?;
+    // Layer strings carry no width: read them at the space's first width
+    // when the reference's 128 is not allowed.
+    if !Path::new(arch).is_file() && !space.model.d_model.contains(&genome.d_model) {
+        genome.d_model = space.model.d_model[0];
+    }
+    if let Err(why) = space.admits(&genome) {
+        bail!(
+            "--seed-arch `{arch}`: the space does not admit it: {}",
+            why.0
+        );
+    }
+    Ok(candidate(space, genome, vec![], Operator::Seed, None))
 }
 
 /// Starts the daemon in its own session with output to `daemon.log`, and

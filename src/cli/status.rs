@@ -50,7 +50,13 @@ pub fn fetch(args: &StatusArgs) -> anyhow::Result<StatusReport> {
     // We hold the database's lock, so the snapshot is true; it spares the
     // next `status` the database. A read-only state dir just goes without.
     let _ = snapshot::write(&state, &report, top);
-    close_read_only(store);
+    if args.watch.is_some() {
+        // The process goes on: close the database and its lock, or a
+        // `start` meanwhile would find the search in use.
+        drop(store);
+    } else {
+        close_read_only(store);
+    }
     report.leaderboard.truncate(args.top);
     Ok(report)
 }

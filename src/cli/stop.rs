@@ -32,10 +32,24 @@ pub fn run(args: StopArgs) -> anyhow::Result<ExitCode> {
         Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),
         Err(_) => {
             if let Some(pid) = daemon_pid(&state) {
-                // Alive but not answering: signal it (SIGTERM drains too).
-                // SAFETY: sending SIGTERM to a pid we read from our pid file.
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                // Alive but not answering: signal it (SIGTERM drains too),
+                // once it is sure to be this search's daemon.
+                if pidfile::serves(pid, &state).is_none() {
+                    bail!(
+                        "the daemon of {} (pid {pid}) does not answer, and whether pid {pid} \
+                         is that daemon cannot be told (no access to /proc/{pid}/fd); nothing \
+                         was signalled: if it is, stop it with `kill {pid}`",
+                        state.display()
+                    );
+                }
+                let pid_t = libc::pid_t::try_from(pid)?;
+                // SAFETY: SIGTERM to a live process that holds this search's
+                // database open (`pidfile::serves`).
+                if unsafe { libc::kill(pid_t, libc::SIGTERM) } != 0 {
+                    bail!(
+                        "signalling the daemon (pid {pid}) failed: {}",
+                        std::io::Error::last_os_error()
+                    );
                 }
                 pid
             } else {

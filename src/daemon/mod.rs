@@ -10,6 +10,7 @@
 //! requeues them, flushes and exits.
 
 pub mod control;
+pub mod hooks;
 pub mod pidfile;
 pub mod report;
 pub mod snapshot;
@@ -18,7 +19,7 @@ mod worker;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -71,7 +72,7 @@ impl Shared {
         let mut running: Vec<RunningJob> = self
             .running
             .lock()
-            .expect("no poisoning")
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
             .collect();
@@ -84,7 +85,11 @@ impl Shared {
             earlier_seconds: self.earlier_seconds,
             workers: self.workers,
             running,
-            idle: self.idle.lock().expect("no poisoning").clone(),
+            idle: self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             stopping: self.stop.load(Ordering::Relaxed),
         }
     }
@@ -100,12 +105,14 @@ impl Shared {
                 log("stop requested over the socket");
                 Answer::Stopping { pid: self.pid }
             }
-            Request::Status { top } => match report::status(&self.store, Some(self.live()), top) {
-                Ok(r) => Answer::Status {
-                    report: Box::new(r),
-                },
-                Err(e) => err(&e),
-            },
+            Request::Status { top } => {
+                match report::status(&self.store, Some(self.live()), top.min(control::MAX_TOP)) {
+                    Ok(r) => Answer::Status {
+                        report: Box::new(r),
+                    },
+                    Err(e) => err(&e),
+                }
+            }
             Request::Show { id } => match report::show(&self.store, &id) {
                 Ok(r) => Answer::Show {
                     report: Box::new(r),
@@ -246,9 +253,16 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         let stop = Arc::clone(&shared.stop);
         // Only the first handler of a process counts; later starts in the
         // same process (tests) keep the first.
-        let _ = ctrlc::set_handler(move || {
+        match ctrlc::set_handler(move || {
             stop.store(true, Ordering::SeqCst);
-        });
+        }) {
+            Ok(()) | Err(ctrlc::Error::MultipleHandlers) => {}
+            Err(e) => log(format!(
+                "no handler for SIGINT and SIGTERM ({e}): they kill the daemon instead of \
+                 draining it (nothing is lost: jobs resume from their checkpoints); use \
+                 `mad-search stop`"
+            )),
+        }
     }
     log(format!(
         "serving {} (pid {pid}, preset {}, seed {}, {} worker(s) × {} thread(s), device {})",
@@ -294,15 +308,121 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     drop(done_tx);
 
     let store = &shared.store;
-    let budget = record.budget.clone();
-    let mut free: Vec<usize> = (0..cfg.workers).rev().collect();
-    let mut in_flight: BTreeMap<JobId, InFlight> = BTreeMap::new();
-    let mut accounted = Instant::now();
+    let mut sched = Schedule {
+        free: (0..cfg.workers).rev().collect(),
+        in_flight: BTreeMap::new(),
+        accounted: Instant::now(),
+        settled: 0,
+    };
+    let scheduled = schedule(
+        &cfg,
+        &shared,
+        &policy,
+        &wcfg,
+        &record.budget,
+        &work_tx,
+        &done_rx,
+        &mut sched,
+    );
+    if let Err(e) = &scheduled {
+        log(format!(
+            "the scheduler failed: {e:#}; stopping the running jobs (they checkpoint), then exiting"
+        ));
+        shared.stop.store(true, Ordering::SeqCst);
+        drain(store, &wcfg, &done_rx, &mut sched);
+    }
+    drop(work_tx);
+    for h in handles {
+        if let Err(panic) = h.join() {
+            log(format!(
+                "a worker thread panicked outside a job ({}); its job, if any, is put back \
+                 in the queue at the next start",
+                panic_text(panic.as_ref())
+            ));
+        }
+    }
+    let stopped = store
+        .daemon_event(
+            sched.accounted.elapsed().as_secs_f64(),
+            Some(EventKind::DaemonStopped { pid }),
+        )
+        .and_then(|()| store.flush());
+    if let Err(e) = &stopped {
+        log(format!(
+            "recording the stop failed: {e}; the next start recovers (leases are put back)"
+        ));
+    }
+    let last = report::status(store, None, snapshot::SNAPSHOT_TOP);
+    // Close the database, so that sled's own last writes (it snapshots its
+    // page table when dropped) precede the status snapshot; our pid file
+    // keeps another daemon out until that is written.
+    shared.closing.store(true, Ordering::SeqCst);
+    control::wake(&cfg.state);
+    if control.join().is_err() {
+        log("the control thread panicked; the socket had stopped answering");
+    }
+    let closed = Arc::try_unwrap(shared).map(drop).is_ok();
+    match last {
+        Ok(r) if closed => {
+            if let Err(e) = snapshot::write(&cfg.state, &r, snapshot::SNAPSHOT_TOP) {
+                log(format!("could not write the status snapshot: {e}"));
+            }
+        }
+        Ok(_) => log("the database is still in use: no status snapshot"),
+        Err(e) => log(format!("could not build the status snapshot: {e}")),
+    }
+    if let Err(e) = std::fs::remove_file(control::socket_path(&cfg.state))
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        log(format!("could not remove the control socket: {e}"));
+    }
+    pidfile::remove(&cfg.state, pid);
+    match scheduled {
+        Ok(Some(why)) => log(format!("search finished: {why}")),
+        Ok(None) => log("stopped"),
+        Err(e) => {
+            log("stopped on the error above");
+            return Err(e.context("the daemon stopped on an error"));
+        }
+    }
+    stopped.context("recording the daemon's stop")?;
+    Ok(())
+}
+
+/// What the scheduler holds between its steps: free workers, jobs in
+/// flight, time not yet accounted.
+struct Schedule {
+    free: Vec<usize>,
+    in_flight: BTreeMap<JobId, InFlight>,
+    accounted: Instant,
+    /// Jobs whose end is recorded (by this daemon run).
+    settled: u64,
+}
+
+/// The scheduler loop: leases queued jobs to free workers, proposes new
+/// work, settles what workers report, until the search is stopped (`None`)
+/// or finished (why). An error leaves `sched` as it was, for [`drain`].
+///
+/// # Errors
+/// A database error, or every worker gone.
+#[allow(clippy::too_many_arguments)]
+fn schedule(
+    cfg: &DaemonConfig,
+    shared: &Shared,
+    policy: &Policy,
+    wcfg: &worker::WorkerConfig,
+    budget: &crate::store::SearchBudget,
+    work_tx: &crossbeam_channel::Sender<WorkItem>,
+    done_rx: &crossbeam_channel::Receiver<Done>,
+    sched: &mut Schedule,
+) -> anyhow::Result<Option<String>> {
+    let store = &shared.store;
+    let fail_after = hooks::scheduler_error_after();
     let mut finished_reason = None;
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
         if !stopping && let Some(h) = budget.hours {
-            let used = store.stats()?.daemon_seconds + accounted.elapsed().as_secs_f64();
+            let used = store.stats()?.daemon_seconds + sched.accounted.elapsed().as_secs_f64();
             if used >= h * 3600.0 {
                 log(format!("the time budget ({h} h) is spent; stopping"));
                 shared.stop.store(true, Ordering::SeqCst);
@@ -311,7 +431,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
             }
         }
         if !stopping {
-            while let Some(&w) = free.last() {
+            while let Some(&w) = sched.free.last() {
                 if let Some(job) = store.next_queued()? {
                     let deadline = now() + cfg.job_timeout;
                     let Some(job) = store.lease(job.id, w, deadline)? else {
@@ -328,22 +448,26 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
                         )?;
                         continue;
                     };
-                    free.pop();
+                    sched.free.pop();
                     let stop = Arc::new(AtomicBool::new(false));
-                    shared.running.lock().expect("no poisoning").insert(
-                        job.id,
-                        RunningJob {
-                            job: job.id,
-                            arch: job.arch,
-                            layers: cand.genome.layers_string(),
-                            stage: job.stage,
-                            part: job.part.as_ref().map(|p| p.key.clone()),
-                            attempt: job.attempt,
-                            worker: w,
-                            seconds: now(),
-                            progress: None,
-                        },
-                    );
+                    shared
+                        .running
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(
+                            job.id,
+                            RunningJob {
+                                job: job.id,
+                                arch: job.arch,
+                                layers: cand.genome.layers_string(),
+                                stage: job.stage,
+                                part: job.part.as_ref().map(|p| p.key.clone()),
+                                attempt: job.attempt,
+                                worker: w,
+                                seconds: now(),
+                                progress: None,
+                            },
+                        );
                     log(format!(
                         "job {} (attempt {}): {}{} {} → worker {w}",
                         job.id,
@@ -355,7 +479,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
                             .unwrap_or_default(),
                         cand.genome.layers_string()
                     ));
-                    in_flight.insert(
+                    sched.in_flight.insert(
                         job.id,
                         InFlight {
                             attempt: job.attempt,
@@ -374,9 +498,9 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
                         .context("a worker is gone")?;
                     continue;
                 }
-                match policy.propose(store, &budget)? {
+                match policy.propose(store, budget)? {
                     Proposal::Promote { arch, stage } => {
-                        let parts = parts_of(store, arch, stage, &wcfg)?;
+                        let parts = parts_of(store, arch, stage, wcfg)?;
                         if let Some(j) = store.enqueue(arch, stage, &parts)? {
                             log(format!(
                                 "promoted {} to {} ({})",
@@ -408,7 +532,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
                         }
                     }
                     Proposal::Idle(why) => {
-                        let mut idle = shared.idle.lock().expect("no poisoning");
+                        let mut idle = shared.idle.lock().unwrap_or_else(PoisonError::into_inner);
                         if idle.as_deref() != Some(why.as_str()) {
                             log(format!("idle: {why}"));
                         }
@@ -418,40 +542,52 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
                 }
             }
         }
-        let idle = shared.idle.lock().expect("no poisoning").clone();
-        if in_flight.is_empty() && (stopping || idle.is_some()) {
+        let idle = shared
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if sched.in_flight.is_empty() && (stopping || idle.is_some()) {
             if !stopping {
                 finished_reason = idle;
             }
             break;
         }
         if stopping {
-            for f in in_flight.values() {
+            for f in sched.in_flight.values() {
                 f.stop.store(true, Ordering::SeqCst);
             }
         }
         match done_rx.recv_timeout(Duration::from_millis(200)) {
             Ok(done) => {
-                let Some(f) = in_flight.remove(&done.job) else {
+                let Some(f) = sched.in_flight.remove(&done.job) else {
                     continue;
                 };
                 shared
                     .running
                     .lock()
-                    .expect("no poisoning")
+                    .unwrap_or_else(PoisonError::into_inner)
                     .remove(&done.job);
-                *shared.idle.lock().expect("no poisoning") = None;
-                free.push(done.worker);
-                settle(store, &wcfg, &done, &f)?;
-                let dt = accounted.elapsed().as_secs_f64();
-                accounted = Instant::now();
+                *shared.idle.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                sched.free.push(done.worker);
+                settle(store, wcfg, &done, &f)?;
+                sched.settled += 1;
+                if fail_after.is_some_and(|n| sched.settled >= n) {
+                    anyhow::bail!(
+                        "test hook {}: a scheduler error after {} settled jobs",
+                        hooks::SCHEDULER_ERROR_AFTER,
+                        sched.settled
+                    );
+                }
+                let dt = sched.accounted.elapsed().as_secs_f64();
+                sched.accounted = Instant::now();
                 store.daemon_event(dt, None)?;
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => anyhow::bail!("every worker is gone"),
         }
         let t = now();
-        for (job, f) in &mut in_flight {
+        for (job, f) in &mut sched.in_flight {
             if !f.lapsed && t > f.deadline {
                 log(format!(
                     "job {job}: lease lapsed after {:.0} s; stopping it",
@@ -461,44 +597,61 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
                 f.stop.store(true, Ordering::SeqCst);
             }
         }
-        if accounted.elapsed() > Duration::from_secs(30) {
-            store.daemon_event(accounted.elapsed().as_secs_f64(), None)?;
-            accounted = Instant::now();
+        if sched.accounted.elapsed() > Duration::from_secs(30) {
+            store.daemon_event(sched.accounted.elapsed().as_secs_f64(), None)?;
+            sched.accounted = Instant::now();
         }
     }
-    drop(work_tx);
-    for h in handles {
-        let _ = h.join();
+    Ok(finished_reason)
+}
+
+/// After a scheduler error: asks every job in flight to stop, and records
+/// each end that comes back (they checkpoint and go back to the queue)
+/// until none is left or the workers are gone. Errors are logged: the next
+/// start puts back whatever lease is left.
+fn drain(
+    store: &Store,
+    wcfg: &worker::WorkerConfig,
+    done_rx: &crossbeam_channel::Receiver<Done>,
+    sched: &mut Schedule,
+) {
+    for f in sched.in_flight.values() {
+        f.stop.store(true, Ordering::SeqCst);
     }
-    store.daemon_event(
-        accounted.elapsed().as_secs_f64(),
-        Some(EventKind::DaemonStopped { pid }),
-    )?;
-    store.flush()?;
-    let last = report::status(store, None, snapshot::SNAPSHOT_TOP);
-    // Close the database, so that sled's own last writes (it snapshots its
-    // page table when dropped) precede the status snapshot; our pid file
-    // keeps another daemon out until that is written.
-    shared.closing.store(true, Ordering::SeqCst);
-    control::wake(&cfg.state);
-    let _ = control.join();
-    let closed = Arc::try_unwrap(shared).map(drop).is_ok();
-    match last {
-        Ok(r) if closed => {
-            if let Err(e) = snapshot::write(&cfg.state, &r, snapshot::SNAPSHOT_TOP) {
-                log(format!("could not write the status snapshot: {e}"));
+    while !sched.in_flight.is_empty() {
+        match done_rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(done) => {
+                let Some(f) = sched.in_flight.remove(&done.job) else {
+                    continue;
+                };
+                if let Err(e) = settle(store, wcfg, &done, &f) {
+                    log(format!(
+                        "job {}: its end could not be recorded ({e:#}); it runs again from its \
+                         last checkpoint at the next start",
+                        done.job
+                    ));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                log(format!(
+                    "every worker is gone with {} job(s) in flight; they are put back at the \
+                     next start",
+                    sched.in_flight.len()
+                ));
+                return;
             }
         }
-        Ok(_) => log("the database is still in use: no status snapshot"),
-        Err(e) => log(format!("could not build the status snapshot: {e}")),
     }
-    let _ = std::fs::remove_file(control::socket_path(&cfg.state));
-    pidfile::remove(&cfg.state, pid);
-    match finished_reason {
-        Some(why) => log(format!("search finished: {why}")),
-        None => log("stopped"),
-    }
-    Ok(())
+}
+
+/// A panic's message, for the log.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// The stage's result once `done`'s run is the last of the candidate's
@@ -677,9 +830,6 @@ fn settle(
                     },
                 };
                 let recorded = store.finish(job, f.attempt, seconds, part.as_ref(), &end)?;
-                // On disk before its checkpoints go: a kill -9 after this
-                // line cannot send the job back to square one.
-                store.flush()?;
                 if recorded {
                     match &end {
                         StageEnd::Done { summary, .. } => {
@@ -739,6 +889,10 @@ fn settle(
 /// job of the candidate's stage is queued or running, else the run's own
 /// files (the others' checkpoints stay).
 fn clean_up(store: &Store, state: &Path, done: &Done) -> anyhow::Result<()> {
+    // The job's end on disk before its checkpoints go, on every path (done,
+    // diverged, failed): a kill -9 after this line cannot send it back to
+    // square one.
+    store.flush()?;
     let dir = worker::runs_dir(state, done.arch, done.stage);
     let open = match store.candidate(done.arch)? {
         Some(c) => store

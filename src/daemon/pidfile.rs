@@ -20,14 +20,16 @@ pub fn write(state: &Path, pid: u32) -> std::io::Result<()> {
     crate::fsutil::write_atomic(&path(state), format!("{pid}\n").as_bytes())
 }
 
-/// The pid recorded, if the file exists and that process is alive.
+/// The pid recorded, if the file exists, that process is alive, and it is
+/// not known to be a stranger ([`serves`]: a process that reused the pid of
+/// a daemon killed without cleaning up).
 pub fn live(state: &Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(path(state))
         .ok()?
         .trim()
         .parse()
         .ok()?;
-    alive(pid).then_some(pid)
+    (alive(pid) && serves(pid, state) != Some(false)).then_some(pid)
 }
 
 /// Whether a process with this pid exists (and is not a zombie we could reap).
@@ -50,6 +52,23 @@ pub fn alive(pid: u32) -> bool {
         }
         Err(_) => true,
     }
+}
+
+/// Whether process `pid` holds `state`'s database open: the daemon of that
+/// search, and not a process that got a dead daemon's pid. `None` when this
+/// cannot be told (no `/proc/PID/fd` to read: another user's process, or
+/// not Linux).
+pub fn serves(pid: u32, state: &Path) -> Option<bool> {
+    let Ok(db) = std::fs::canonicalize(state.join("db")) else {
+        // No database: nobody serves it.
+        return Some(false);
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        fds.flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|target| target.starts_with(&db)),
+    )
 }
 
 /// Removes the pid file if it still names `pid`.

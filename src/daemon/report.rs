@@ -267,7 +267,11 @@ pub fn status(store: &Store, live: Option<Live>, top: usize) -> Result<StatusRep
         // Ask for as many more as are listed already, so that every stage
         // can fill the board: the board for `top` is then a prefix of the
         // board for any larger top (what the status snapshot relies on).
-        for (i, c) in store.top(stage, top + listed.len())?.iter().enumerate() {
+        for (i, c) in store
+            .top(stage, top.saturating_add(listed.len()))?
+            .iter()
+            .enumerate()
+        {
             if leaderboard.len() >= top {
                 break;
             }

@@ -20,14 +20,6 @@ use crate::stages::{SettingResult, StageControl, StageProgress, StageResult, eva
 use crate::store::{Job, JobId};
 use crate::train::TrainError;
 
-/// Test hook: a job whose genome's layers string equals this variable's
-/// value panics (to test that the daemon records it and keeps serving).
-pub const PANIC_HOOK_ENV: &str = "MAD_SEARCH_TEST_PANIC_LAYERS";
-/// Test hook: a job whose genome's layers string equals this variable's
-/// value trains with an infinite learning rate, so its loss becomes NaN
-/// (search spaces cannot ask for that: learning rates are checked).
-pub const NAN_HOOK_ENV: &str = "MAD_SEARCH_TEST_NAN_LAYERS";
-
 /// What the workers share.
 pub(crate) struct WorkerConfig {
     pub state: PathBuf,
@@ -139,20 +131,23 @@ fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
         if let Some(r) = shared
             .running
             .lock()
-            .expect("no poisoning")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get_mut(&job.id)
         {
             r.progress = Some(line);
         }
     };
     let run = || -> Result<Evaluation, TrainError> {
-        if std::env::var(PANIC_HOOK_ENV).is_ok_and(|v| v == item.genome.layers_string()) {
-            panic!("test hook {PANIC_HOOK_ENV} matched this genome");
+        if super::hooks::panics(&item.genome.layers_string()) {
+            panic!(
+                "test hook {} matched this genome",
+                super::hooks::PANIC_LAYERS
+            );
         }
         match cfg.preset.tasks(job.stage) {
             Some(settings) => {
                 let mut settings = settings.clone();
-                if std::env::var(NAN_HOOK_ENV).is_ok_and(|v| v == item.genome.layers_string()) {
+                if super::hooks::diverges(&item.genome.layers_string()) {
                     settings.lr = vec![f64::INFINITY];
                 }
                 let ctl = StageControl {

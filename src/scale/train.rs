@@ -69,10 +69,13 @@ pub struct LmResult {
     /// Training tokens seen.
     pub tokens: u64,
     /// Mean training loss over the last tenth of the steps (nats/token).
+    #[serde(with = "crate::train::run::nan_as_null")]
     pub train_loss: f64,
-    /// Validation loss at the end (nats/token).
+    /// Validation loss at the end (nats/token); NaN for a run that diverged
+    /// (written `null` in JSON, read back as NaN: the fit skips it).
+    #[serde(with = "crate::train::run::nan_as_null")]
     pub valid_loss: f64,
-    /// `valid_loss / ln 2` for byte-level corpora.
+    /// `valid_loss / ln 2` for byte-level corpora (none when diverged).
     pub bits_per_byte: Option<f64>,
     /// The step at which the loss became NaN or infinite, if it did.
     pub diverged_at: Option<usize>,
@@ -199,16 +202,25 @@ pub fn run<B: AutodiffBackend>(
         seconds: 0.0,
     };
     if let Some((path, _)) = ctl.checkpoint
-        && let Ok(Some(c)) = Checkpoint::read(path)
-        && c.progress.fingerprint == print
-        && let (Ok(m), Ok(o)) = (
+        && let Some(c) = crate::train::checkpoint::resumable(path, &print)
+    {
+        match (
             load::<B, _>(&c.model, device),
             load::<B, _>(&c.optim, device),
-        )
-    {
-        model = model.load_record(m);
-        optim = optim.load_record(o);
-        at = c.progress;
+        ) {
+            (Ok(m), Ok(o)) => {
+                model = model.load_record(m);
+                optim = optim.load_record(o);
+                at = c.progress;
+            }
+            (m, o) => eprintln!(
+                "warning: {}: its weights do not load ({}); the run starts afresh (the {} \
+                 steps it kept are lost)",
+                path.display(),
+                m.err().or(o.err()).unwrap_or_default(),
+                c.progress.steps
+            ),
+        }
     }
     let spent_before = at.seconds;
     let checkpoint = |at: &Progress, model: &Model<B>, optim: &_| -> Result<(), TrainError> {
@@ -268,7 +280,8 @@ pub fn run<B: AutodiffBackend>(
         tokens: (at.steps * cfg.batch_size * cfg.seq_len) as u64,
         train_loss: at.loss_sum / at.batch.max(1) as f64,
         valid_loss: valid,
-        bits_per_byte: corpus.is_bytes().then(|| valid / std::f64::consts::LN_2),
+        bits_per_byte: (corpus.is_bytes() && diverged_at.is_none())
+            .then(|| valid / std::f64::consts::LN_2),
         diverged_at,
         seconds: spent_before + start.elapsed().as_secs_f64(),
     })

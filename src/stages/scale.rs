@@ -248,6 +248,9 @@ pub fn fit(
     runs: &[ScaleRun],
 ) -> Result<(Vec<Optimum>, PowerLaw, Option<LogLog>), TrainError> {
     let mut optima = Vec::new();
+    // Budgets left out because runs of theirs diverged (NaN loss): the fit
+    // goes on from the others while two budgets remain.
+    let mut skipped = Vec::new();
     for &budget in &settings.budgets {
         let group: Vec<&ScaleRun> = runs
             .iter()
@@ -263,13 +266,23 @@ pub fn fit(
                 fit: f,
             }),
             Err(e) => {
-                return Err(TrainError::Fit(format!(
+                let why = format!(
                     "budget {budget:e}: {e} ({} of {} runs finished with a finite loss)",
                     group.len(),
                     settings.sizes_per_budget
-                )));
+                );
+                if group.len() == settings.sizes_per_budget {
+                    return Err(TrainError::Fit(why));
+                }
+                skipped.push(why);
             }
         }
+    }
+    if !skipped.is_empty() && optima.len() < 2 {
+        return Err(TrainError::Fit(format!(
+            "too few budgets left to fit once diverged runs are left out: {}",
+            skipped.join("; ")
+        )));
     }
     let law = power_law(
         &optima
@@ -483,5 +496,26 @@ mod tests {
         .unwrap();
         assert_eq!(again.runs, r.runs);
         assert_eq!(again.predicted_loss.to_bits(), r.predicted_loss.to_bits());
+
+        // A run that diverged: its result is written, read back as NaN, and
+        // the fit goes on from the other budgets.
+        let mut runs = r.runs.clone();
+        runs[0].result.valid_loss = f64::NAN;
+        runs[0].result.bits_per_byte = None;
+        runs[0].result.diverged_at = Some(3);
+        let json = serde_json::to_string(&runs[0]).unwrap();
+        assert!(json.contains("\"valid_loss\":null"), "{json}");
+        let back: ScaleRun = serde_json::from_str(&json).unwrap();
+        assert!(back.result.valid_loss.is_nan());
+        assert_eq!(back.result.diverged_at, Some(3));
+        runs[0] = back;
+        let (optima, law, _) = fit(settings, &runs).unwrap();
+        assert_eq!(optima.len(), settings.budgets.len() - 1);
+        assert!(law.predict(settings.target_compute).is_finite());
+        // Two diverged budgets leave one: no law, said why.
+        let first_of_second = settings.sizes_per_budget;
+        runs[first_of_second].result.valid_loss = f64::NAN;
+        let e = fit(settings, &runs).unwrap_err().to_string();
+        assert!(e.contains("too few budgets"), "{e}");
     }
 }

@@ -51,9 +51,9 @@ use crate::space::StageName;
 /// [`MIGRATIONS`]; newer ones are refused.
 pub const SCHEMA: u32 = 2;
 
-/// Upgrades from schema `i + 1` to `i + 2`, applied in order on open. Each
-/// is idempotent: a kill during one leaves the old schema number, and the
-/// next open runs it again.
+/// Upgrades from schema `i + 1` to `i + 2`, applied in order when a writer
+/// opens the database. Each is one transaction that writes the new schema
+/// number with its changes: a kill leaves the old database whole.
 const MIGRATIONS: &[Migration] = &[migrate_to_2];
 
 /// One schema upgrade.
@@ -95,6 +95,17 @@ pub enum StoreError {
     /// Written by a newer mad-search.
     #[error("the database in {} has schema {found}, but this mad-search ({}) reads schemas up to {supported}; use a newer mad-search", dir.display(), env!("CARGO_PKG_VERSION"))]
     Newer {
+        /// The state dir.
+        dir: PathBuf,
+        /// Its schema.
+        found: u32,
+        /// Ours.
+        supported: u32,
+    },
+    /// Written by an older mad-search, opened by a reader (which never
+    /// upgrades).
+    #[error("the database in {} has schema {found}, older than this mad-search's {supported}; `mad-search start --state {}` upgrades it (or read it with the mad-search that wrote it)", dir.display(), dir.display())]
+    Older {
         /// The state dir.
         dir: PathBuf,
         /// Its schema.
@@ -426,8 +437,11 @@ impl Tx<'_> {
 /// Schema 1 → 2: stages may run as several jobs. Full stage results move
 /// from `results` (under the job that produced them) to `stage-results`,
 /// and the per-stage evaluation counts are derived from the candidates.
+/// Reads first (the caller holds the write lock: nothing changes meanwhile),
+/// then every write and the new schema number in one transaction.
 fn migrate_to_2(store: &Store) -> Result<(), StoreError> {
     let mut evaluations: std::collections::BTreeMap<StageName, Evaluations> = Default::default();
+    let mut moves = Vec::new();
     for c in store.candidates()? {
         for &stage in &c.queued {
             let e = evaluations.entry(stage).or_default();
@@ -440,25 +454,25 @@ fn migrate_to_2(store: &Store) -> Result<(), StoreError> {
             }
         }
         for (&stage, summary) in &c.stages {
-            let key = stage_key(c.id, stage);
             let old = be(summary.job);
             if let Some(full) = store.trees[6].get(old).map_err(|e| store.db_err(e))? {
-                store.trees[9]
-                    .insert(key, full)
-                    .map_err(|e| store.db_err(e))?;
-                store.trees[6].remove(old).map_err(|e| store.db_err(e))?;
+                moves.push((old, stage_key(c.id, stage), full));
             }
         }
     }
     let mut stats = store.stats()?;
     stats.evaluations = evaluations;
-    store.trees[0]
-        .insert("stats", encode(&stats))
-        .map_err(|e| store.db_err(e))?;
-    Ok(())
+    store.tx(|tx| {
+        for (old, key, full) in &moves {
+            tx.t[9].insert(&key[..], full.clone())?;
+            tx.t[6].remove(&old[..])?;
+        }
+        tx.meta().insert("stats", encode(&stats))?;
+        tx.meta().insert("schema", &2u32.to_be_bytes())?;
+        Ok(())
+    })
 }
 
-/// How a lease ends without a result.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Release {
     /// The daemon is stopping; the job resumes from its checkpoint later.
@@ -506,7 +520,7 @@ impl Store {
             });
         }
         let store = Store::open_db(dir, writer)?;
-        store.check_schema()?;
+        store.check_schema(writer)?;
         if store.search()?.is_none() {
             return Err(StoreError::Corrupt {
                 dir: dir.to_owned(),
@@ -522,10 +536,13 @@ impl Store {
     /// # Errors
     /// As [`Store::open`].
     pub fn create_or_open(dir: &Path, record: &SearchRecord) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db {
-            dir: dir.to_owned(),
-            source: sled::Error::Io(e),
-        })?;
+        // Private: the search's database, checkpoints and control socket.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|e| StoreError::Db {
+                dir: dir.to_owned(),
+                source: sled::Error::Io(e),
+            })?;
         let fresh = !dir.join("db").join("conf").is_file();
         let store = Store::open_db(dir, true)?;
         if fresh {
@@ -539,7 +556,7 @@ impl Store {
             meta.insert("search", encode(record)).map_err(db_err)?;
             store.db.flush().map_err(db_err)?;
         } else {
-            store.check_schema()?;
+            store.check_schema(true)?;
         }
         Ok(store)
     }
@@ -610,13 +627,26 @@ impl Store {
         })
     }
 
-    fn check_schema(&self) -> Result<(), StoreError> {
+    /// The database's schema number.
+    fn schema(&self) -> Result<u32, StoreError> {
         let raw = self.trees[0].get("schema").map_err(|e| self.db_err(e))?;
-        let found = match raw.as_deref() {
-            Some(b) if b.len() == 4 => u32::from_be_bytes(b.try_into().expect("4 bytes")),
-            Some(_) => return Err(self.corrupt("the schema version is not a u32")),
-            None => return Err(self.corrupt("no schema version (not a mad-search database?)")),
-        };
+        match raw.as_deref() {
+            Some(b) if b.len() == 4 => Ok(u32::from_be_bytes(b.try_into().expect("4 bytes"))),
+            Some(_) => Err(self.corrupt("the schema version is not a u32")),
+            None => Err(self.corrupt("no schema version (not a mad-search database?)")),
+        }
+    }
+
+    /// Refuses a schema this binary cannot read; a writer upgrades an older
+    /// one ([`MIGRATIONS`], each one transaction that ends with the new
+    /// number); a reader never writes, and refuses it.
+    fn check_schema(&self, writer: bool) -> Result<(), StoreError> {
+        let found = self.schema()?;
+        if found == 0 {
+            return Err(self.corrupt(format!(
+                "its schema number is 0, and mad-search schemas run from 1 to {SCHEMA}"
+            )));
+        }
         if found > SCHEMA {
             return Err(StoreError::Newer {
                 dir: self.dir.clone(),
@@ -624,11 +654,15 @@ impl Store {
                 supported: SCHEMA,
             });
         }
-        for (i, migrate) in MIGRATIONS.iter().enumerate().skip(found as usize - 1) {
+        if found < SCHEMA && !writer {
+            return Err(StoreError::Older {
+                dir: self.dir.clone(),
+                found,
+                supported: SCHEMA,
+            });
+        }
+        for migrate in MIGRATIONS.iter().skip(found as usize - 1) {
             migrate(self)?;
-            self.trees[0]
-                .insert("schema", &(i as u32 + 2).to_be_bytes())
-                .map_err(|e| self.db_err(e))?;
         }
         Ok(())
     }
@@ -765,7 +799,8 @@ impl Store {
     /// # Errors
     /// A damaged database.
     pub fn recent(&self, n: usize) -> Result<Vec<Candidate>, StoreError> {
-        let mut out = Vec::with_capacity(n);
+        // `n` comes from users (`status --top`): allocate what is read.
+        let mut out = Vec::new();
         for kv in self.trees[2].iter().rev().take(n) {
             let (_, id) = kv.map_err(|e| self.db_err(e))?;
             out.push(self.indexed(&id, "by-seq")?);
@@ -778,7 +813,8 @@ impl Store {
     /// # Errors
     /// A damaged database.
     pub fn top(&self, stage: StageName, n: usize) -> Result<Vec<Candidate>, StoreError> {
-        let mut out = Vec::with_capacity(n);
+        // `n` comes from users (`status --top`): allocate what is read.
+        let mut out = Vec::new();
         for kv in self.trees[8].scan_prefix([stage_byte(stage)]).take(n) {
             let (k, _) = kv.map_err(|e| self.db_err(e))?;
             out.push(self.indexed(k.get(9..25).unwrap_or_default(), "board")?);

@@ -262,6 +262,23 @@ fn reopening_keeps_everything_and_newer_schemas_are_refused() {
         err.contains("schema 99") && err.contains("newer mad-search"),
         "{err}"
     );
+    // Schema 0 was never written by mad-search: refused with both numbers
+    // (it once underflowed the migration index).
+    {
+        let s = Store::open_db(dir.path(), true).unwrap();
+        s.trees[0].insert("schema", &0u32.to_be_bytes()).unwrap();
+        s.flush().unwrap();
+    }
+    for open in [Store::open, Store::open_for_reading] {
+        let err = open(dir.path()).err().unwrap();
+        let text = err.to_string();
+        assert!(
+            matches!(err, StoreError::Corrupt { .. })
+                && text.contains("schema number is 0")
+                && text.contains(&format!("1 to {SCHEMA}")),
+            "{text}"
+        );
+    }
 }
 
 #[test]
@@ -507,6 +524,23 @@ fn schema_one_databases_are_migrated_on_open() {
         s.trees[0].insert("stats", encode(&st)).unwrap();
         s.trees[0].insert("schema", &1u32.to_be_bytes()).unwrap();
         s.flush().unwrap();
+    }
+    // A reader never migrates: it refuses, naming both schemas and the
+    // way to upgrade, and leaves schema 1 as it was.
+    {
+        let err = Store::open_for_reading(dir.path()).err().unwrap();
+        assert!(matches!(err, StoreError::Older { found: 1, .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("schema 1")
+                && text.contains(&SCHEMA.to_string())
+                && text.contains("start"),
+            "{text}"
+        );
+    }
+    {
+        let s = Store::open_db(dir.path(), false).unwrap();
+        assert_eq!(s.schema().unwrap(), 1);
     }
     let s = Store::open(dir.path()).unwrap();
     assert_eq!(

@@ -168,6 +168,30 @@ impl Checkpoint {
     }
 }
 
+/// The checkpoint at `path` if it belongs to the run `fingerprint` names;
+/// `None` when there is none. A damaged checkpoint, or one of other
+/// settings, is said on stderr (the daemon's log) with what is lost: the run
+/// starts afresh and its first checkpoint replaces that file.
+pub fn resumable(path: &Path, fingerprint: &str) -> Option<Checkpoint> {
+    match Checkpoint::read(path) {
+        Ok(Some(c)) if c.progress.fingerprint == fingerprint => Some(c),
+        Ok(Some(c)) => {
+            eprintln!(
+                "warning: {} is a checkpoint of other settings (at step {}); the run starts \
+                 afresh",
+                path.display(),
+                c.progress.steps
+            );
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("warning: {e}; the run starts afresh (the steps it kept are lost)");
+            None
+        }
+    }
+}
+
 pub use crate::fsutil::write_atomic;
 
 #[cfg(test)]

@@ -345,14 +345,26 @@ pub fn run<B: AutodiffBackend>(
     if let Some((path, _)) = ctl.checkpoint {
         // A damaged checkpoint or one of another run: start afresh (it is
         // overwritten by the first new checkpoint).
-        if let Ok(Some(c)) = Checkpoint::read(path)
-            && c.progress.fingerprint == print
-            && let Ok(restored) = restore::<B>(&c, model.clone(), optim, device)
-        {
-            (model, optim, best) = restored;
-            at = c.progress;
-        } else {
-            optim = new_optim();
+        let restored = super::checkpoint::resumable(path, &print).and_then(|c| {
+            match restore::<B>(&c, model.clone(), optim, device) {
+                Ok(r) => Some((r, c.progress)),
+                Err(e) => {
+                    eprintln!(
+                        "warning: {}: its weights do not load ({e}); the run starts afresh \
+                         (the {} steps it kept are lost)",
+                        path.display(),
+                        c.progress.steps
+                    );
+                    None
+                }
+            }
+        });
+        match restored {
+            Some((r, progress)) => {
+                (model, optim, best) = r;
+                at = progress;
+            }
+            None => optim = new_optim(),
         }
     }
     let spent_before = at.seconds;

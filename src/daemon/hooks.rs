@@ -1,0 +1,45 @@
+//! Test hooks: faults the daemon's tests inject through `MAD_SEARCH_TEST_*`
+//! environment variables. They exist only with the `test-hooks` feature,
+//! which the tests turn on (a dev-dependency of the package on itself); in
+//! any other build the variables are ignored.
+
+/// A job whose genome's layers string equals this variable's value panics
+/// (to test that the daemon records it and keeps serving).
+pub const PANIC_LAYERS: &str = "MAD_SEARCH_TEST_PANIC_LAYERS";
+
+/// A job whose genome's layers string equals this variable's value trains
+/// with an infinite learning rate, so its loss becomes NaN (search spaces
+/// cannot ask for that: learning rates are checked).
+pub const NAN_LAYERS: &str = "MAD_SEARCH_TEST_NAN_LAYERS";
+
+/// The scheduler fails (as on a database error) once this many jobs are
+/// settled, to test that the daemon drains, flushes and cleans up.
+pub const SCHEDULER_ERROR_AFTER: &str = "MAD_SEARCH_TEST_SCHEDULER_ERROR_AFTER";
+
+/// The hook variable `name`'s value, in a build with the hooks.
+#[cfg(feature = "test-hooks")]
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Never set in a build without the hooks.
+#[cfg(not(feature = "test-hooks"))]
+fn var(_name: &str) -> Option<String> {
+    None
+}
+
+/// Whether a job on `layers` is to panic ([`PANIC_LAYERS`]).
+pub fn panics(layers: &str) -> bool {
+    var(PANIC_LAYERS).is_some_and(|v| v == layers)
+}
+
+/// Whether a job on `layers` is to diverge ([`NAN_LAYERS`]).
+pub fn diverges(layers: &str) -> bool {
+    var(NAN_LAYERS).is_some_and(|v| v == layers)
+}
+
+/// After how many settled jobs the scheduler is to fail
+/// ([`SCHEDULER_ERROR_AFTER`]).
+pub fn scheduler_error_after() -> Option<u64> {
+    var(SCHEDULER_ERROR_AFTER).and_then(|v| v.parse().ok())
+}
