@@ -67,7 +67,20 @@ pub fn fetch(args: &StatusArgs) -> anyhow::Result<StatusReport> {
 /// As [`fetch`].
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     loop {
-        let report = fetch(&args)?;
+        let report = match (fetch(&args), args.watch) {
+            (Ok(r), _) => r,
+            // Watching, a daemon starting or stopping (socket not yet or no
+            // longer there, database held) is a moment to wait out.
+            (Err(e), Some(secs)) => {
+                out(&format!(
+                    "\x1b[2J\x1b[H{e:#}\n(trying again every {} s)\n",
+                    secs.max(1)
+                ))?;
+                std::thread::sleep(Duration::from_secs(secs.max(1)));
+                continue;
+            }
+            (Err(e), None) => return Err(e),
+        };
         let text = if args.json {
             format!("{}\n", serde_json::to_string_pretty(&report)?)
         } else {

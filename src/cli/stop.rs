@@ -29,7 +29,7 @@ pub fn run(args: StopArgs) -> anyhow::Result<ExitCode> {
     let state = args.at.dir();
     let pid = match request(&state, &Request::Stop, Duration::from_secs(10)) {
         Ok(Answer::Stopping { pid }) => pid,
-        Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        Ok(other) => return Err(super::state::unexpected(other)),
         Err(_) => {
             if let Some(pid) = daemon_pid(&state) {
                 // Alive but not answering: signal it (SIGTERM drains too),

@@ -165,8 +165,10 @@ pub fn bind(state: &Path) -> io::Result<UnixListener> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    // Shorter than the final path, so it fits too.
-    let private = state.join(format!(".s{}", std::process::id()));
+    // Shorter than the final path, so it fits too; one name (the caller
+    // holds the lock), so a kill between here and its removal leaves
+    // nothing that the next bind does not clear.
+    let private = state.join(".sock.d");
     if let Err(e) = std::fs::remove_dir_all(&private)
         && e.kind() != io::ErrorKind::NotFound
     {
@@ -373,20 +375,32 @@ fn answer_safely(handle: &(impl Fn(Request) -> Answer + Sync), req: Request) -> 
     })
 }
 
-/// Writes `answer` and a newline within `deadline`. A client that does not
-/// take it has gone away or stopped reading: nothing is lost by dropping
-/// it, since answers change nothing.
+/// Writes `answer` and a newline within `deadline` for the whole of it (a
+/// client that reads a byte now and then cannot hold its thread longer). A
+/// client that does not take it has gone away or stopped reading: nothing
+/// is lost by dropping it, since answers change nothing.
 fn send(conn: &mut UnixStream, answer: &Answer, deadline: Duration) {
     let mut out = serde_json::to_string(answer).expect("answers serialise");
     out.push('\n');
-    match conn.set_write_timeout(Some(deadline)) {
-        // A client that does not take its answer has gone: nothing to do.
-        Ok(()) => {
-            let _ = conn.write_all(out.as_bytes());
+    let until = Instant::now() + deadline;
+    let mut left = out.as_bytes();
+    while !left.is_empty() {
+        let time = until.saturating_duration_since(Instant::now());
+        if time.is_zero() {
+            return;
         }
-        Err(e) => super::log(format!(
-            "control socket: no write timeout on a connection ({e}); its answer is not sent"
-        )),
+        if let Err(e) = conn.set_write_timeout(Some(time)) {
+            super::log(format!(
+                "control socket: no write timeout on a connection ({e}); its answer is not sent"
+            ));
+            return;
+        }
+        match conn.write(left) {
+            Ok(0) => return,
+            Ok(n) => left = &left[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
     }
 }
 

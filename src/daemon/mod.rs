@@ -218,8 +218,15 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?
         .clone();
     let policy = Policy::new(space.clone(), record.seed, Baseline::embedded());
+    let corpus = match &record.corpus {
+        Some(path) => Corpus::load(Path::new(path))
+            .with_context(|| "the search's scale corpus (start --corpus)".to_string())?,
+        None => Corpus::embedded(),
+    };
     let pid = std::process::id();
-    pidfile::write(&cfg.state, pid)?;
+    // From here on, whatever way `run` returns, the pid file and the socket
+    // go with it (`Presence`'s drop).
+    let mut presence = pidfile::Presence::announce(&cfg.state, pid)?;
     let recovered = store.recover_leases()?;
     if !recovered.is_empty() {
         log(format!(
@@ -242,6 +249,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         idle: Mutex::new(None),
     });
     let listener = control::bind(&cfg.state).context("binding the control socket")?;
+    presence.bound(&control::socket_path(&cfg.state));
     let control = {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -277,11 +285,6 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     let (work_tx, work_rx) = crossbeam_channel::unbounded::<WorkItem>();
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
     let mut handles = Vec::new();
-    let corpus = match &record.corpus {
-        Some(path) => Corpus::load(Path::new(path))
-            .with_context(|| "the search's scale corpus (start --corpus)".to_string())?,
-        None => Corpus::embedded(),
-    };
     let wcfg = Arc::new(worker::WorkerConfig {
         state: cfg.state.clone(),
         preset,
@@ -355,7 +358,8 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     let last = report::status(store, None, snapshot::SNAPSHOT_TOP);
     // Close the database, so that sled's own last writes (it snapshots its
     // page table when dropped) precede the status snapshot; our pid file
-    // keeps another daemon out until that is written.
+    // (and the state dir `presence` holds open, by which `start` and `stop`
+    // know us) keeps another daemon out until that is written.
     shared.closing.store(true, Ordering::SeqCst);
     control::wake(&cfg.state);
     if control.join().is_err() {
@@ -371,12 +375,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         Ok(_) => log("the database is still in use: no status snapshot"),
         Err(e) => log(format!("could not build the status snapshot: {e}")),
     }
-    if let Err(e) = std::fs::remove_file(control::socket_path(&cfg.state))
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        log(format!("could not remove the control socket: {e}"));
-    }
-    pidfile::remove(&cfg.state, pid);
+    drop(presence);
     match scheduled {
         Ok(Some(why)) => log(format!("search finished: {why}")),
         Ok(None) => log("stopped"),

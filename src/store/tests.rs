@@ -1,6 +1,6 @@
 use super::*;
-use crate::genome::ArchSpec;
-use crate::space::Operator;
+use crate::genome::{ArchId, ArchSpec};
+use crate::space::{Operator, StageName};
 
 fn record() -> SearchRecord {
     SearchRecord {
@@ -254,7 +254,9 @@ fn reopening_keeps_everything_and_newer_schemas_are_refused() {
         // While open, a second opener is refused.
         let err = Store::open(dir.path()).err().unwrap();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
-        s.trees[0].insert("schema", &99u32.to_be_bytes()).unwrap();
+        s.tree(Tree::Meta)
+            .insert("schema", &99u32.to_be_bytes())
+            .unwrap();
         s.flush().unwrap();
     }
     let err = Store::open(dir.path()).err().unwrap().to_string();
@@ -266,7 +268,9 @@ fn reopening_keeps_everything_and_newer_schemas_are_refused() {
     // (it once underflowed the migration index).
     {
         let s = Store::open_db(dir.path(), true).unwrap();
-        s.trees[0].insert("schema", &0u32.to_be_bytes()).unwrap();
+        s.tree(Tree::Meta)
+            .insert("schema", &0u32.to_be_bytes())
+            .unwrap();
         s.flush().unwrap();
     }
     for open in [Store::open, Store::open_for_reading] {
@@ -514,15 +518,18 @@ fn schema_one_databases_are_migrated_on_open() {
         (a, b) = (ca.id, cb.id);
         // Back to what schema 1 wrote: the full result under its job, no
         // stage-results, no evaluation counts.
-        let full = s.trees[9]
+        let full = s
+            .tree(Tree::StageResults)
             .remove(stage_key(a, StageName::Screen))
             .unwrap()
             .unwrap();
-        s.trees[6].insert(be(ja), full).unwrap();
+        s.tree(Tree::Results).insert(be(ja), full).unwrap();
         let mut st = s.stats().unwrap();
         st.evaluations.clear();
-        s.trees[0].insert("stats", encode(&st)).unwrap();
-        s.trees[0].insert("schema", &1u32.to_be_bytes()).unwrap();
+        s.tree(Tree::Meta).insert("stats", encode(&st)).unwrap();
+        s.tree(Tree::Meta)
+            .insert("schema", &1u32.to_be_bytes())
+            .unwrap();
         s.flush().unwrap();
     }
     // A reader never migrates: it refuses, naming both schemas and the
@@ -557,6 +564,6 @@ fn schema_one_databases_are_migrated_on_open() {
             failed: 0
         }
     );
-    let raw = s.trees[0].get("schema").unwrap().unwrap();
+    let raw = s.tree(Tree::Meta).get("schema").unwrap().unwrap();
     assert_eq!(raw.as_ref(), &SCHEMA.to_be_bytes());
 }
