@@ -3,7 +3,8 @@
 //! documented layout (src/store/mod.rs). Measures the report through the
 //! control socket (as with a daemon up) and with the daemon down: a fresh
 //! open of the database in-process, and the binary with and without the
-//! status snapshot a clean stop leaves.
+//! status snapshot a clean stop leaves. Then the event log's trim over as
+//! many events as results.
 //!
 //! `cargo bench --bench status [-- --candidates N --results M]`
 
@@ -16,8 +17,8 @@ use mad_search::daemon::report;
 use mad_search::genome::ArchSpec;
 use mad_search::space::{Operator, SearchSpace, StageName};
 use mad_search::store::{
-    Candidate, FrontPoint, HIST_BUCKETS, Job, JobState, SCHEMA, SearchBudget, SearchRecord,
-    StageSummary, Stats, Store, board_key, bucket, hist_key, sled_config,
+    Candidate, Event, EventKind, FrontPoint, HIST_BUCKETS, Job, JobState, SCHEMA, SearchBudget,
+    SearchRecord, StageSummary, Stats, Store, board_key, bucket, hist_key, sled_config,
 };
 use mad_search::tasks::TaskKind;
 use rand::{RngExt, SeedableRng};
@@ -47,9 +48,24 @@ fn fill(dir: &Path, candidates: usize, results: usize) {
         t("results"),
         t("board"),
     );
-    for n in ["queue", "leases", "events"] {
+    for n in ["queue", "leases"] {
         t(n);
     }
+    // As many events as results (the daemon logs a few per job).
+    let events = t("events");
+    let mut log = sled::Batch::default();
+    for job in 0..results as u64 {
+        let e = Event {
+            time: 0.0,
+            kind: EventKind::Leased {
+                job,
+                attempt: 1,
+                worker: 0,
+            },
+        };
+        log.insert(&job.to_be_bytes(), serde_json::to_vec(&e).unwrap());
+    }
+    events.apply_batch(log).unwrap();
     let space = SearchSpace::embedded_default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let record = SearchRecord {
@@ -313,6 +329,26 @@ fn main() {
             median(times)
         );
     }
+    trim(&store, results);
+}
+
+/// The event log's trim (the daemon's, at start and every 64 jobs) over
+/// `n` events: the walk when nothing goes, then a cut to a tenth.
+fn trim(store: &Store, n: usize) {
+    let mut walks = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(store.trim_events(n).unwrap(), 0);
+        walks.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let t = Instant::now();
+    let gone = store.trim_events(n / 10).unwrap();
+    let cut = t.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "event log of {n}: a trim with nothing to drop walks it in {:.1} ms (median of 5); \
+         dropping {gone} takes {cut:.0} ms",
+        median(walks)
+    );
 }
 
 fn walk(p: &Path) -> u64 {

@@ -60,6 +60,11 @@ pub struct StartArgs {
     /// Checkpoint interval in optimiser steps.
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: usize,
+    /// Events kept in the search's event log (candidates created, jobs
+    /// queued, leased, requeued, finished or failed): older ones are
+    /// dropped at start and as the search goes.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub keep_events: usize,
     /// Add an architecture to screen first (a layers string, a short run id
     /// or a genome file as `export` writes); repeatable. A layers string is
     /// read at width 128, or at the space's first width if 128 is not allowed.
@@ -131,8 +136,12 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     crate::daemon::control::check_socket_path(&state).map_err(anyhow::Error::msg)?;
     let device: DeviceSlots = args.device.parse()?;
     device.check()?;
-    if args.workers == Some(0) || args.threads == Some(0) || args.checkpoint_every == 0 {
-        bail!("--workers, --threads and --checkpoint-every must be at least 1");
+    if args.workers == Some(0)
+        || args.threads == Some(0)
+        || args.checkpoint_every == 0
+        || args.keep_events == 0
+    {
+        bail!("--workers, --threads, --checkpoint-every and --keep-events must be at least 1");
     }
     if args.job_timeout.is_nan() || args.job_timeout <= 0.0 {
         bail!("--job-timeout must be a positive number of seconds");
@@ -174,6 +183,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
             device,
             job_timeout: args.job_timeout,
             checkpoint_every: args.checkpoint_every,
+            keep_events: args.keep_events,
         };
         crate::daemon::run(cfg, store)?;
         return Ok(ExitCode::SUCCESS);
@@ -353,6 +363,7 @@ fn detach(
         .args(["--device", &args.device])
         .args(["--job-timeout", &args.job_timeout.to_string()])
         .args(["--checkpoint-every", &args.checkpoint_every.to_string()])
+        .args(["--keep-events", &args.keep_events.to_string()])
         .stdin(Stdio::null())
         .stdout(logf.try_clone()?)
         .stderr(logf);

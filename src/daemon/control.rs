@@ -361,11 +361,7 @@ fn converse(mut conn: UnixStream, handle: &(impl Fn(Request) -> Answer + Sync)) 
 fn answer_safely(handle: &(impl Fn(Request) -> Answer + Sync), req: Request) -> Answer {
     let what = format!("{req:?}");
     catch_unwind(AssertUnwindSafe(|| handle(req))).unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without message".into());
+        let why = super::panic_text(panic.as_ref());
         super::log(format!(
             "control socket: answering {what} panicked ({why}); serving on"
         ));

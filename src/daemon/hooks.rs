@@ -12,6 +12,11 @@ pub const PANIC_LAYERS: &str = "MAD_SEARCH_TEST_PANIC_LAYERS";
 /// cannot ask for that: learning rates are checked).
 pub const NAN_LAYERS: &str = "MAD_SEARCH_TEST_NAN_LAYERS";
 
+/// The scaling run with this index in its candidate's plan (`0` is the
+/// first budget's smallest model) trains with an infinite learning rate and
+/// diverges, to test that a stage goes on from its other runs.
+pub const NAN_SCALE_RUN: &str = "MAD_SEARCH_TEST_NAN_SCALE_RUN";
+
 /// The scheduler fails (as on a database error) once this many jobs are
 /// settled, to test that the daemon drains, flushes and cleans up.
 pub const SCHEDULER_ERROR_AFTER: &str = "MAD_SEARCH_TEST_SCHEDULER_ERROR_AFTER";
@@ -36,6 +41,12 @@ pub fn panics(layers: &str) -> bool {
 /// Whether a job on `layers` is to diverge ([`NAN_LAYERS`]).
 pub fn diverges(layers: &str) -> bool {
     var(NAN_LAYERS).is_some_and(|v| v == layers)
+}
+
+/// Whether the scaling run at `index` of its plan is to diverge
+/// ([`NAN_SCALE_RUN`]).
+pub fn scale_run_diverges(index: u32) -> bool {
+    var(NAN_SCALE_RUN).is_some_and(|v| v.parse() == Ok(index))
 }
 
 /// After how many settled jobs the scheduler is to fail

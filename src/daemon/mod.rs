@@ -13,6 +13,7 @@ pub mod control;
 pub mod hooks;
 pub mod pidfile;
 pub mod report;
+mod schedule;
 pub mod snapshot;
 mod worker;
 
@@ -20,19 +21,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
-use crossbeam_channel::RecvTimeoutError;
 
 use crate::layers::device::DeviceSlots;
 use crate::scale::corpus::Corpus;
-use crate::search::{Policy, Proposal};
-use crate::space::{Baseline, SearchSpace, StageName};
-use crate::store::{EventKind, Job, JobId, JobState, Release, StageEnd, StageSummary, Store, now};
+use crate::search::Policy;
+use crate::space::{Baseline, SearchSpace};
+use crate::store::{EventKind, JobId, Store, now};
 use control::{Answer, Request};
 use report::{Live, RunningJob};
-use worker::{Done, Evaluation, Outcome, WorkItem};
+pub use schedule::TRIM_EVERY;
+use schedule::{Schedule, drain, schedule, trim_events};
+use worker::{Done, WorkItem};
 
 /// How the daemon runs (not persisted: a restart may change them).
 #[derive(Clone, Debug)]
@@ -49,6 +51,9 @@ pub struct DaemonConfig {
     pub job_timeout: f64,
     /// Checkpoint interval, optimiser steps.
     pub checkpoint_every: usize,
+    /// Events kept: older ones are dropped at start and every
+    /// [`TRIM_EVERY`] settled jobs.
+    pub keep_events: usize,
 }
 
 /// State shared with the socket thread and the workers.
@@ -154,54 +159,6 @@ pub fn timestamp(t: f64) -> String {
     )
 }
 
-/// A job handed to a worker.
-struct InFlight {
-    attempt: u32,
-    deadline: f64,
-    stop: Arc<AtomicBool>,
-    lapsed: bool,
-}
-
-/// Why a task setting's result counts as a failure: a divergence in every
-/// optimiser setting, which another try would repeat (training is
-/// deterministic).
-fn divergence(s: &crate::stages::SettingResult) -> Option<String> {
-    let diverged: Vec<_> = s
-        .runs
-        .iter()
-        .filter_map(|r| match r.result.outcome {
-            crate::train::Outcome::Diverged { step } => Some(step),
-            _ => None,
-        })
-        .collect();
-    (!s.runs.is_empty() && diverged.len() == s.runs.len()).then(|| {
-        format!(
-            "diverged (NaN or infinite loss) on {} at step {} in every optimiser setting",
-            s.setting.reference_dir_name(),
-            diverged[0]
-        )
-    })
-}
-
-/// The jobs `arch` needs at `stage` (its runs, or none: the whole stage in
-/// one job). A genome the stage cannot split (no scaling plan, a corpus too
-/// small) is queued whole; its job then fails with the reason, recorded on
-/// the candidate like any failure.
-fn parts_of(
-    store: &Store,
-    arch: crate::genome::ArchId,
-    stage: StageName,
-    wcfg: &worker::WorkerConfig,
-) -> anyhow::Result<Vec<String>> {
-    let Some(c) = store.candidate(arch)? else {
-        return Ok(Vec::new());
-    };
-    Ok(
-        crate::stages::stage_parts(stage, &wcfg.preset, &c.genome, &wcfg.corpus)
-            .unwrap_or_default(),
-    )
-}
-
 /// Runs the daemon on an open store until it is stopped or its budget is
 /// spent. The caller holds nothing else of the state dir.
 ///
@@ -235,6 +192,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         ));
     }
     store.daemon_event(0.0, Some(EventKind::DaemonStarted { pid }))?;
+    trim_events(&store, cfg.keep_events);
     store.flush()?;
     let earlier_seconds = store.stats()?.daemon_seconds;
     let shared = Arc::new(Shared {
@@ -311,12 +269,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     drop(done_tx);
 
     let store = &shared.store;
-    let mut sched = Schedule {
-        free: (0..cfg.workers).rev().collect(),
-        in_flight: BTreeMap::new(),
-        accounted: Instant::now(),
-        settled: 0,
-    };
+    let mut sched = Schedule::new(cfg.workers);
     let scheduled = schedule(
         &cfg,
         &shared,
@@ -388,537 +341,13 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the scheduler holds between its steps: free workers, jobs in
-/// flight, time not yet accounted.
-struct Schedule {
-    free: Vec<usize>,
-    in_flight: BTreeMap<JobId, InFlight>,
-    accounted: Instant,
-    /// Jobs whose end is recorded (by this daemon run).
-    settled: u64,
-}
-
-/// The scheduler loop: leases queued jobs to free workers, proposes new
-/// work, settles what workers report, until the search is stopped (`None`)
-/// or finished (why). An error leaves `sched` as it was, for [`drain`].
-///
-/// # Errors
-/// A database error, or every worker gone.
-#[allow(clippy::too_many_arguments)]
-fn schedule(
-    cfg: &DaemonConfig,
-    shared: &Shared,
-    policy: &Policy,
-    wcfg: &worker::WorkerConfig,
-    budget: &crate::store::SearchBudget,
-    work_tx: &crossbeam_channel::Sender<WorkItem>,
-    done_rx: &crossbeam_channel::Receiver<Done>,
-    sched: &mut Schedule,
-) -> anyhow::Result<Option<String>> {
-    let store = &shared.store;
-    let fail_after = hooks::scheduler_error_after();
-    let mut finished_reason = None;
-    loop {
-        let stopping = shared.stop.load(Ordering::SeqCst);
-        if !stopping && let Some(h) = budget.hours {
-            let used = store.stats()?.daemon_seconds + sched.accounted.elapsed().as_secs_f64();
-            if used >= h * 3600.0 {
-                log(format!("the time budget ({h} h) is spent; stopping"));
-                shared.stop.store(true, Ordering::SeqCst);
-                finished_reason = Some("time budget spent".to_string());
-                continue;
-            }
-        }
-        if !stopping {
-            while let Some(&w) = sched.free.last() {
-                if let Some(job) = store.next_queued()? {
-                    let deadline = now() + cfg.job_timeout;
-                    let Some(job) = store.lease(job.id, w, deadline)? else {
-                        continue;
-                    };
-                    let Some(cand) = store.candidate(job.arch)? else {
-                        store.release(
-                            job.id,
-                            job.attempt,
-                            &Release::Failed {
-                                reason: "its candidate is missing".into(),
-                                retry: false,
-                            },
-                        )?;
-                        continue;
-                    };
-                    sched.free.pop();
-                    let stop = Arc::new(AtomicBool::new(false));
-                    shared
-                        .running
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(
-                            job.id,
-                            RunningJob {
-                                job: job.id,
-                                arch: job.arch,
-                                layers: cand.genome.layers_string(),
-                                stage: job.stage,
-                                part: job.part.as_ref().map(|p| p.key.clone()),
-                                attempt: job.attempt,
-                                worker: w,
-                                seconds: now(),
-                                progress: None,
-                            },
-                        );
-                    log(format!(
-                        "job {} (attempt {}): {}{} {} → worker {w}",
-                        job.id,
-                        job.attempt,
-                        job.stage.name(),
-                        job.part
-                            .as_ref()
-                            .map(|p| format!(" run {}/{} {}", p.index + 1, p.of, p.key))
-                            .unwrap_or_default(),
-                        cand.genome.layers_string()
-                    ));
-                    sched.in_flight.insert(
-                        job.id,
-                        InFlight {
-                            attempt: job.attempt,
-                            deadline,
-                            stop: Arc::clone(&stop),
-                            lapsed: false,
-                        },
-                    );
-                    work_tx
-                        .send(WorkItem {
-                            job,
-                            genome: cand.genome,
-                            worker: w,
-                            stop,
-                        })
-                        .context("a worker is gone")?;
-                    continue;
-                }
-                match policy.propose(store, budget)? {
-                    Proposal::Promote { arch, stage } => {
-                        let parts = parts_of(store, arch, stage, wcfg)?;
-                        if let Some(j) = store.enqueue(arch, stage, &parts)? {
-                            log(format!(
-                                "promoted {} to {} ({})",
-                                arch.short(),
-                                stage.name(),
-                                if parts.is_empty() {
-                                    format!("job {j}")
-                                } else {
-                                    format!("jobs {j}–{}", j + parts.len() as u64 - 1)
-                                }
-                            ));
-                        }
-                    }
-                    Proposal::New(c) => {
-                        let parts = crate::stages::stage_parts(
-                            StageName::Screen,
-                            &wcfg.preset,
-                            &c.genome,
-                            &wcfg.corpus,
-                        )
-                        .unwrap_or_default();
-                        if let Some(j) = store.add_candidate(&c, StageName::Screen, &parts)? {
-                            log(format!(
-                                "new candidate {} by {}: {} (job {j})",
-                                c.id.short(),
-                                c.operator,
-                                c.genome.layers_string()
-                            ));
-                        }
-                    }
-                    Proposal::Idle(why) => {
-                        let mut idle = shared.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                        if idle.as_deref() != Some(why.as_str()) {
-                            log(format!("idle: {why}"));
-                        }
-                        *idle = Some(why);
-                        break;
-                    }
-                }
-            }
-        }
-        let idle = shared
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if sched.in_flight.is_empty() && (stopping || idle.is_some()) {
-            if !stopping {
-                finished_reason = idle;
-            }
-            break;
-        }
-        if stopping {
-            for f in sched.in_flight.values() {
-                f.stop.store(true, Ordering::SeqCst);
-            }
-        }
-        match done_rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(done) => {
-                let Some(f) = sched.in_flight.remove(&done.job) else {
-                    continue;
-                };
-                shared
-                    .running
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&done.job);
-                *shared.idle.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                sched.free.push(done.worker);
-                settle(store, wcfg, &done, &f)?;
-                sched.settled += 1;
-                if fail_after.is_some_and(|n| sched.settled >= n) {
-                    anyhow::bail!(
-                        "test hook {}: a scheduler error after {} settled jobs",
-                        hooks::SCHEDULER_ERROR_AFTER,
-                        sched.settled
-                    );
-                }
-                let dt = sched.accounted.elapsed().as_secs_f64();
-                sched.accounted = Instant::now();
-                store.daemon_event(dt, None)?;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => anyhow::bail!("every worker is gone"),
-        }
-        let t = now();
-        for (job, f) in &mut sched.in_flight {
-            if !f.lapsed && t > f.deadline {
-                log(format!(
-                    "job {job}: lease lapsed after {:.0} s; stopping it",
-                    cfg.job_timeout
-                ));
-                f.lapsed = true;
-                f.stop.store(true, Ordering::SeqCst);
-            }
-        }
-        if sched.accounted.elapsed() > Duration::from_secs(30) {
-            store.daemon_event(sched.accounted.elapsed().as_secs_f64(), None)?;
-            sched.accounted = Instant::now();
-        }
-    }
-    Ok(finished_reason)
-}
-
-/// After a scheduler error: asks every job in flight to stop, and records
-/// each end that comes back (they checkpoint and go back to the queue)
-/// until none is left or the workers are gone. Errors are logged: the next
-/// start puts back whatever lease is left.
-fn drain(
-    store: &Store,
-    wcfg: &worker::WorkerConfig,
-    done_rx: &crossbeam_channel::Receiver<Done>,
-    sched: &mut Schedule,
-) {
-    for f in sched.in_flight.values() {
-        f.stop.store(true, Ordering::SeqCst);
-    }
-    while !sched.in_flight.is_empty() {
-        match done_rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(done) => {
-                let Some(f) = sched.in_flight.remove(&done.job) else {
-                    continue;
-                };
-                if let Err(e) = settle(store, wcfg, &done, &f) {
-                    log(format!(
-                        "job {}: its end could not be recorded ({e:#}); it runs again from its \
-                         last checkpoint at the next start",
-                        done.job
-                    ));
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                log(format!(
-                    "every worker is gone with {} job(s) in flight; they are put back at the \
-                     next start",
-                    sched.in_flight.len()
-                ));
-                return;
-            }
-        }
-    }
-}
-
 /// A panic's message, for the log.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".into())
-}
-
-/// The stage's result once `done`'s run is the last of the candidate's
-/// split stage: the other runs' results read back from the store, this one
-/// added, assembled. [`StageEnd::Pending`] while others are to finish or
-/// once the stage has failed.
-fn assemble_split(
-    store: &Store,
-    done: &Done,
-    this: &Evaluation,
-    preset: &crate::space::Preset,
-    corpus: &str,
-) -> anyhow::Result<Result<Option<(StageSummary, serde_json::Value)>, String>> {
-    let Some(cand) = store.candidate(done.arch)? else {
-        return Ok(Ok(None));
-    };
-    if cand.failed.contains_key(&done.stage) {
-        return Ok(Ok(None));
-    }
-    let jobs: Vec<Job> = store.stage_jobs(&cand, done.stage)?;
-    if jobs
-        .iter()
-        .any(|j| j.id != done.job && !matches!(j.state, JobState::Done { .. }))
-    {
-        return Ok(Ok(None));
-    }
-    // Every other run is done: read their results, in run order.
-    let mut values = Vec::with_capacity(jobs.len());
-    for j in &jobs {
-        if j.id == done.job {
-            values.push(None);
-        } else {
-            match store.result(j.id)? {
-                Some(v) => values.push(Some(v)),
-                None => return Ok(Err(format!("job {} is done but has no result", j.id))),
-            }
-        }
-    }
-    fn collect<T: serde::de::DeserializeOwned + Clone>(
-        jobs: &[Job],
-        values: Vec<Option<serde_json::Value>>,
-        this: &T,
-    ) -> Result<Vec<T>, String> {
-        jobs.iter()
-            .zip(values)
-            .map(|(j, v)| match v {
-                None => Ok(this.clone()),
-                Some(v) => serde_json::from_value(v)
-                    .map_err(|e| format!("the stored result of job {} is unreadable: {e}", j.id)),
-            })
-            .collect()
-    }
-    let (score, per_task, predicted_loss, seconds, full) = match this {
-        Evaluation::Setting(r) => {
-            let settings = match collect(&jobs, values, r) {
-                Ok(x) => x,
-                Err(e) => return Ok(Err(e)),
-            };
-            let seconds = settings
-                .iter()
-                .flat_map(|s| s.runs.iter().map(|r| r.result.seconds))
-                .sum();
-            let Some(stage_settings) = preset.tasks(done.stage) else {
-                return Ok(Err(format!("{} has no task settings", done.stage.name())));
-            };
-            let r = crate::stages::assemble(done.stage, stage_settings, settings, seconds);
-            (
-                r.score,
-                r.per_task.clone(),
-                None,
-                seconds,
-                serde_json::to_value(&r)?,
-            )
-        }
-        Evaluation::Run(r) => {
-            let runs = match collect(&jobs, values, r) {
-                Ok(x) => x,
-                Err(e) => return Ok(Err(e)),
-            };
-            let seconds = runs.iter().map(|r| r.result.seconds).sum();
-            match crate::stages::scale::assemble(&preset.scale, corpus, runs, seconds) {
-                Ok(r) => (
-                    r.score,
-                    Default::default(),
-                    Some(r.predicted_loss),
-                    seconds,
-                    serde_json::to_value(&r)?,
-                ),
-                Err(e) => return Ok(Err(e.to_string())),
-            }
-        }
-        Evaluation::Tasks(_) | Evaluation::Scale(_) => {
-            return Ok(Err("a whole-stage result among split runs".into()));
-        }
-    };
-    Ok(Ok(Some((
-        StageSummary {
-            job: done.job,
-            score,
-            per_task,
-            seconds,
-            finished: now(),
-            predicted_loss,
-        },
-        full,
-    ))))
-}
-
-/// Records what a worker reported.
-fn settle(
-    store: &Store,
-    wcfg: &worker::WorkerConfig,
-    done: &Done,
-    f: &InFlight,
-) -> anyhow::Result<()> {
-    let job = done.job;
-    let fail = |why: String| -> anyhow::Result<()> {
-        log(format!("job {job}: failed: {why}"));
-        store.release(
-            job,
-            f.attempt,
-            &Release::Failed {
-                reason: why,
-                retry: false,
-            },
-        )?;
-        Ok(())
-    };
-    match &done.outcome {
-        Outcome::Finished(result) => {
-            let result = result.as_ref();
-            let diverged = match result {
-                Evaluation::Tasks(r) => r.per_setting.iter().find_map(divergence),
-                Evaluation::Setting(r) => divergence(r),
-                Evaluation::Scale(_) | Evaluation::Run(_) => None,
-            };
-            if let Some(why) = diverged {
-                fail(why)?;
-            } else {
-                let seconds = result.seconds();
-                let summary = |score, per_task, predicted_loss| StageSummary {
-                    job,
-                    score,
-                    per_task,
-                    seconds,
-                    finished: now(),
-                    predicted_loss,
-                };
-                let (part, whole) = match result {
-                    Evaluation::Tasks(r) => (
-                        None,
-                        Some((
-                            summary(r.score, r.per_task.clone(), None),
-                            serde_json::to_value(r)?,
-                        )),
-                    ),
-                    Evaluation::Scale(r) => (
-                        None,
-                        Some((
-                            summary(r.score, Default::default(), Some(r.predicted_loss)),
-                            serde_json::to_value(r)?,
-                        )),
-                    ),
-                    Evaluation::Setting(r) => (Some(serde_json::to_value(r)?), None),
-                    Evaluation::Run(r) => (Some(serde_json::to_value(r)?), None),
-                };
-                let assembled = match whole {
-                    Some(w) => Ok(Some(w)),
-                    None => assemble_split(store, done, result, &wcfg.preset, wcfg.corpus.name())?,
-                };
-                let end = match &assembled {
-                    Ok(Some((summary, full))) => StageEnd::Done { summary, full },
-                    Ok(None) => StageEnd::Pending,
-                    Err(reason) => StageEnd::Failed {
-                        reason: reason.clone(),
-                    },
-                };
-                let recorded = store.finish(job, f.attempt, seconds, part.as_ref(), &end)?;
-                if recorded {
-                    match &end {
-                        StageEnd::Done { summary, .. } => {
-                            let what = match summary.predicted_loss {
-                                Some(l) => {
-                                    format!("predicted loss {l:.4} (score {:.4})", summary.score)
-                                }
-                                None => format!("score {:.4}", summary.score),
-                            };
-                            log(format!(
-                                "job {job}: {} {what} in {:.1} s",
-                                done.stage.name(),
-                                summary.seconds
-                            ));
-                        }
-                        StageEnd::Failed { reason } => {
-                            log(format!("job {job}: {} failed: {reason}", done.stage.name()));
-                        }
-                        StageEnd::Pending => log(format!(
-                            "job {job}: {} run {} done in {seconds:.1} s",
-                            done.stage.name(),
-                            done.part.as_deref().unwrap_or("?")
-                        )),
-                    }
-                }
-            }
-            clean_up(store, &wcfg.state, done)?;
-        }
-        Outcome::Interrupted => {
-            let how = if f.lapsed {
-                Release::Lapsed
-            } else {
-                Release::Interrupted
-            };
-            let state = store.release(job, f.attempt, &how)?;
-            log(format!("job {job}: interrupted; now {state:?}"));
-        }
-        Outcome::Failed { reason, retry } => {
-            let state = store.release(
-                job,
-                f.attempt,
-                &Release::Failed {
-                    reason: reason.clone(),
-                    retry: *retry,
-                },
-            )?;
-            log(format!("job {job}: failed: {reason}; now {state:?}"));
-            if matches!(state, Some(JobState::Failed { .. })) {
-                clean_up(store, &wcfg.state, done)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Removes what a finished job kept on disk: the stage's directory once no
-/// job of the candidate's stage is queued or running, else the run's own
-/// files (the others' checkpoints stay).
-fn clean_up(store: &Store, state: &Path, done: &Done) -> anyhow::Result<()> {
-    // The job's end on disk before its checkpoints go, on every path (done,
-    // diverged, failed): a kill -9 after this line cannot send it back to
-    // square one.
-    store.flush()?;
-    let dir = worker::runs_dir(state, done.arch, done.stage);
-    let open = match store.candidate(done.arch)? {
-        Some(c) => store
-            .stage_jobs(&c, done.stage)?
-            .iter()
-            .any(|j| matches!(j.state, JobState::Queued | JobState::Leased { .. })),
-        None => false,
-    };
-    match (&done.part, open) {
-        (Some(key), true) => {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                // `<key>.ckpt…`, `<key>_lr…` (a setting's sweep runs); not
-                // `<key>0.ckpt` of another run.
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name
-                    .strip_prefix(key.as_str())
-                    .is_some_and(|rest| rest.starts_with(['.', '_']))
-                {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
-        _ => {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -199,7 +199,7 @@ fn correlations(store: &Store) -> Result<Vec<Correlation>, StoreError> {
     let mut out = Vec::new();
     for pair in StageName::ALL.windows(2) {
         let (from, to) = (pair[0], pair[1]);
-        let n = store.board_len(to);
+        let n = store.board_len(to)?;
         if n == 0 {
             continue;
         }

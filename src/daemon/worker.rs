@@ -14,7 +14,7 @@ use super::Shared;
 use crate::genome::{ArchId, ArchSpec};
 use crate::layers::device::{DeviceSlots, on_device};
 use crate::scale::corpus::Corpus;
-use crate::space::{Preset, StageName};
+use crate::space::{Preset, ScaleSettings, StageName};
 use crate::stages::scale::{ScaleControl, ScaleProgress, ScaleResult, ScaleRun};
 use crate::stages::{SettingResult, StageControl, StageProgress, StageResult, evaluate};
 use crate::store::{Job, JobId};
@@ -221,6 +221,16 @@ fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
                                 planned.len()
                             )));
                         };
+                        let diverging;
+                        let settings = if super::hooks::scale_run_diverges(part.index) {
+                            diverging = ScaleSettings {
+                                lr: f64::INFINITY,
+                                ..settings.clone()
+                            };
+                            &diverging
+                        } else {
+                            settings
+                        };
                         let ckpt = dir.join(format!("{}.ckpt", part.key));
                         let run = (part.index as usize + 1, part.of as usize);
                         let mut first = true;
@@ -266,11 +276,7 @@ fn execute(item: &WorkItem, cfg: &WorkerConfig, shared: &Shared) -> Outcome {
             retry: false,
         },
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("(no message)");
+            let msg = super::panic_text(panic.as_ref());
             Outcome::Failed {
                 reason: format!("panicked: {msg}"),
                 retry: true,

@@ -167,7 +167,7 @@ impl Policy {
         from: StageName,
         to: StageName,
     ) -> Result<Option<ArchId>, StoreError> {
-        let finished = store.board_len(from);
+        let finished = store.board_len(from)?;
         let quota = finished / self.space.search.eta;
         for c in store.top(from, quota)? {
             if !c.queued.contains(&to) {

@@ -82,13 +82,16 @@ impl ScaleResult {
             let p = &run.planned;
             let _ = writeln!(
                 s,
-                "{:>9.1e} {:>9} {:>10} {:>7} {:>10} {:>8.4} {:>7} {:>8.1}",
+                "{:>9.1e} {:>9} {:>10} {:>7} {:>10} {:>8} {:>7} {:>8.1}",
                 p.budget,
                 format!("{}×{}", p.member.width, p.member.repeats),
                 p.member.params,
                 p.steps,
                 p.tokens,
-                run.result.valid_loss,
+                match run.result.diverged_at {
+                    Some(_) => "diverged".to_string(),
+                    None => format!("{:.4}", run.result.valid_loss),
+                },
                 run.result
                     .bits_per_byte
                     .map_or("-".into(), |b| format!("{b:.3}")),
@@ -109,6 +112,22 @@ impl ScaleResult {
                 } else {
                     " (minimum at an end: the best size run)"
                 }
+            );
+        }
+        // Budgets the fit went on without ([`fit`] leaves out a budget
+        // whose diverged runs leave too few points for its parabola).
+        for &budget in &r.settings.budgets {
+            if r.optima.iter().any(|o| o.fit.compute == budget) {
+                continue;
+            }
+            let diverged = r
+                .runs
+                .iter()
+                .filter(|run| run.planned.budget == budget && run.result.diverged_at.is_some())
+                .count();
+            let _ = writeln!(
+                s,
+                "  C={budget:.1e}: left out ({diverged} run(s) diverged, too few points left)"
             );
         }
         let l = &r.law;

@@ -114,11 +114,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Candidates evaluated at `stage`.
-    pub fn board_len(&self, stage: StageName) -> usize {
-        self.tree(Tree::Board)
-            .scan_prefix([stage_byte(stage)])
-            .count()
+    /// Candidates evaluated at `stage`: the board's length, counted (the
+    /// stage's finished evaluations in [`Stats`], kept in the transaction
+    /// that adds a board entry), not scanned: the search asks at every
+    /// proposal.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn board_len(&self, stage: StageName) -> Result<usize, StoreError> {
+        let done = self.stats()?.evaluations.get(&stage).map_or(0, |e| e.done);
+        Ok(usize::try_from(done).unwrap_or(usize::MAX))
     }
 
     /// The rank (0-based) of `arch`'s score among `stage`'s results: the

@@ -186,6 +186,13 @@ fn failures_retry_then_give_up_and_orphans_requeue() {
     assert!(kinds.contains(&"requeued".to_string()) && kinds.contains(&"failed".to_string()));
 }
 
+/// The board's length by a scan, to check the counted one.
+fn board_scan(s: &Store, stage: StageName) -> usize {
+    s.tree(Tree::Board)
+        .scan_prefix([super::keys::stage_byte(stage)])
+        .count()
+}
+
 #[test]
 fn board_and_front_follow_results() {
     let dir = tempfile::tempdir().unwrap();
@@ -219,6 +226,15 @@ fn board_and_front_follow_results() {
         .collect();
     assert_eq!(top, [0.9, 0.6, 0.3]);
     assert!(s.top(StageName::Mad, 3).unwrap().is_empty());
+    // The counted length is the board's.
+    for &stage in StageName::ALL {
+        assert_eq!(
+            s.board_len(stage).unwrap(),
+            board_scan(&s, stage),
+            "{stage:?}"
+        );
+    }
+    assert_eq!(s.board_len(StageName::Screen).unwrap(), 4);
     let front: Vec<f64> = s
         .front(StageName::Screen)
         .unwrap()
@@ -452,6 +468,13 @@ fn a_run_failing_for_good_fails_the_stage_and_cancels_its_queued_runs() {
             matches!(&job.state, JobState::Failed { reason, .. } if reason.contains("not run")),
             "{job:?}"
         );
+        // Its end is in the event log, as every job's is.
+        assert!(
+            s.events(usize::MAX).unwrap().iter().any(
+                |e| matches!(&e.kind, EventKind::Failed { job, reason } if *job == j && reason.contains("not run"))
+            ),
+            "no event for cancelled job {j}"
+        );
     }
     assert_eq!(s.next_queued().unwrap(), None);
     // The run still going finishes; the stage stays failed.
@@ -564,6 +587,46 @@ fn schema_one_databases_are_migrated_on_open() {
             failed: 0
         }
     );
+    assert_eq!(s.board_len(StageName::Screen).unwrap(), 1);
+    assert_eq!(board_scan(&s, StageName::Screen), 1);
     let raw = s.tree(Tree::Meta).get("schema").unwrap().unwrap();
     assert_eq!(raw.as_ref(), &SCHEMA.to_be_bytes());
+}
+
+#[test]
+fn trimming_keeps_the_newest_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create_or_open(dir.path(), &record()).unwrap();
+    for pid in 0..50 {
+        s.daemon_event(0.0, Some(EventKind::DaemonStarted { pid }))
+            .unwrap();
+    }
+    let pids = |s: &Store| -> Vec<u32> {
+        s.events(usize::MAX)
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::DaemonStarted { pid } => Some(pid),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(pids(&s).len(), 50);
+    assert_eq!(s.trim_events(100).unwrap(), 0, "nothing beyond 100");
+    // In batches of 7 keys (six batches and an empty one).
+    assert_eq!(s.trim_events_by(10, 7).unwrap(), 40);
+    assert_eq!(pids(&s), (40..50).collect::<Vec<_>>(), "oldest first");
+    assert_eq!(s.trim_events(10).unwrap(), 0);
+    // New events go after the kept ones.
+    s.daemon_event(0.0, Some(EventKind::DaemonStopped { pid: 7 }))
+        .unwrap();
+    assert_eq!(s.trim_events(10).unwrap(), 1);
+    let kept = s.events(usize::MAX).unwrap();
+    assert_eq!(kept.len(), 10);
+    assert_eq!(
+        kept.last().unwrap().kind,
+        EventKind::DaemonStopped { pid: 7 }
+    );
+    assert_eq!(s.trim_events(1).unwrap(), 9);
+    assert_eq!(s.events(usize::MAX).unwrap().len(), 1);
 }

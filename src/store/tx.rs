@@ -228,11 +228,16 @@ impl Tx<'_> {
                 self.move_job(
                     &mut o,
                     JobState::Failed {
-                        reason: why,
+                        reason: why.clone(),
                         finished: now(),
                     },
                     stats,
                 )?;
+                // Every job's end is in the log.
+                self.event(EventKind::Failed {
+                    job: other,
+                    reason: why,
+                })?;
             }
         }
         Ok(())

@@ -9,6 +9,9 @@ use super::*;
 use crate::genome::ArchId;
 use crate::space::StageName;
 
+/// Events removed per batch by [`Store::trim_events`].
+const TRIM_BATCH: usize = 10_000;
+
 /// How a finished job leaves its stage.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StageEnd<'a> {
@@ -339,6 +342,47 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// Drops the oldest events so that at most `keep` remain; returns how
+    /// many went. The log is append-only, so this needs no transaction: it
+    /// goes oldest first in batches of [`TRIM_BATCH`] (each atomic, none
+    /// holding sled's write lock for long), and a kill midway leaves a
+    /// shorter log, never a gap among the newest. Walks the newest `keep`
+    /// keys to find where to cut.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn trim_events(&self, keep: usize) -> Result<usize, StoreError> {
+        self.trim_events_by(keep, TRIM_BATCH)
+    }
+
+    /// [`Store::trim_events`] in batches of `batch` keys.
+    pub(super) fn trim_events_by(&self, keep: usize, batch: usize) -> Result<usize, StoreError> {
+        let events = self.tree(Tree::Events);
+        // The newest key not kept: everything up to it goes.
+        let Some(cut) = events.iter().keys().rev().nth(keep) else {
+            return Ok(0);
+        };
+        let cut = cut.map_err(|e| self.db_err(e))?;
+        let mut gone = 0;
+        loop {
+            let mut removal = sled::Batch::default();
+            let mut n = 0;
+            for k in events
+                .range::<&[u8], _>(..=cut.as_ref())
+                .keys()
+                .take(batch.max(1))
+            {
+                removal.remove(k.map_err(|e| self.db_err(e))?);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(gone);
+            }
+            events.apply_batch(removal).map_err(|e| self.db_err(e))?;
+            gone += n;
+        }
     }
 
     /// Writes everything to disk.
