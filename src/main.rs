@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     match mad_search::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", mad_search::cli::error_text(&err));
             ExitCode::FAILURE
         }
     }

@@ -106,3 +106,48 @@ pub(crate) fn out(text: &str) -> std::io::Result<()> {
     stdout.write_all(text.as_bytes())?;
     stdout.flush()
 }
+
+/// `err` and its causes as one line, `: `-separated, each cause said once:
+/// one whose text the line already holds (an error that prints its source
+/// in its own message, as `thiserror`'s `{source}` does) is left out.
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("writing /x: {source}")]
+    struct Wrapping {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::new(Wrapping { source: io }).context("exporting 3 candidates");
+        assert_eq!(
+            format!("{err:#}"),
+            "exporting 3 candidates: writing /x: no such file: no such file"
+        );
+        assert_eq!(
+            error_text(&err),
+            "exporting 3 candidates: writing /x: no such file"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&plain), "outer: inner");
+    }
+}

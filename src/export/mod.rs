@@ -51,12 +51,14 @@ pub enum ExportError {
         out: PathBuf,
     },
     /// Writing failed.
-    #[error("writing {}: {source}", path.display())]
+    // The OS error is in the message, not a `source` too: a chain of
+    // causes would print it twice.
+    #[error("writing {}: {reason}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 }
 
@@ -185,7 +187,7 @@ pub fn scaling_plot(r: &CandidateReport) -> Option<String> {
 pub fn write(out: &Path, file: &str, text: &str) -> Result<PathBuf, ExportError> {
     let io = |path: &Path| {
         let path = path.to_owned();
-        move |source| ExportError::Io { path, source }
+        move |reason| ExportError::Io { path, reason }
     };
     std::fs::create_dir_all(out).map_err(io(out))?;
     let path = out.join(file);
