@@ -2,7 +2,8 @@
 //! screened on the MAD synthetic tasks (Poli et al. 2024).
 //!
 //! The pipeline, from the top down (imports point down it):
-//! [`cli`] → `daemon` (scheduler, workers, control socket) → [`search`]
+//! [`cli`] → `daemon` (scheduler, workers, control socket) → `exec` (where
+//! a job runs: threads, worker processes) → [`search`]
 //! (the policy) and [`store`] (sled) → `stages` (screen, mad) → `train`
 //! (one run, checkpoints) → `layers` (Burn modules) → [`tasks`] (the six
 //! generators) and [`space`] (grammar, sampling, mutation) → [`genome`]
@@ -15,6 +16,8 @@ pub mod calibrate;
 pub mod cli;
 #[cfg(feature = "models")]
 pub mod daemon;
+#[cfg(feature = "models")]
+pub mod exec;
 #[cfg(feature = "models")]
 pub mod export;
 pub mod fsutil;

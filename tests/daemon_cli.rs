@@ -182,6 +182,8 @@ fn kill_dash_nine_loses_no_finished_work() {
             libc::kill(p, libc::SIGKILL);
         }
         wait_until("the killed daemon to go", 20, || !alive(p));
+        no_orphan_workers(&state);
+        no_orphan_workers(&state);
         assert!(
             !state.join("status.snapshot.json").exists(),
             "round {round}: a killed daemon left a snapshot"
@@ -317,6 +319,7 @@ fn the_scale_stage_runs_in_the_daemon_and_resumes_after_kill_dash_nine() {
         libc::kill(p, libc::SIGKILL);
     }
     wait_until("the killed daemon to go", 20, || !alive(p));
+    no_orphan_workers(&state);
     assert!(!checkpoints().is_empty());
     let scale_jobs = |state: &Path| -> Vec<mad_search::store::Job> {
         open(state)

@@ -236,6 +236,7 @@ fn soak_kill_dash_nine() {
         }
         delivered += 1;
         wait_until("the killed daemon to go", 30, || !alive(p));
+        no_orphan_workers(&state);
         assert!(
             !state.join("status.snapshot.json").exists(),
             "kill {delivered}: a killed daemon left a status snapshot"

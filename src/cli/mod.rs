@@ -19,6 +19,8 @@ mod state;
 mod status;
 #[cfg(feature = "models")]
 mod stop;
+#[cfg(feature = "models")]
+mod worker;
 
 #[cfg(feature = "models")]
 pub use status::render as render_status;
@@ -64,6 +66,10 @@ pub enum Command {
     /// Write the best candidates as genome files, layer strings or model cards.
     #[cfg(feature = "models")]
     Export(export::ExportArgs),
+    /// Run one job from a spec file and write its result (what the daemon's
+    /// executors start; not for everyday use).
+    #[cfg(feature = "models")]
+    Worker(worker::WorkerArgs),
 }
 
 /// Runs a parsed command line.
@@ -87,6 +93,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Show(args) => show::run(args),
         #[cfg(feature = "models")]
         Command::Export(args) => export::run(args),
+        #[cfg(feature = "models")]
+        Command::Worker(args) => worker::run(args),
     };
     match result {
         // A closed pipe (`mad-search space sample | head`) is not an error.

@@ -65,6 +65,15 @@ pub struct StartArgs {
     /// dropped at start and as the search goes.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub keep_events: usize,
+    /// Where jobs run: `local` (a worker process per job: a job that runs
+    /// out of memory, aborts or hangs costs only its attempt) or `threads`
+    /// (the daemon's own threads).
+    #[arg(long, default_value = "local", value_name = "EXECUTOR")]
+    pub executor: String,
+    /// Seconds a stopped worker process (`stop`, a lapsed lease) gets to
+    /// checkpoint before it is killed.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub grace: f64,
     /// Add an architecture to screen first (a layers string, a short run id
     /// or a genome file as `export` writes); repeatable. A layers string is
     /// read at width 128, or at the space's first width if 128 is not allowed.
@@ -146,6 +155,13 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     if args.job_timeout.is_nan() || args.job_timeout <= 0.0 {
         bail!("--job-timeout must be a positive number of seconds");
     }
+    if !(args.grace.is_finite() && args.grace >= 0.0) {
+        bail!("--grace must be a number of seconds, 0 or more");
+    }
+    let executor: crate::exec::Executor = args
+        .executor
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--executor: {e}"))?;
     let budget = args.budget.as_deref().map(parse_budget).transpose()?;
     // Everything is checked before anything is written: a refused flag
     // leaves no search behind and changes none.
@@ -184,6 +200,8 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
             job_timeout: args.job_timeout,
             checkpoint_every: args.checkpoint_every,
             keep_events: args.keep_events,
+            executor,
+            grace: Duration::from_secs_f64(args.grace),
         };
         crate::daemon::run(cfg, store)?;
         return Ok(ExitCode::SUCCESS);
@@ -364,6 +382,8 @@ fn detach(
         .args(["--job-timeout", &args.job_timeout.to_string()])
         .args(["--checkpoint-every", &args.checkpoint_every.to_string()])
         .args(["--keep-events", &args.keep_events.to_string()])
+        .args(["--executor", &args.executor])
+        .args(["--grace", &args.grace.to_string()])
         .stdin(Stdio::null())
         .stdout(logf.try_clone()?)
         .stderr(logf);

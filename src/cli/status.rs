@@ -161,10 +161,15 @@ pub fn render(r: &StatusReport) -> String {
         Some(d) => {
             let _ = writeln!(
                 s,
-                "daemon: up (pid {}, uptime {}, {} worker(s)){}{}",
+                "daemon: up (pid {}, uptime {}, {} worker(s){}){}{}",
                 d.pid,
                 hours(d.uptime / 3600.0),
                 d.workers,
+                match d.executor.as_str() {
+                    "local" => " as worker processes",
+                    "threads" => " on the daemon's threads",
+                    _ => "",
+                },
                 if d.stopping { ", stopping" } else { "" },
                 d.idle
                     .as_ref()

@@ -10,7 +10,6 @@
 //! requeues them, flushes and exits.
 
 pub mod control;
-pub mod hooks;
 pub mod pidfile;
 pub mod report;
 mod schedule;
@@ -21,10 +20,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use crate::exec::Executor;
+pub(crate) use crate::exec::panic_text;
 use crate::layers::device::DeviceSlots;
 use crate::scale::corpus::Corpus;
 use crate::search::Policy;
@@ -54,6 +55,11 @@ pub struct DaemonConfig {
     /// Events kept: older ones are dropped at start and every
     /// [`TRIM_EVERY`] settled jobs.
     pub keep_events: usize,
+    /// Where jobs run.
+    pub executor: Executor,
+    /// How long a stopped worker process may take to checkpoint before it is
+    /// killed.
+    pub grace: Duration,
 }
 
 /// State shared with the socket thread and the workers.
@@ -66,6 +72,7 @@ pub(crate) struct Shared {
     started: Instant,
     pid: u32,
     workers: usize,
+    executor: Executor,
     earlier_seconds: f64,
     running: Mutex<BTreeMap<JobId, RunningJob>>,
     idle: Mutex<Option<String>>,
@@ -89,6 +96,7 @@ impl Shared {
             uptime: started.elapsed().as_secs_f64(),
             earlier_seconds: self.earlier_seconds,
             workers: self.workers,
+            executor: self.executor.to_string(),
             running,
             idle: self
                 .idle
@@ -191,6 +199,18 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
             recovered.len()
         ));
     }
+    if cfg.executor == Executor::Local {
+        match crate::exec::local::clear_stale(&cfg.state) {
+            Ok(0) => {}
+            Ok(n) => log(format!(
+                "removed {n} attempt directory(ies) a previous daemon's workers left"
+            )),
+            Err(e) => log(format!(
+                "could not clear {}: {e}",
+                crate::exec::local::jobs_dir(&cfg.state).display()
+            )),
+        }
+    }
     store.daemon_event(0.0, Some(EventKind::DaemonStarted { pid }))?;
     trim_events(&store, cfg.keep_events);
     store.flush()?;
@@ -203,6 +223,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         started: Instant::now(),
         pid,
         workers: cfg.workers,
+        executor: cfg.executor,
         running: Mutex::new(BTreeMap::new()),
         idle: Mutex::new(None),
     });
@@ -231,13 +252,15 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         }
     }
     log(format!(
-        "serving {} (pid {pid}, preset {}, seed {}, {} worker(s) × {} thread(s), device {})",
+        "serving {} (pid {pid}, preset {}, seed {}, {} worker(s) × {} thread(s), device {}, \
+         executor {})",
         cfg.state.display(),
         record.preset,
         record.seed,
         cfg.workers,
         cfg.threads,
-        cfg.device
+        cfg.device,
+        cfg.executor
     ));
 
     let (work_tx, work_rx) = crossbeam_channel::unbounded::<WorkItem>();
@@ -247,10 +270,14 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         state: cfg.state.clone(),
         preset,
         corpus: Arc::new(corpus),
-        seed: record.seed,
+        record: record.clone(),
         threads: cfg.threads,
         device: cfg.device.clone(),
         checkpoint_every: cfg.checkpoint_every,
+        executor: cfg.executor,
+        exe: std::env::current_exe().context("locating the mad-search binary for workers")?,
+        job_timeout: cfg.job_timeout,
+        grace: cfg.grace,
     });
     for w in 0..cfg.workers {
         let (rx, tx, wcfg, shared) = (
@@ -329,6 +356,12 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         Err(e) => log(format!("could not build the status snapshot: {e}")),
     }
     drop(presence);
+    if let Some(kib) = crate::exec::spec::peak_kib() {
+        log(format!(
+            "the daemon process peaked at {:.0} MiB",
+            kib as f64 / 1024.0
+        ));
+    }
     match scheduled {
         Ok(Some(why)) => log(format!("search finished: {why}")),
         Ok(None) => log("stopped"),
@@ -339,15 +372,6 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     }
     stopped.context("recording the daemon's stop")?;
     Ok(())
-}
-
-/// A panic's message, for the log.
-pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into())
 }
 
 #[cfg(test)]

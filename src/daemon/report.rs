@@ -51,8 +51,12 @@ pub struct Live {
     /// Daemon seconds of earlier runs (the stored total when it started).
     #[serde(default)]
     pub earlier_seconds: f64,
-    /// Worker threads.
+    /// Worker slots.
     pub workers: usize,
+    /// Where jobs run (`local`: worker processes; `threads`); empty from a
+    /// daemon older than the executors.
+    #[serde(default)]
+    pub executor: String,
     /// Jobs in progress.
     pub running: Vec<RunningJob>,
     /// Why it proposes nothing (budget spent, space exhausted), if so.

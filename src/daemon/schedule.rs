@@ -12,8 +12,10 @@ use anyhow::Context as _;
 use crossbeam_channel::RecvTimeoutError;
 
 use super::report::RunningJob;
-use super::worker::{self, Done, Evaluation, Outcome, WorkItem};
-use super::{DaemonConfig, Shared, hooks, log};
+use super::worker::{self, Done, WorkItem};
+use super::{DaemonConfig, Shared, log};
+use crate::exec::hooks;
+use crate::exec::{Evaluation, Outcome};
 use crate::search::{Policy, Proposal};
 use crate::space::StageName;
 use crate::store::{Job, JobId, JobState, Release, StageEnd, StageSummary, Store, now};
@@ -557,6 +559,15 @@ fn settle(
             }
             clean_up(store, &wcfg.state, done)?;
         }
+        Outcome::OutOfTime => {
+            let state = store.release(job, f.attempt, &Release::Lapsed)?;
+            log(format!(
+                "job {job}: its worker's own time budget is spent (checkpointed); now {state:?}"
+            ));
+            if matches!(state, Some(JobState::Failed { .. })) {
+                clean_up(store, &wcfg.state, done)?;
+            }
+        }
         Outcome::Interrupted => {
             let how = if f.lapsed {
                 Release::Lapsed
@@ -565,6 +576,9 @@ fn settle(
             };
             let state = store.release(job, f.attempt, &how)?;
             log(format!("job {job}: interrupted; now {state:?}"));
+            if matches!(state, Some(JobState::Failed { .. })) {
+                clean_up(store, &wcfg.state, done)?;
+            }
         }
         Outcome::Failed { reason, retry } => {
             let state = store.release(
@@ -592,7 +606,7 @@ fn clean_up(store: &Store, state: &Path, done: &Done) -> anyhow::Result<()> {
     // diverged, failed): a kill -9 after this line cannot send it back to
     // square one.
     store.flush()?;
-    let dir = worker::runs_dir(state, done.arch, done.stage);
+    let dir = crate::exec::runs_dir(state, done.arch, done.stage);
     let open = match store.candidate(done.arch)? {
         Some(c) => store
             .stage_jobs(&c, done.stage)?

@@ -241,6 +241,7 @@ pub fn run<B: AutodiffBackend>(
     let every = ctl.checkpoint.map_or(usize::MAX, |(_, n)| n.max(1));
     // The training loss is averaged over the last tenth of the steps.
     let tail_from = cfg.steps - cfg.steps.div_ceil(10);
+    let mut asked = crate::train::checkpoint::requests();
     let mut diverged_at = None;
     while at.steps < cfg.steps {
         let step = at.steps;
@@ -267,7 +268,9 @@ pub fn run<B: AutodiffBackend>(
             checkpoint(&at, &model, &optim)?;
             return Err(TrainError::Interrupted { steps: at.steps });
         }
-        if at.steps.is_multiple_of(every) && at.steps < cfg.steps {
+        let requested = crate::train::checkpoint::requests() != asked;
+        if (at.steps.is_multiple_of(every) || requested) && at.steps < cfg.steps {
+            asked = crate::train::checkpoint::requests();
             checkpoint(&at, &model, &optim)?;
         }
     }

@@ -13,12 +13,30 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use super::metrics::Scores;
 
 const MAGIC: &[u8; 8] = b"MADCKPT1";
+
+/// Checkpoints asked of this process from outside (a worker process's
+/// SIGUSR1: Slurm's warning that the time limit nears). A run in progress
+/// remembers the count it last saw and checkpoints after its next step when
+/// the count has grown. Process-wide, as a signal is.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Asks every run in progress to checkpoint after its next step (and go on).
+/// Async-signal-safe: one atomic add.
+pub fn request() {
+    REQUESTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many checkpoints have been asked for so far ([`request`]).
+pub fn requests() -> u64 {
+    REQUESTS.load(Ordering::Relaxed)
+}
 const HASH_LEN: usize = 32;
 
 /// Where a run is at when the checkpoint is written.

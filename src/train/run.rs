@@ -398,6 +398,7 @@ pub fn run<B: AutodiffBackend>(
         .max(1);
     let min_gap = if gpu { GPU_CHECKPOINT_SECONDS } else { 0.0 };
     let mut last_checkpoint = Instant::now();
+    let mut asked = super::checkpoint::requests();
     let rows = Rows::<B>::new(train, device);
     // Losses not read yet: (step, loss) in step order.
     let mut pending: Vec<(usize, Tensor<B::InnerBackend, 1>)> = Vec::new();
@@ -436,7 +437,9 @@ pub fn run<B: AutodiffBackend>(
             at.batch += 1;
             let due = at.steps.is_multiple_of(every)
                 && last_checkpoint.elapsed().as_secs_f64() >= min_gap;
-            if stopped() || due {
+            let requested = super::checkpoint::requests() != asked;
+            if stopped() || due || requested {
+                asked = super::checkpoint::requests();
                 if let Some(step) = read_losses(&mut pending, &mut at) {
                     outcome = Outcome::Diverged { step };
                     diverged = true;

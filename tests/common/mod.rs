@@ -269,3 +269,38 @@ pub fn create_idle(state: &Path) {
 pub fn down(state: &Path) -> bool {
     pid(state).is_none_or(|p| !alive(p))
 }
+
+/// Pids of live worker processes (`mad-search worker`) of the search in
+/// `state` (their spec lies under `<state>/jobs/`).
+pub fn workers_of(state: &Path) -> Vec<i32> {
+    let jobs = state.join("jobs");
+    let jobs = jobs.to_string_lossy();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("\0worker\0") && cmdline.contains(jobs.as_ref()) && alive(pid)
+        })
+        .collect()
+}
+
+/// After a kill -9 of the daemon of `state`: its worker processes die with
+/// it (no orphan trains on beside the next daemon).
+pub fn no_orphan_workers(state: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = workers_of(state);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker processes outlived their daemon: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

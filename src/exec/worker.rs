@@ -1,0 +1,161 @@
+//! A worker process (`mad-search worker --job SPEC --out RESULT`): runs
+//! exactly one job from its spec and writes how it ended, atomically, to
+//! RESULT. The daemon stays the only writer of the database; the result
+//! file is the truth about the job.
+//!
+//! Signals: SIGTERM and SIGINT stop the job (it checkpoints; the result
+//! says `interrupted`); SIGUSR1 (Slurm's warning that the time limit nears)
+//! checkpoints and goes on. Past the spec's own wall-clock budget the job
+//! checkpoints and ends `out_of_time`. While it runs, a one-line progress
+//! file beside RESULT (`progress`) says where it is.
+//!
+//! Exit codes: 0 a result was written (finished, or failed with its
+//! reason); 3 stopped (signal or budget) after a checkpoint, result
+//! written; 1 no result (the spec cannot be read, the result cannot be
+//! written: the message is on stderr); 2 a command-line error. A worker
+//! killed by a signal (the OOM killer's SIGKILL, an abort) writes nothing:
+//! its executor says which signal.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::job::{Assignment, Outcome, execute};
+use super::spec::{JobResult, JobSpec, PROGRESS_FILE, peak_kib, write_progress};
+use crate::layers::device::DeviceSpec;
+use crate::scale::corpus::Corpus;
+use crate::space::SearchSpace;
+
+/// Exit code: a result was written.
+pub const EXIT_DONE: u8 = 0;
+/// Exit code: no result (see stderr).
+pub const EXIT_NO_RESULT: u8 = 1;
+/// Exit code: stopped after a checkpoint; the result says why.
+pub const EXIT_STOPPED: u8 = 3;
+
+/// Why a worker wrote no result.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The spec or the result file.
+    #[error(transparent)]
+    Spec(#[from] super::spec::SpecError),
+    /// The spec's space, preset, corpus or device.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Runs the job in `spec_path`, writes its result to `out`, and returns the
+/// exit code ([`EXIT_DONE`] or [`EXIT_STOPPED`]).
+///
+/// # Errors
+/// A spec that cannot be used or a result that cannot be written (exit
+/// [`EXIT_NO_RESULT`]).
+pub fn run(spec_path: &Path, out: &Path) -> Result<u8, WorkerError> {
+    // Handlers first: a SIGTERM from here on stops the job cleanly.
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(&stop)?;
+    let spec = JobSpec::read(spec_path)?;
+    let setup = |what: &str, e: &dyn std::fmt::Display| {
+        WorkerError::Setup(format!("{} ({what}): {e}", spec_path.display()))
+    };
+    let space = SearchSpace::parse(Path::new(&spec.space_file), &spec.space_text)
+        .map_err(|e| setup("space", &e))?;
+    let preset = space
+        .preset(&spec.preset)
+        .map_err(|e| setup("preset", &e))?
+        .clone();
+    let corpus = match &spec.corpus {
+        Some(p) => Corpus::load(Path::new(p)).map_err(|e| setup("corpus", &e))?,
+        None => Corpus::embedded(),
+    };
+    let device: DeviceSpec = spec
+        .device
+        .parse()
+        .map_err(|e: crate::layers::device::DeviceError| setup("device", &e))?;
+
+    let out_of_time = Arc::new(AtomicBool::new(false));
+    if let Some(budget) = spec.wall_seconds.filter(|b| b.is_finite() && *b > 0.0) {
+        let (stop, out_of_time) = (Arc::clone(&stop), Arc::clone(&out_of_time));
+        let until = Instant::now() + Duration::from_secs_f64(budget);
+        std::thread::Builder::new()
+            .name("budget".into())
+            .spawn(move || {
+                while Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                out_of_time.store(true, Ordering::SeqCst);
+                stop.store(true, Ordering::SeqCst);
+            })
+            .map_err(|e| setup("budget timer", &e))?;
+    }
+
+    let progress = out.with_file_name(PROGRESS_FILE);
+    let last_shown = std::sync::Mutex::new(None::<Instant>);
+    let show = |line: String| {
+        let mut last = last_shown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            write_progress(&progress, &line);
+            *last = Some(Instant::now());
+        }
+    };
+    let log = |line: String| eprintln!("{line}");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(spec.threads.max(1))
+        .build()
+        .map_err(|e| setup("thread pool", &e))?;
+    let assignment = Assignment {
+        job: &spec.job,
+        genome: &spec.genome,
+        preset: &preset,
+        corpus: &corpus,
+        seed: spec.seed,
+        dir: &spec.runs_dir,
+        checkpoint_every: spec.checkpoint_every,
+        device,
+        stop: &stop,
+    };
+    let mut outcome = pool.install(|| execute(&assignment, &show, &log));
+    if outcome == Outcome::Interrupted && out_of_time.load(Ordering::SeqCst) {
+        outcome = Outcome::OutOfTime;
+    }
+    let code = match outcome {
+        Outcome::Interrupted | Outcome::OutOfTime => EXIT_STOPPED,
+        Outcome::Finished(_) | Outcome::Failed { .. } => EXIT_DONE,
+    };
+    JobResult {
+        format: super::spec::FORMAT,
+        job: spec.job.id,
+        attempt: spec.job.attempt,
+        outcome,
+        peak_kib: peak_kib(),
+    }
+    .write(out)?;
+    Ok(code)
+}
+
+/// SIGTERM and SIGINT raise `stop`; SIGUSR1 asks for a checkpoint.
+fn watch_signals(stop: &Arc<AtomicBool>) -> Result<(), WorkerError> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])
+        .map_err(|e| WorkerError::Setup(format!("signal handlers: {e}")))?;
+    let stop = Arc::clone(stop);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGUSR1 {
+                    eprintln!("SIGUSR1: checkpointing after the next step");
+                    crate::train::checkpoint::request();
+                } else {
+                    let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
+                    eprintln!("{name}: checkpointing and stopping");
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+        .map_err(|e| WorkerError::Setup(format!("signal thread: {e}")))?;
+    Ok(())
+}
