@@ -78,6 +78,7 @@ fn fill(dir: &Path, candidates: usize, results: usize) {
         preset: "cpu".into(),
         budget: SearchBudget::default(),
         corpus: None,
+        corpus_fingerprint: None,
     };
     meta.insert("schema", &SCHEMA.to_be_bytes()).unwrap();
     meta.insert("search", serde_json::to_vec(&record).unwrap())

@@ -135,9 +135,21 @@ fn a_bad_executor_is_refused_before_anything_is_written() {
         "{err}"
     );
     assert!(!state.exists());
-    let out = run(&["start", "--state", s(&state), "--grace=-1"]);
-    assert!(text(&out.stderr).contains("--grace"));
-    assert!(!state.exists());
+    for bad in [
+        "--grace=-1",
+        "--grace=1e20",
+        "--job-timeout=1e20",
+        "--job-timeout=nan",
+    ] {
+        let out = run(&["start", "--state", s(&state), bad]);
+        let flag = bad.split('=').next().unwrap();
+        assert!(
+            text(&out.stderr).contains(flag),
+            "{bad}: {}",
+            text(&out.stderr)
+        );
+        assert!(!state.exists());
+    }
 }
 
 #[test]
@@ -180,6 +192,7 @@ fn long_spec(dir: &Path, wall_seconds: Option<f64>) -> mad_search::exec::spec::J
         space_text: DEFAULT_SPACE.into(),
         preset: "cpu".into(),
         corpus: None,
+        corpus_fingerprint: CORPUS.with(Clone::clone),
         seed: 1,
         runs_dir: dir.join("runs"),
         checkpoint_every: 1_000_000,
@@ -187,6 +200,10 @@ fn long_spec(dir: &Path, wall_seconds: Option<f64>) -> mad_search::exec::spec::J
         device: "cpu".into(),
         wall_seconds,
     }
+}
+
+thread_local! {
+    static CORPUS: String = mad_search::scale::corpus::Corpus::embedded().fingerprint();
 }
 
 fn checkpoints(dir: &Path) -> usize {
@@ -255,4 +272,93 @@ fn a_worker_stops_itself_at_its_own_budget() {
         checkpoints(dir.path()) > 0,
         "it checkpointed before stopping"
     );
+}
+
+#[test]
+fn a_worker_on_another_corpus_cannot_set_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.json");
+    let mut job = long_spec(dir.path(), None);
+    job.corpus_fingerprint = "0123456789abcdef".into();
+    job.write(&spec).unwrap();
+    let result = dir.path().join("result.json");
+    let out = bin()
+        .args(["worker", "--job", s(&spec), "--out", s(&result)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("not the corpus the search started with"),
+        "{err}"
+    );
+    assert!(!result.exists());
+}
+
+#[test]
+fn sigusr1_makes_the_daemon_checkpoint_not_die() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("search");
+    start(&state, &["--budget", "screen=200"]);
+    let p = pid(&state).unwrap();
+    // SAFETY: the daemon's pid, read from its pid file.
+    unsafe {
+        libc::kill(p, libc::SIGUSR1);
+    }
+    let log = || std::fs::read_to_string(state.join("daemon.log")).unwrap_or_default();
+    wait_until("the daemon to log SIGUSR1", 30, || {
+        log().contains("SIGUSR1")
+    });
+    assert!(alive(p), "{}", log());
+    stop(&state);
+    wait_until("the daemon to stop", 60, || down(&state));
+}
+
+#[test]
+fn a_corpus_changed_under_a_search_stops_it_with_the_reason_and_loses_no_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("search");
+    let corpus = dir.path().join("corpus.txt");
+    let original = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/corpora/sotu/sotu-1946-2021.txt"
+    ))
+    .unwrap();
+    let edited = original.replace("the", "teh");
+    std::fs::write(&corpus, &original).unwrap();
+    create_idle_with(&state, &["--corpus", s(&corpus)]);
+    // Changed while the daemon is down: it refuses to start.
+    std::fs::write(&corpus, &edited).unwrap();
+    let out = bin()
+        .args(["start", "--state", s(&state), "--foreground"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("not the one it started with"), "{err}");
+    // Changed under a running daemon: the next worker cannot set up; the
+    // daemon puts its job back, drains and exits with the reason.
+    std::fs::write(&corpus, &original).unwrap();
+    start(&state, &["--budget", "screen=12"]);
+    wait_until("a finished screen", 60, || finished_live(&state) >= 1);
+    std::fs::write(&corpus, &edited).unwrap();
+    wait_until("the daemon to stop by itself", 120, || down(&state));
+    let log = std::fs::read_to_string(state.join("daemon.log")).unwrap();
+    assert!(
+        log.contains("cannot run") && log.contains("not the corpus the search started with"),
+        "{log}"
+    );
+    let v = status_json(&state);
+    assert_eq!(v["jobs"]["screen"]["failed"], 0, "no candidate blamed: {v}");
+    // The original back: the search goes on to its budget.
+    std::fs::write(&corpus, &original).unwrap();
+    let out = bin()
+        .args(["start", "--state", s(&state), "--foreground"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = status_json(&state);
+    assert_eq!(v["jobs"]["screen"]["done"], 12, "{v}");
+    assert_eq!(v["jobs"]["screen"]["failed"], 0, "{v}");
+    no_double_evaluation(&state);
 }

@@ -81,13 +81,13 @@ pub struct StartArgs {
     pub seed_arch: Vec<String>,
 }
 
-/// The absolute path of a `--corpus`, after checking that it loads (a bad
-/// corpus is refused before anything starts).
-fn corpus_path(path: &Path) -> anyhow::Result<String> {
-    Corpus::load(path).context("--corpus")?;
+/// The absolute path of a `--corpus` and its fingerprint, after checking
+/// that it loads (a bad corpus is refused before anything starts).
+fn corpus_path(path: &Path) -> anyhow::Result<(String, String)> {
+    let corpus = Corpus::load(path).context("--corpus")?;
     let abs =
         std::fs::canonicalize(path).with_context(|| format!("--corpus {}", path.display()))?;
-    Ok(abs.display().to_string())
+    Ok((abs.display().to_string(), corpus.fingerprint()))
 }
 
 /// Parses `hours=H,screen=N,mad=N,scale=N`.
@@ -152,11 +152,13 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--workers, --threads, --checkpoint-every and --keep-events must be at least 1");
     }
-    if args.job_timeout.is_nan() || args.job_timeout <= 0.0 {
-        bail!("--job-timeout must be a positive number of seconds");
+    // At most about 31 years: durations beyond the clock's range would panic.
+    const MAX_SECONDS: f64 = 1e9;
+    if !(args.job_timeout > 0.0 && args.job_timeout <= MAX_SECONDS) {
+        bail!("--job-timeout must be a positive number of seconds, at most {MAX_SECONDS:e}");
     }
-    if !(args.grace.is_finite() && args.grace >= 0.0) {
-        bail!("--grace must be a number of seconds, 0 or more");
+    if !(args.grace >= 0.0 && args.grace <= MAX_SECONDS) {
+        bail!("--grace must be a number of seconds from 0 to {MAX_SECONDS:e}");
     }
     let executor: crate::exec::Executor = args
         .executor
@@ -263,7 +265,7 @@ fn open_or_plan(args: &StartArgs, state: &Path) -> anyhow::Result<Opening> {
                 }
             }
             if let Some(path) = &args.corpus {
-                let given = corpus_path(path)?;
+                let (given, _) = corpus_path(path)?;
                 if record.corpus.as_deref() != Some(given.as_str()) {
                     return Err(differs(
                         "the corpus",
@@ -288,6 +290,7 @@ fn open_or_plan(args: &StartArgs, state: &Path) -> anyhow::Result<Opening> {
                 .preset(&preset)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("--preset (space {space_file})"))?;
+            let corpus = args.corpus.as_deref().map(corpus_path).transpose()?;
             let record = SearchRecord {
                 name: args.at.name(),
                 created_by: format!("mad-search {}", env!("CARGO_PKG_VERSION")),
@@ -297,7 +300,11 @@ fn open_or_plan(args: &StartArgs, state: &Path) -> anyhow::Result<Opening> {
                 space_text,
                 preset,
                 budget: SearchBudget::default(),
-                corpus: args.corpus.as_deref().map(corpus_path).transpose()?,
+                corpus: corpus.as_ref().map(|(path, _)| path.clone()),
+                corpus_fingerprint: Some(match corpus {
+                    Some((_, fingerprint)) => fingerprint,
+                    None => Corpus::embedded().fingerprint(),
+                }),
             };
             Ok(Opening::New(record))
         }

@@ -188,6 +188,16 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
             .with_context(|| "the search's scale corpus (start --corpus)".to_string())?,
         None => Corpus::embedded(),
     };
+    if let Some(want) = &record.corpus_fingerprint
+        && *want != corpus.fingerprint()
+    {
+        anyhow::bail!(
+            "the search's scale corpus ({}) is not the one it started with (fingerprint {}, \
+             recorded {want}): put the original back, or start a new search on this corpus",
+            corpus.name(),
+            corpus.fingerprint()
+        );
+    }
     let pid = std::process::id();
     // From here on, whatever way `run` returns, the pid file and the socket
     // go with it (`Presence`'s drop).
@@ -251,6 +261,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
             )),
         }
     }
+    let usr1 = forward_sigusr1();
     log(format!(
         "serving {} (pid {pid}, preset {}, seed {}, {} worker(s) × {} thread(s), device {}, \
          executor {})",
@@ -269,13 +280,17 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     let wcfg = Arc::new(worker::WorkerConfig {
         state: cfg.state.clone(),
         preset,
+        corpus_fingerprint: record
+            .corpus_fingerprint
+            .clone()
+            .unwrap_or_else(|| corpus.fingerprint()),
         corpus: Arc::new(corpus),
         record: record.clone(),
         threads: cfg.threads,
         device: cfg.device.clone(),
         checkpoint_every: cfg.checkpoint_every,
         executor: cfg.executor,
-        exe: std::env::current_exe().context("locating the mad-search binary for workers")?,
+        exe: worker_exe().context("locating the mad-search binary for workers")?,
         job_timeout: cfg.job_timeout,
         grace: cfg.grace,
     });
@@ -356,6 +371,10 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         Err(e) => log(format!("could not build the status snapshot: {e}")),
     }
     drop(presence);
+    if let Some((handle, thread)) = usr1 {
+        handle.close();
+        let _ = thread.join();
+    }
     if let Some(kib) = crate::exec::spec::peak_kib() {
         log(format!(
             "the daemon process peaked at {:.0} MiB",
@@ -372,6 +391,53 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     }
     stopped.context("recording the daemon's stop")?;
     Ok(())
+}
+
+/// SIGUSR1 (Slurm's warning that a time limit nears, sent to every
+/// process of a job step) would end the daemon; instead it asks every
+/// running job to checkpoint and go on: runs in this process directly, and
+/// worker processes by passing the signal on. `None` (logged) if the
+/// handler cannot be installed.
+fn forward_sigusr1() -> Option<(signal_hook::iterator::Handle, std::thread::JoinHandle<()>)> {
+    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1]) {
+        Ok(s) => s,
+        Err(e) => {
+            log(format!("no handler for SIGUSR1 ({e}): it ends the daemon"));
+            return None;
+        }
+    };
+    let handle = signals.handle();
+    let thread = std::thread::Builder::new()
+        .name("sigusr1".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                crate::train::checkpoint::request();
+                let n = crate::exec::local::signal_children(libc::SIGUSR1);
+                log(format!(
+                    "SIGUSR1: running jobs checkpoint and go on ({n} worker process(es) told)"
+                ));
+            }
+        });
+    match thread {
+        Ok(t) => Some((handle, t)),
+        Err(e) => {
+            log(format!("no thread for SIGUSR1 ({e}): it is ignored"));
+            None
+        }
+    }
+}
+
+/// The binary worker processes run: this very one. On Linux
+/// `/proc/self/exe`, which still reaches the daemon's binary after it is
+/// replaced on disk (an upgrade under a running search), so daemon and
+/// workers never differ.
+fn worker_exe() -> std::io::Result<PathBuf> {
+    let proc_exe = Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && proc_exe.exists() {
+        Ok(proc_exe.to_owned())
+    } else {
+        std::env::current_exe()
+    }
 }
 
 #[cfg(test)]

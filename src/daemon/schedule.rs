@@ -126,6 +126,8 @@ pub(super) fn schedule(
     let store = &shared.store;
     let fail_after = hooks::scheduler_error_after();
     let mut finished_reason = None;
+    // A job that cannot run where it was sent: drain, then fail with this.
+    let mut unrunnable: Option<String> = None;
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
         if !stopping && let Some(h) = budget.hours {
@@ -270,6 +272,17 @@ pub(super) fn schedule(
                 let Some(f) = sched.in_flight.remove(&done.job) else {
                     continue;
                 };
+                if let Outcome::Unrunnable { reason } = &done.outcome
+                    && unrunnable.is_none()
+                {
+                    log(format!(
+                        "job {}: cannot run: {reason}; stopping the search (the job goes back \
+                         to the queue)",
+                        done.job
+                    ));
+                    unrunnable = Some(reason.clone());
+                    shared.stop.store(true, Ordering::SeqCst);
+                }
                 shared
                     .running
                     .lock()
@@ -311,6 +324,9 @@ pub(super) fn schedule(
             store.daemon_event(sched.accounted.elapsed().as_secs_f64(), None)?;
             sched.accounted = Instant::now();
         }
+    }
+    if let Some(reason) = unrunnable {
+        anyhow::bail!("a job cannot run in a worker process: {reason}");
     }
     Ok(finished_reason)
 }
@@ -567,6 +583,10 @@ fn settle(
             if matches!(state, Some(JobState::Failed { .. })) {
                 clean_up(store, &wcfg.state, done)?;
             }
+        }
+        Outcome::Unrunnable { .. } => {
+            let state = store.release(job, f.attempt, &Release::Interrupted)?;
+            log(format!("job {job}: not run; now {state:?}"));
         }
         Outcome::Interrupted => {
             let how = if f.lapsed {

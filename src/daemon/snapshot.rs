@@ -150,6 +150,7 @@ mod tests {
             preset: "tiny".into(),
             budget: SearchBudget::default(),
             corpus: None,
+            corpus_fingerprint: None,
         };
         let s = Store::create_or_open(dir, &record).unwrap();
         for (i, layers) in LAYERS.iter().enumerate() {

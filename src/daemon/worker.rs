@@ -25,6 +25,8 @@ pub(crate) struct WorkerConfig {
     pub state: PathBuf,
     pub preset: Preset,
     pub corpus: Arc<Corpus>,
+    /// Its fingerprint, which a worker process checks.
+    pub corpus_fingerprint: String,
     /// The search as stored (space, preset name, corpus path, seed): what a
     /// worker process is told.
     pub record: SearchRecord,
@@ -40,6 +42,9 @@ pub(crate) struct WorkerConfig {
     /// is killed.
     pub grace: Duration,
 }
+
+/// A worker process's own time budget, as a share of the lease.
+const WALL_SHARE: f64 = 0.95;
 
 /// A job for a worker.
 pub(crate) struct WorkItem {
@@ -120,12 +125,15 @@ pub(crate) fn work(
                     space_text: cfg.record.space_text.clone(),
                     preset: cfg.record.preset.clone(),
                     corpus: cfg.record.corpus.clone(),
+                    corpus_fingerprint: cfg.corpus_fingerprint.clone(),
                     seed: cfg.record.seed,
                     runs_dir: dir,
                     checkpoint_every: cfg.checkpoint_every,
                     threads: cfg.threads,
                     device: device.to_string(),
-                    wall_seconds: Some(cfg.job_timeout),
+                    // A little under the lease: the worker stops itself
+                    // cleanly before the daemon has to.
+                    wall_seconds: Some(cfg.job_timeout * WALL_SHARE),
                 };
                 let end = local::run(
                     &cfg.exe,

@@ -59,6 +59,14 @@ pub enum Outcome {
     /// Stopped by its own wall-clock budget: checkpointed; counts as a
     /// lapsed lease (a failure), retried from the checkpoint.
     OutOfTime,
+    /// The job could not even start where it was sent (a worker process
+    /// that cannot set up: a corpus moved or changed, a device missing):
+    /// nothing to do with the candidate, and nothing another try changes.
+    /// The daemon drains and exits with the reason.
+    Unrunnable {
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// No result: why, and whether another try may do better.
     Failed {
         /// What went wrong.

@@ -49,6 +49,7 @@ pub fn clear_stale(state: &Path) -> std::io::Result<usize> {
         std::fs::remove_dir_all(entry.path())?;
         n += 1;
     }
+    prune_failed(state, FAILED_KEPT);
     Ok(n)
 }
 
@@ -109,38 +110,76 @@ pub fn run(
     };
     let pid = child.id();
     let job = spec.job.id;
-    std::thread::scope(|scope| {
+    children().insert(pid);
+    let end = std::thread::scope(|scope| {
         // The child's stderr: into its log file, and on to the daemon's log.
+        // Read to the end whatever it holds (a reader that stopped early
+        // would fail the child's next write).
         if let Some(stderr) = child.stderr.take() {
             let log_path = &log_path;
             scope.spawn(move || {
                 use std::io::{BufRead as _, Write as _};
                 let mut file = std::fs::OpenOptions::new().append(true).open(log_path).ok();
-                for line in std::io::BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
+                let mut reader = std::io::BufReader::new(stderr);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match reader.read_until(b'\n', &mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => break,
+                    }
+                    let line = String::from_utf8_lossy(&buf);
+                    let line = line.trim_end();
                     if let Some(f) = file.as_mut() {
                         let _ = writeln!(f, "{line}");
                     }
                     if line.starts_with(&format!("job {job}:")) {
-                        log(line);
+                        log(line.to_owned());
                     } else {
                         log(format!("job {job}: worker {pid}: {line}"));
                     }
                 }
             });
         }
-        watch(
+        let end = watch(
             child,
             pid,
             stop,
             grace,
             show,
-            &dir,
+            dir.as_path(),
             &result_path,
             spec,
-            state,
-        )
-    })
+        );
+        // Whatever the child left in its process group (a helper it forked)
+        // goes with it, and with them the last holders of its stderr.
+        signal(-i64::from(pid), libc::SIGKILL);
+        end
+    });
+    children().remove(&pid);
+    keep_or_remove(state, &dir, &end.outcome);
+    end
+}
+
+/// The worker processes running now, by pid.
+fn children() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<u32>> {
+    static CHILDREN: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    CHILDREN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Sends `sig` to every worker process running now (the daemon passes
+/// SIGUSR1 on: checkpoint and go on). Returns how many.
+pub fn signal_children(sig: libc::c_int) -> usize {
+    let pids: Vec<u32> = children().iter().copied().collect();
+    for &pid in &pids {
+        signal(i64::from(pid), sig);
+    }
+    pids.len()
 }
 
 /// Waits for the child, passing on its progress and stopping it when asked;
@@ -155,9 +194,9 @@ fn watch(
     dir: &Path,
     result_path: &Path,
     spec: &JobSpec,
-    state: &Path,
 ) -> ChildEnd {
-    let failed = |reason: String, pid: u32| ChildEnd {
+    use std::os::unix::process::ExitStatusExt as _;
+    let failed = |reason: String| ChildEnd {
         outcome: Outcome::Failed {
             reason,
             retry: true,
@@ -173,7 +212,12 @@ fn watch(
         match child.try_wait() {
             Ok(Some(status)) => break Ok(status),
             Ok(None) => {}
-            Err(e) => break Err(e),
+            Err(e) => {
+                // Never leave a child training on beside the job's retry.
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(e);
+            }
         }
         if let Ok(modified) = std::fs::metadata(&progress_path).and_then(|m| m.modified())
             && seen_progress != Some(modified)
@@ -185,11 +229,12 @@ fn watch(
         if stop.load(Ordering::SeqCst) {
             match termed {
                 None => {
-                    signal(pid, libc::SIGTERM);
+                    // The whole group: a helper the worker forked stops too.
+                    signal(-i64::from(pid), libc::SIGTERM);
                     termed = Some(Instant::now());
                 }
                 Some(t) if !killed && t.elapsed() >= grace => {
-                    let _ = child.kill();
+                    signal(-i64::from(pid), libc::SIGKILL);
                     killed = true;
                 }
                 Some(_) => {}
@@ -197,30 +242,54 @@ fn watch(
         }
         std::thread::sleep(POLL);
     };
-    let end = match (status, JobResult::read(result_path)) {
-        (_, Ok(r)) if r.job == spec.job.id && r.attempt == spec.job.attempt => ChildEnd {
-            outcome: r.outcome,
-            peak_kib: r.peak_kib,
-            pid,
-        },
-        (Err(e), _) => failed(format!("lost track of worker process {pid}: {e}"), pid),
-        // Asked to stop, it ended without a result (killed after the grace,
-        // or ended by the SIGTERM before it could catch it): interrupted; it
-        // resumes from its last checkpoint.
-        (Ok(_), _) if termed.is_some() => ChildEnd {
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => return failed(format!("lost track of worker process {pid}: {e}")),
+    };
+    let read = JobResult::read(result_path);
+    match read {
+        Ok(r) if r.job == spec.job.id && r.attempt == spec.job.attempt => {
+            return ChildEnd {
+                outcome: r.outcome,
+                peak_kib: r.peak_kib,
+                pid,
+            };
+        }
+        _ => {}
+    }
+    // No result of its own. Asked to stop, it ended by our SIGTERM (before
+    // it could catch it) or our SIGKILL after the grace: interrupted, to
+    // resume from its last checkpoint. Any other end is its own: a crash,
+    // the OOM killer, an exit.
+    let ours = termed.is_some()
+        && (status.signal() == Some(libc::SIGTERM)
+            || (killed && status.signal() == Some(libc::SIGKILL)));
+    if ours {
+        return ChildEnd {
             outcome: Outcome::Interrupted,
             peak_kib: None,
             pid,
-        },
-        (Ok(status), read) => failed(died(status, dir, read.err()), pid),
-    };
-    keep_or_remove(state, dir, &end.outcome);
-    end
+        };
+    }
+    let why = died(status, dir, read, spec);
+    if status.code() == Some(i32::from(super::worker::EXIT_SETUP)) {
+        return ChildEnd {
+            outcome: Outcome::Unrunnable { reason: why },
+            peak_kib: None,
+            pid,
+        };
+    }
+    failed(why)
 }
 
 /// Why a child that wrote no usable result ended: its signal or exit code,
-/// and the end of its log.
-fn died(status: ExitStatus, dir: &Path, read: Option<super::spec::SpecError>) -> String {
+/// what was wrong with its result file, and the end of its log.
+fn died(
+    status: ExitStatus,
+    dir: &Path,
+    read: Result<JobResult, super::spec::SpecError>,
+    spec: &JobSpec,
+) -> String {
     use std::os::unix::process::ExitStatusExt as _;
     let how = match (status.signal(), status.code()) {
         (Some(sig), _) => {
@@ -236,16 +305,20 @@ fn died(status: ExitStatus, dir: &Path, read: Option<super::spec::SpecError>) ->
         (None, Some(code)) => format!("worker process exited with code {code} and no result"),
         (None, None) => format!("worker process ended ({status}) with no result"),
     };
-    let unreadable = match read {
-        Some(super::spec::SpecError::Io { reason, .. })
+    let result = match read {
+        Err(super::spec::SpecError::Io { reason, .. })
             if reason.kind() == std::io::ErrorKind::NotFound =>
         {
             String::new()
         }
-        Some(e) => format!("; its result: {e}"),
-        None => String::new(),
+        Err(e) => format!("; its result: {e}"),
+        Ok(r) => format!(
+            "; its result file is of job {} attempt {}, not job {} attempt {}",
+            r.job, r.attempt, spec.job.id, spec.job.attempt
+        ),
     };
-    let log = std::fs::read_to_string(dir.join(LOG_FILE)).unwrap_or_default();
+    let log = std::fs::read(dir.join(LOG_FILE)).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log);
     let tail: Vec<&str> = log
         .lines()
         .rev()
@@ -258,29 +331,57 @@ fn died(status: ExitStatus, dir: &Path, read: Option<super::spec::SpecError>) ->
         let lines: Vec<&str> = tail.into_iter().rev().collect();
         format!("; the end of its log: {}", lines.join(" | "))
     };
-    format!("{how}{unreadable}{tail}")
+    format!("{how}{result}{tail}")
 }
+
+/// Failed attempts' directories kept under `failed/` (the oldest go).
+pub const FAILED_KEPT: usize = 100;
 
 /// A finished or interrupted attempt's directory goes; a failed one's is
 /// kept under `failed/` (spec and log: `mad-search worker --job
-/// failed/<dir>/spec.json --out r.json` tries it again by hand).
+/// failed/<dir>/spec.json --out r.json --runs DIR` tries it again by hand),
+/// the newest [`FAILED_KEPT`] of them.
 fn keep_or_remove(state: &Path, dir: &Path, outcome: &Outcome) {
-    if matches!(outcome, Outcome::Failed { .. }) {
-        let to = failed_dir(state).join(dir.file_name().unwrap_or_default());
-        let _ = std::fs::create_dir_all(failed_dir(state));
+    if matches!(outcome, Outcome::Failed { .. } | Outcome::Unrunnable { .. }) {
+        let failed = failed_dir(state);
+        let to = failed.join(dir.file_name().unwrap_or_default());
+        let _ = std::fs::create_dir_all(&failed);
         let _ = std::fs::remove_dir_all(&to);
         if std::fs::rename(dir, &to).is_ok() {
+            prune_failed(state, FAILED_KEPT);
             return;
         }
     }
     let _ = std::fs::remove_dir_all(dir);
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill(2) on our own, not yet reaped child.
+/// Removes the oldest failed attempts' directories beyond `keep`.
+fn prune_failed(state: &Path, keep: usize) {
+    let mut dirs: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(failed_dir(state))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if dirs.len() > keep {
+        dirs.sort();
+        for (_, d) in &dirs[..dirs.len() - keep] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// kill(2): `target` a pid, or minus a process group's id.
+fn signal(target: i64, sig: libc::c_int) {
+    if let Ok(target) = libc::pid_t::try_from(target)
+        && target != 0
+        && target != -1
+    {
+        // SAFETY: kill(2) on our own child or its process group (it is not
+        // reaped before the last signal to it; a group outliving its leader
+        // keeps its id until the last member goes).
         unsafe {
-            libc::kill(pid, sig);
+            libc::kill(target, sig);
         }
     }
 }
@@ -319,8 +420,9 @@ fn spawn(exe: &Path, spec: &Path, result: &Path, log: &Path) -> std::io::Result<
                     return Err(std::io::Error::last_os_error());
                 }
                 // The daemon may have died before the prctl.
+                // (No allocation between fork and exec: a raw error.)
                 if u32::try_from(libc::getppid()).ok() != Some(parent) {
-                    return Err(std::io::Error::other("the daemon is gone"));
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
             }
             Ok(())

@@ -42,6 +42,9 @@ pub struct JobSpec {
     pub preset: String,
     /// The `scale` corpus's path; `None`: the embedded one.
     pub corpus: Option<String>,
+    /// Its [`Corpus::fingerprint`](crate::scale::corpus::Corpus::fingerprint)
+    /// as the daemon loaded it.
+    pub corpus_fingerprint: String,
     /// The search's seed.
     pub seed: u64,
     /// The candidate's runs directory (checkpoints, finished runs).
@@ -108,19 +111,33 @@ pub enum SpecError {
     },
 }
 
+/// Reads `path` as a `what`, its `format` checked first (a file of another
+/// version is named as such, not as malformed).
 fn read_json<T: serde::de::DeserializeOwned>(
     path: &Path,
     what: &'static str,
 ) -> Result<T, SpecError> {
+    #[derive(Deserialize)]
+    struct Format {
+        format: u32,
+    }
     let text = std::fs::read_to_string(path).map_err(|reason| SpecError::Io {
         path: path.to_owned(),
         reason,
     })?;
-    serde_json::from_str(&text).map_err(|reason| SpecError::Malformed {
+    let malformed = |reason| SpecError::Malformed {
         path: path.to_owned(),
         what,
         reason,
-    })
+    };
+    let Format { format } = serde_json::from_str(&text).map_err(malformed)?;
+    if format != FORMAT {
+        return Err(SpecError::Format {
+            path: path.to_owned(),
+            found: format,
+        });
+    }
+    serde_json::from_str(&text).map_err(malformed)
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SpecError> {
@@ -138,14 +155,7 @@ impl JobSpec {
     /// # Errors
     /// Unreadable, malformed, or of another format.
     pub fn read(path: &Path) -> Result<JobSpec, SpecError> {
-        let spec: JobSpec = read_json(path, "job spec")?;
-        if spec.format != FORMAT {
-            return Err(SpecError::Format {
-                path: path.to_owned(),
-                found: spec.format,
-            });
-        }
-        Ok(spec)
+        read_json(path, "job spec")
     }
 
     /// Writes it atomically.
@@ -163,14 +173,7 @@ impl JobResult {
     /// # Errors
     /// Unreadable, malformed, or of another format.
     pub fn read(path: &Path) -> Result<JobResult, SpecError> {
-        let r: JobResult = read_json(path, "job result")?;
-        if r.format != FORMAT {
-            return Err(SpecError::Format {
-                path: path.to_owned(),
-                found: r.format,
-            });
-        }
-        Ok(r)
+        read_json(path, "job result")
     }
 
     /// Writes it atomically (a reader sees the whole result or none).

@@ -14,6 +14,10 @@ use crate::genome::ArchSpec;
 use crate::space::StageName;
 use crate::store::{Job, JobState};
 
+thread_local! {
+    static CORPUS: String = crate::scale::corpus::Corpus::embedded().fingerprint();
+}
+
 fn spec(dir: &Path) -> JobSpec {
     let genome = ArchSpec::from_layers_str("hyena swiglu").unwrap();
     JobSpec {
@@ -33,6 +37,7 @@ fn spec(dir: &Path) -> JobSpec {
         space_text: crate::space::DEFAULT_SPACE.into(),
         preset: "tiny".into(),
         corpus: None,
+        corpus_fingerprint: CORPUS.with(Clone::clone),
         seed: 1,
         runs_dir: dir.join("runs"),
         checkpoint_every: 50,
@@ -52,6 +57,17 @@ fn script(dir: &Path, body: &str) -> PathBuf {
 
 fn run(exe: &Path, state: &Path, stop: &AtomicBool, grace: Duration) -> local::ChildEnd {
     local::run(exe, state, &spec(state), stop, grace, &|_| {}, &|_| {})
+}
+
+/// [`run`], asked to stop 300 ms after the start.
+fn run_then_stop(exe: &Path, state: &Path, grace: Duration) -> local::ChildEnd {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| run(exe, state, &stop, grace));
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.join().unwrap()
+    })
 }
 
 #[test]
@@ -160,16 +176,12 @@ fn the_result_file_is_the_truth() {
 #[test]
 fn a_worker_deaf_to_sigterm_is_killed_after_the_grace() {
     let state = tempfile::tempdir().unwrap();
-    // Ignores SIGTERM (the disposition survives exec) and sleeps.
-    let exe = script(state.path(), "trap '' TERM\nexec sleep 30");
-    let stop = AtomicBool::new(false);
+    // Ignores SIGTERM, and a child of its own (inheriting that, and its
+    // stderr) sleeps: the whole group goes, and the watcher is not left
+    // waiting on the pipe the grandchild holds.
+    let exe = script(state.path(), "trap '' TERM\nsleep 30\necho never");
     let t = Instant::now();
-    let end = std::thread::scope(|s| {
-        let h = s.spawn(|| run(&exe, state.path(), &stop, Duration::from_millis(300)));
-        std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        h.join().unwrap()
-    });
+    let end = run_then_stop(&exe, state.path(), Duration::from_millis(300));
     assert_eq!(end.outcome, Outcome::Interrupted);
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
 }
@@ -182,13 +194,7 @@ fn a_stopped_worker_that_checkpoints_ends_as_it_says() {
         state.path(),
         "trap 'printf \"{\\\"format\\\":1,\\\"job\\\":7,\\\"attempt\\\":2,\\\"outcome\\\":\\\"interrupted\\\"}\" > \"$5\"; exit 3' TERM\nwhile :; do sleep 0.05; done",
     );
-    let stop = AtomicBool::new(false);
-    let end = std::thread::scope(|s| {
-        let h = s.spawn(|| run(&exe, state.path(), &stop, Duration::from_secs(30)));
-        std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        h.join().unwrap()
-    });
+    let end = run_then_stop(&exe, state.path(), Duration::from_secs(30));
     assert_eq!(end.outcome, Outcome::Interrupted);
 }
 
@@ -202,4 +208,45 @@ fn stale_attempts_go_and_failed_ones_stay() {
     assert_eq!(local::clear_stale(state.path()).unwrap(), 1);
     assert!(!jobs.join("3-a1").exists());
     assert!(local::failed_dir(state.path()).join("2-a1").exists());
+}
+
+#[test]
+fn a_worker_that_crashes_while_stopping_is_a_failure_not_an_interruption() {
+    let state = tempfile::tempdir().unwrap();
+    let exe = script(
+        state.path(),
+        "trap 'kill -9 $$' TERM\nwhile :; do sleep 0.05; done",
+    );
+    let end = run_then_stop(&exe, state.path(), Duration::from_secs(30));
+    assert!(
+        matches!(&end.outcome, Outcome::Failed { reason, .. } if reason.contains("signal 9")),
+        "{:?}",
+        end.outcome
+    );
+}
+
+#[test]
+fn a_worker_that_cannot_set_up_makes_the_job_unrunnable() {
+    let state = tempfile::tempdir().unwrap();
+    let exe = script(state.path(), "echo 'error: the corpus moved' >&2\nexit 4");
+    let end = run(&exe, state.path(), &AtomicBool::new(false), Duration::ZERO);
+    assert!(
+        matches!(&end.outcome, Outcome::Unrunnable { reason } if reason.contains("the corpus moved")),
+        "{:?}",
+        end.outcome
+    );
+}
+
+#[test]
+fn failed_attempts_kept_are_bounded() {
+    let state = tempfile::tempdir().unwrap();
+    let failed = local::failed_dir(state.path());
+    for i in 0..local::FAILED_KEPT + 5 {
+        std::fs::create_dir_all(failed.join(format!("{i}-a1"))).unwrap();
+    }
+    local::clear_stale(state.path()).unwrap();
+    assert_eq!(
+        std::fs::read_dir(&failed).unwrap().count(),
+        local::FAILED_KEPT
+    );
 }

@@ -11,10 +11,12 @@
 //!
 //! Exit codes: 0 a result was written (finished, or failed with its
 //! reason); 3 stopped (signal or budget) after a checkpoint, result
-//! written; 1 no result (the spec cannot be read, the result cannot be
-//! written: the message is on stderr); 2 a command-line error. A worker
-//! killed by a signal (the OOM killer's SIGKILL, an abort) writes nothing:
-//! its executor says which signal.
+//! written; 4 no result because the job cannot run here (the spec's space,
+//! preset, corpus or device does not set up: the message is on stderr); 1
+//! no result for another reason (the spec cannot be read, the result cannot
+//! be written); 2 a command-line error. A worker killed by a signal (the OOM
+//! killer's SIGKILL, an abort) writes nothing: its executor says which
+//! signal.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +35,8 @@ pub const EXIT_DONE: u8 = 0;
 pub const EXIT_NO_RESULT: u8 = 1;
 /// Exit code: stopped after a checkpoint; the result says why.
 pub const EXIT_STOPPED: u8 = 3;
+/// Exit code: the job cannot run here (see stderr); no result.
+pub const EXIT_SETUP: u8 = 4;
 
 /// Why a worker wrote no result.
 #[derive(Debug, thiserror::Error)]
@@ -45,17 +49,33 @@ pub enum WorkerError {
     Setup(String),
 }
 
-/// Runs the job in `spec_path`, writes its result to `out`, and returns the
-/// exit code ([`EXIT_DONE`] or [`EXIT_STOPPED`]).
+impl WorkerError {
+    /// The exit code it gives.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            WorkerError::Spec(_) => EXIT_NO_RESULT,
+            WorkerError::Setup(_) => EXIT_SETUP,
+        }
+    }
+}
+
+/// Runs the job in `spec_path` (its checkpoints under `runs`, when given,
+/// instead of the spec's runs directory), writes its result to `out`, and
+/// returns the exit code ([`EXIT_DONE`] or [`EXIT_STOPPED`]).
 ///
 /// # Errors
-/// A spec that cannot be used or a result that cannot be written (exit
-/// [`EXIT_NO_RESULT`]).
-pub fn run(spec_path: &Path, out: &Path) -> Result<u8, WorkerError> {
-    // Handlers first: a SIGTERM from here on stops the job cleanly.
+/// A spec that cannot be used or a result that cannot be written
+/// ([`WorkerError::exit_code`]).
+pub fn run(spec_path: &Path, out: &Path, runs: Option<&Path>) -> Result<u8, WorkerError> {
+    // The budget counts from the start of the process, and the handlers
+    // come first: a SIGTERM from here on stops the job cleanly.
+    let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(&stop)?;
-    let spec = JobSpec::read(spec_path)?;
+    let mut spec = JobSpec::read(spec_path)?;
+    if let Some(runs) = runs {
+        spec.runs_dir = runs.to_owned();
+    }
     let setup = |what: &str, e: &dyn std::fmt::Display| {
         WorkerError::Setup(format!("{} ({what}): {e}", spec_path.display()))
     };
@@ -69,15 +89,32 @@ pub fn run(spec_path: &Path, out: &Path) -> Result<u8, WorkerError> {
         Some(p) => Corpus::load(Path::new(p)).map_err(|e| setup("corpus", &e))?,
         None => Corpus::embedded(),
     };
+    if corpus.fingerprint() != spec.corpus_fingerprint {
+        return Err(setup(
+            "corpus",
+            &format!(
+                "{} is not the corpus the search started with (fingerprint {}, expected {}): \
+                 put the original back, or start a new search on this one",
+                corpus.name(),
+                corpus.fingerprint(),
+                spec.corpus_fingerprint
+            ),
+        ));
+    }
     let device: DeviceSpec = spec
         .device
         .parse()
         .map_err(|e: crate::layers::device::DeviceError| setup("device", &e))?;
+    device.check().map_err(|e| setup("device", &e))?;
 
     let out_of_time = Arc::new(AtomicBool::new(false));
-    if let Some(budget) = spec.wall_seconds.filter(|b| b.is_finite() && *b > 0.0) {
+    // A budget too large for the clock is no budget.
+    if let Some(until) = spec
+        .wall_seconds
+        .and_then(|b| Duration::try_from_secs_f64(b).ok())
+        .and_then(|b| started.checked_add(b))
+    {
         let (stop, out_of_time) = (Arc::clone(&stop), Arc::clone(&out_of_time));
-        let until = Instant::now() + Duration::from_secs_f64(budget);
         std::thread::Builder::new()
             .name("budget".into())
             .spawn(move || {
@@ -123,7 +160,7 @@ pub fn run(spec_path: &Path, out: &Path) -> Result<u8, WorkerError> {
     }
     let code = match outcome {
         Outcome::Interrupted | Outcome::OutOfTime => EXIT_STOPPED,
-        Outcome::Finished(_) | Outcome::Failed { .. } => EXIT_DONE,
+        Outcome::Finished(_) | Outcome::Failed { .. } | Outcome::Unrunnable { .. } => EXIT_DONE,
     };
     JobResult {
         format: super::spec::FORMAT,

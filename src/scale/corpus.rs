@@ -160,6 +160,17 @@ impl Corpus {
         }
     }
 
+    /// A hash of its tokens and vocabulary (hex): a worker process that
+    /// loads the corpus again checks it is the one the search started with.
+    pub fn fingerprint(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(&(self.vocab as u64).to_le_bytes());
+        for t in &self.tokens {
+            h.update(&t.to_le_bytes());
+        }
+        h.finalize().to_hex()[..16].to_string()
+    }
+
     /// Where it came from.
     pub fn name(&self) -> &str {
         &self.name

@@ -41,6 +41,11 @@ pub struct SearchRecord {
     /// default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corpus: Option<String>,
+    /// The corpus's fingerprint when the search was created: a daemon or a
+    /// worker process that finds another corpus there refuses to run
+    /// (`None` in searches created before it was kept: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus_fingerprint: Option<String>,
 }
 
 /// When the search stops proposing work.

@@ -13,6 +13,7 @@ fn record() -> SearchRecord {
         preset: "tiny".into(),
         budget: SearchBudget::default(),
         corpus: None,
+        corpus_fingerprint: None,
     }
 }
 

@@ -250,7 +250,12 @@ pub fn scale_results(state: &Path) -> Vec<(String, Vec<u64>)> {
 /// Creates the search of `state` on the test space and `tiny` preset with
 /// nothing to evaluate (`--budget screen=0`), in the foreground.
 pub fn create_idle(state: &Path) {
-    let out = run(&[
+    create_idle_with(state, &[]);
+}
+
+/// [`create_idle`] with `extra` flags.
+pub fn create_idle_with(state: &Path, extra: &[&str]) {
+    let mut args = vec![
         "start",
         "--state",
         s(state),
@@ -261,7 +266,13 @@ pub fn create_idle(state: &Path) {
         "--budget",
         "screen=0",
         "--foreground",
-    ]);
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
