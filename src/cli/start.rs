@@ -43,10 +43,12 @@ pub struct StartArgs {
     /// Stay attached (for systemd, Slurm, containers) instead of detaching.
     #[arg(long)]
     pub foreground: bool,
-    /// Jobs side by side (default: one per core).
+    /// Jobs side by side (default: one per core; on Slurm, jobs submitted at
+    /// once, default 4).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Tensor threads per job (default: the cores divided among the workers).
+    /// Tensor threads per job (default: the cores divided among the workers;
+    /// on Slurm, `--cpus-per-task`, default: what the cluster gives a job).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Devices: cpu, cuda, cuda:N or wgpu, or a comma-separated list of worker
@@ -54,7 +56,8 @@ pub struct StartArgs {
     /// on GPU 0; `cuda:0x4,cuda:1x4`); worker `w` runs on slot `w mod slots`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// A job running longer than this (seconds) is stopped and retried.
+    /// A job running longer than this (seconds) is stopped and retried (on
+    /// Slurm: its time limit, `--time`, with --grace added).
     #[arg(long, default_value_t = 86_400.0)]
     pub job_timeout: f64,
     /// Checkpoint interval in optimiser steps.
@@ -66,10 +69,27 @@ pub struct StartArgs {
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub keep_events: usize,
     /// Where jobs run: `local` (a worker process per job: a job that runs
-    /// out of memory, aborts or hangs costs only its attempt) or `threads`
-    /// (the daemon's own threads).
+    /// out of memory, aborts or hangs costs only its attempt), `threads`
+    /// (the daemon's own threads) or `slurm` (each job a Slurm batch job;
+    /// the state dir must be on a file system the nodes share).
     #[arg(long, default_value = "local", value_name = "EXECUTOR")]
     pub executor: String,
+    /// Slurm: the partition jobs go to (`sbatch --partition`).
+    #[arg(long, value_name = "NAME")]
+    pub slurm_partition: Option<String>,
+    /// Slurm: the account jobs are charged to (`sbatch --account`).
+    #[arg(long, value_name = "NAME")]
+    pub slurm_account: Option<String>,
+    /// Slurm: generic resources per job (`sbatch --gres`, e.g. `gpu:1`).
+    #[arg(long, value_name = "GRES")]
+    pub slurm_gres: Option<String>,
+    /// Slurm: one more `sbatch` argument, as one word (`--slurm-arg=--qos=short`);
+    /// repeatable.
+    #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub slurm_arg: Vec<String>,
+    /// Slurm: seconds between two `squeue` calls (default 5).
+    #[arg(long, value_name = "SECS")]
+    pub slurm_poll: Option<f64>,
     /// Seconds a stopped worker process (`stop`, a lapsed lease) gets to
     /// checkpoint before it is killed.
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
@@ -143,8 +163,21 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         );
     }
     crate::daemon::control::check_socket_path(&state).map_err(anyhow::Error::msg)?;
+    let executor = executor(&args)?;
+    let on_slurm = matches!(executor, crate::exec::Executor::Slurm(_));
     let device: DeviceSlots = args.device.parse()?;
-    device.check()?;
+    if on_slurm {
+        // Checked by each job on its node (this machine may have no GPU).
+        if device.distinct().len() != 1 {
+            bail!(
+                "--device {}: on Slurm every job runs on one device of its own allocation; \
+                 give one (e.g. --device cuda:0 with --slurm-gres gpu:1)",
+                args.device
+            );
+        }
+    } else {
+        device.check()?;
+    }
     if args.workers == Some(0)
         || args.threads == Some(0)
         || args.checkpoint_every == 0
@@ -160,10 +193,6 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     if !(args.grace >= 0.0 && args.grace <= MAX_SECONDS) {
         bail!("--grace must be a number of seconds from 0 to {MAX_SECONDS:e}");
     }
-    let executor: crate::exec::Executor = args
-        .executor
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("--executor: {e}"))?;
     let budget = args.budget.as_deref().map(parse_budget).transpose()?;
     // Everything is checked before anything is written: a refused flag
     // leaves no search behind and changes none.
@@ -191,8 +220,13 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = args.workers.unwrap_or(device.default_workers(cores));
-    let threads = args.threads.unwrap_or((cores / workers).max(1));
+    let (workers, threads) = if on_slurm {
+        // 0 threads: what the cluster gives each job.
+        (args.workers.unwrap_or(4), args.threads.unwrap_or(0))
+    } else {
+        let workers = args.workers.unwrap_or(device.default_workers(cores));
+        (workers, args.threads.unwrap_or((cores / workers).max(1)))
+    };
     if args.foreground {
         let cfg = DaemonConfig {
             state: state.clone(),
@@ -211,6 +245,60 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     store.flush()?;
     drop(store);
     detach(&args, &state, workers, threads)
+}
+
+/// The executor the flags ask for, with its Slurm options; on Slurm, the
+/// Slurm commands are checked to be there.
+fn executor(args: &StartArgs) -> anyhow::Result<crate::exec::Executor> {
+    use crate::exec::Executor;
+    let executor: Executor = args
+        .executor
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--executor: {e}"))?;
+    let slurm_flags = args.slurm_partition.is_some()
+        || args.slurm_account.is_some()
+        || args.slurm_gres.is_some()
+        || args.slurm_poll.is_some()
+        || !args.slurm_arg.is_empty();
+    match executor {
+        Executor::Slurm(_) => {
+            let poll = args.slurm_poll.unwrap_or(5.0);
+            if !(0.1..=3600.0).contains(&poll) {
+                bail!("--slurm-poll must be a number of seconds from 0.1 to 3600");
+            }
+            for a in &args.slurm_arg {
+                crate::exec::slurm::check_extra_arg(a).map_err(anyhow::Error::msg)?;
+            }
+            for (flag, value) in [
+                ("--slurm-partition", &args.slurm_partition),
+                ("--slurm-account", &args.slurm_account),
+                ("--slurm-gres", &args.slurm_gres),
+            ] {
+                if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                    bail!("{flag}: expected a value, got an empty one");
+                }
+            }
+            crate::exec::slurm::check_commands().map_err(|e| {
+                anyhow::anyhow!(
+                    "--executor slurm: {e}; or run the search here with --executor local"
+                )
+            })?;
+            Ok(Executor::Slurm(Box::new(
+                crate::exec::slurm::SlurmOptions {
+                    partition: args.slurm_partition.clone(),
+                    account: args.slurm_account.clone(),
+                    gres: args.slurm_gres.clone(),
+                    extra: args.slurm_arg.clone(),
+                    poll: Duration::from_secs_f64(poll),
+                },
+            )))
+        }
+        _ if slurm_flags => bail!(
+            "--slurm-partition, --slurm-account, --slurm-gres, --slurm-arg and --slurm-poll need \
+             --executor slurm"
+        ),
+        other => Ok(other),
+    }
 }
 
 /// A search about to start: one that exists (opened and checked against
@@ -383,15 +471,32 @@ fn detach(
         .arg("--foreground")
         .arg("--state")
         .arg(state)
-        .args(["--workers", &workers.to_string()])
-        .args(["--threads", &threads.to_string()])
-        .args(["--device", &args.device])
+        .args(["--workers", &workers.to_string()]);
+    if threads > 0 {
+        cmd.args(["--threads", &threads.to_string()]);
+    }
+    cmd.args(["--device", &args.device])
         .args(["--job-timeout", &args.job_timeout.to_string()])
         .args(["--checkpoint-every", &args.checkpoint_every.to_string()])
         .args(["--keep-events", &args.keep_events.to_string()])
         .args(["--executor", &args.executor])
-        .args(["--grace", &args.grace.to_string()])
-        .stdin(Stdio::null())
+        .args(["--grace", &args.grace.to_string()]);
+    if let Some(p) = args.slurm_poll {
+        cmd.args(["--slurm-poll", &p.to_string()]);
+    }
+    for (flag, value) in [
+        ("--slurm-partition", &args.slurm_partition),
+        ("--slurm-account", &args.slurm_account),
+        ("--slurm-gres", &args.slurm_gres),
+    ] {
+        if let Some(v) = value {
+            cmd.arg(format!("{flag}={v}"));
+        }
+    }
+    for a in &args.slurm_arg {
+        cmd.arg(format!("--slurm-arg={a}"));
+    }
+    cmd.stdin(Stdio::null())
         .stdout(logf.try_clone()?)
         .stderr(logf);
     // SAFETY: setsid is async-signal-safe; the child gets its own session so

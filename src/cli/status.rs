@@ -168,6 +168,7 @@ pub fn render(r: &StatusReport) -> String {
                 match d.executor.as_str() {
                     "local" => " as worker processes",
                     "threads" => " on the daemon's threads",
+                    "slurm" => " as Slurm jobs",
                     _ => "",
                 },
                 if d.stopping { ", stopping" } else { "" },
@@ -176,6 +177,28 @@ pub fn render(r: &StatusReport) -> String {
                     .map(|i| format!(", idle: {i}"))
                     .unwrap_or_default()
             );
+            if let Some(v) = &d.slurm {
+                let _ = writeln!(
+                    s,
+                    "  slurm: {} pending{}, {} running{}",
+                    v.pending,
+                    v.oldest_pending_seconds
+                        .map(|a| format!(
+                            " (oldest waiting {}{})",
+                            hours(a / 3600.0),
+                            v.waiting_for
+                                .as_ref()
+                                .map(|r| format!(" for {r}"))
+                                .unwrap_or_default()
+                        ))
+                        .unwrap_or_default(),
+                    v.running,
+                    v.error
+                        .as_ref()
+                        .map(|e| format!("\n  slurm error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
             for j in &d.running {
                 let _ = writeln!(
                     s,

@@ -62,6 +62,14 @@ pub struct DaemonConfig {
     pub grace: Duration,
 }
 
+impl DaemonConfig {
+    /// Whether the daemon stops a job past its lease itself (on Slurm, the
+    /// job's time limit does, counted from when it starts running).
+    fn enforces_leases(&self) -> bool {
+        !matches!(self.executor, Executor::Slurm(_))
+    }
+}
+
 /// State shared with the socket thread and the workers.
 pub(crate) struct Shared {
     store: Store,
@@ -73,6 +81,7 @@ pub(crate) struct Shared {
     pid: u32,
     workers: usize,
     executor: Executor,
+    slurm: Option<Arc<crate::exec::slurm::Slurm>>,
     earlier_seconds: f64,
     running: Mutex<BTreeMap<JobId, RunningJob>>,
     idle: Mutex<Option<String>>,
@@ -97,6 +106,7 @@ impl Shared {
             earlier_seconds: self.earlier_seconds,
             workers: self.workers,
             executor: self.executor.to_string(),
+            slurm: self.slurm.as_ref().map(|s| s.view()),
             running,
             idle: self
                 .idle
@@ -202,15 +212,36 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     // From here on, whatever way `run` returns, the pid file and the socket
     // go with it (`Presence`'s drop).
     let mut presence = pidfile::Presence::announce(&cfg.state, pid)?;
-    let recovered = store.recover_leases()?;
+    let exe = worker_exe().context("locating the mad-search binary for workers")?;
+    let slurm = match &cfg.executor {
+        Executor::Slurm(opts) => Some(Arc::new(
+            crate::exec::slurm::Slurm::new(
+                &cfg.state,
+                &format!("{}\0{}\0{}", record.name, record.created, record.seed),
+                &exe,
+                (**opts).clone(),
+                cfg.job_timeout,
+                (cfg.threads > 0).then_some(cfg.threads),
+            )
+            .context("copying the mad-search binary for Slurm jobs")?,
+        )),
+        _ => None,
+    };
+    let adopted = adopt_or_cancel(&cfg, &store, slurm.is_some())?;
+    let adopted_ids: Vec<JobId> = adopted.iter().map(|j| j.id).collect();
+    let recovered = store.recover_leases_except(&adopted_ids)?;
     if !recovered.is_empty() {
         log(format!(
             "requeued {} job(s) left running by a previous daemon: {recovered:?}",
             recovered.len()
         ));
     }
-    if cfg.executor == Executor::Local {
-        match crate::exec::local::clear_stale(&cfg.state) {
+    if cfg.executor != Executor::Threads {
+        let keep: Vec<PathBuf> = adopted
+            .iter()
+            .map(|j| crate::exec::slurm::attempt_dir(&cfg.state, j))
+            .collect();
+        match crate::exec::local::clear_stale(&cfg.state, &keep) {
             Ok(0) => {}
             Ok(n) => log(format!(
                 "removed {n} attempt directory(ies) a previous daemon's workers left"
@@ -233,7 +264,8 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         started: Instant::now(),
         pid,
         workers: cfg.workers,
-        executor: cfg.executor,
+        executor: cfg.executor.clone(),
+        slurm: slurm.clone(),
         running: Mutex::new(BTreeMap::new()),
         idle: Mutex::new(None),
     });
@@ -269,10 +301,20 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         record.preset,
         record.seed,
         cfg.workers,
-        cfg.threads,
+        if cfg.threads == 0 {
+            "the cluster's".to_string()
+        } else {
+            cfg.threads.to_string()
+        },
         cfg.device,
         cfg.executor
     ));
+    if !adopted.is_empty() {
+        log(format!(
+            "re-attaching to {} Slurm job(s) a previous daemon submitted: jobs {adopted_ids:?}",
+            adopted.len()
+        ));
+    }
 
     let (work_tx, work_rx) = crossbeam_channel::unbounded::<WorkItem>();
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
@@ -289,12 +331,14 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         threads: cfg.threads,
         device: cfg.device.clone(),
         checkpoint_every: cfg.checkpoint_every,
-        executor: cfg.executor,
-        exe: worker_exe().context("locating the mad-search binary for workers")?,
+        executor: cfg.executor.clone(),
+        exe,
+        slurm,
         job_timeout: cfg.job_timeout,
         grace: cfg.grace,
     });
-    for w in 0..cfg.workers {
+    // Adopted jobs beyond the workers get slots of their own until they end.
+    for w in 0..cfg.workers.max(adopted.len()) {
         let (rx, tx, wcfg, shared) = (
             work_rx.clone(),
             done_tx.clone(),
@@ -311,17 +355,19 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     drop(done_tx);
 
     let store = &shared.store;
-    let mut sched = Schedule::new(cfg.workers);
-    let scheduled = schedule(
-        &cfg,
-        &shared,
-        &policy,
-        &wcfg,
-        &record.budget,
-        &work_tx,
-        &done_rx,
-        &mut sched,
-    );
+    let mut sched = Schedule::new(cfg.workers, cfg.enforces_leases());
+    let scheduled = sched.adopt(&shared, adopted, &work_tx).and_then(|()| {
+        schedule(
+            &cfg,
+            &shared,
+            &policy,
+            &wcfg,
+            &record.budget,
+            &work_tx,
+            &done_rx,
+            &mut sched,
+        )
+    });
     if let Err(e) = &scheduled {
         log(format!(
             "the scheduler failed: {e:#}; stopping the running jobs (they checkpoint), then exiting"
@@ -391,6 +437,56 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
     }
     stopped.context("recording the daemon's stop")?;
     Ok(())
+}
+
+/// The leases a dead daemon left on jobs it had handed to Slurm: with the
+/// Slurm executor, taken over (worker slots 0, 1, … in order) to re-attach
+/// to those jobs; with another executor, the Slurm jobs are cancelled and
+/// their leases go back to the queue with the rest.
+///
+/// # Errors
+/// A damaged database, or Slurm jobs that cannot be cancelled.
+fn adopt_or_cancel(
+    cfg: &DaemonConfig,
+    store: &Store,
+    on_slurm: bool,
+) -> anyhow::Result<Vec<crate::store::Job>> {
+    use crate::exec::slurm;
+    let recorded: Vec<(crate::store::Job, slurm::Submission)> = store
+        .leased()?
+        .into_iter()
+        .filter_map(|j| slurm::recorded(&cfg.state, &j).map(|s| (j, s)))
+        .collect();
+    if recorded.is_empty() {
+        return Ok(Vec::new());
+    }
+    if on_slurm {
+        let mut adopted = Vec::new();
+        for (j, _) in &recorded {
+            if let Some(j) = store.adopt(j.id, j.attempt, adopted.len())? {
+                adopted.push(j);
+            }
+        }
+        return Ok(adopted);
+    }
+    let subs: Vec<slurm::Submission> = recorded.into_iter().map(|(_, s)| s).collect();
+    let names: Vec<&str> = subs.iter().map(|s| s.name.as_str()).collect();
+    slurm::cancel(&subs).map_err(|e| {
+        anyhow::anyhow!(
+            "a previous daemon ran this search's jobs on Slurm, and they may still run ({}); \
+             they cannot be cancelled ({e}): start with --executor slurm to re-attach to them, \
+             or cancel them with scancel",
+            names.join(", ")
+        )
+    })?;
+    log(format!(
+        "cancelled {} Slurm job(s) a previous daemon submitted ({}); their jobs go back to \
+         the queue (executor {})",
+        subs.len(),
+        names.join(", "),
+        cfg.executor
+    ));
+    Ok(Vec::new())
 }
 
 /// SIGUSR1 (Slurm's warning that a time limit nears, sent to every

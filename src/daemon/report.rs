@@ -57,6 +57,9 @@ pub struct Live {
     /// daemon older than the executors.
     #[serde(default)]
     pub executor: String,
+    /// The Slurm side, when jobs run on Slurm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<crate::exec::slurm::SlurmView>,
     /// Jobs in progress.
     pub running: Vec<RunningJob>,
     /// Why it proposes nothing (budget spent, space exhausted), if so.

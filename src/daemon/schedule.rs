@@ -86,6 +86,12 @@ fn parts_of(
 /// What the scheduler holds between its steps: free workers, jobs in
 /// flight, time not yet accounted.
 pub(super) struct Schedule {
+    /// Worker slots for new jobs (slots beyond, for re-attached jobs, end
+    /// with their job).
+    workers: usize,
+    /// Whether a job past its lease is stopped here (not on Slurm, where
+    /// its time limit does).
+    enforce_leases: bool,
     free: Vec<usize>,
     in_flight: BTreeMap<JobId, InFlight>,
     /// Since when the daemon's running time is not yet in the store.
@@ -96,13 +102,82 @@ pub(super) struct Schedule {
 
 impl Schedule {
     /// `workers` free workers, nothing in flight.
-    pub(super) fn new(workers: usize) -> Schedule {
+    pub(super) fn new(workers: usize, enforce_leases: bool) -> Schedule {
         Schedule {
+            workers,
+            enforce_leases,
             free: (0..workers).rev().collect(),
             in_flight: BTreeMap::new(),
             accounted: Instant::now(),
             settled: 0,
         }
+    }
+
+    /// Hands the jobs a previous daemon left on Slurm (their leases taken
+    /// over, worker slots 0, 1, … in order) to workers that re-attach to
+    /// them.
+    ///
+    /// # Errors
+    /// Every worker gone.
+    pub(super) fn adopt(
+        &mut self,
+        shared: &Shared,
+        jobs: Vec<Job>,
+        work_tx: &crossbeam_channel::Sender<WorkItem>,
+    ) -> anyhow::Result<()> {
+        for job in jobs {
+            let JobState::Leased {
+                worker, deadline, ..
+            } = job.state
+            else {
+                continue;
+            };
+            let Some(cand) = shared.store.candidate(job.arch)? else {
+                continue;
+            };
+            self.free.retain(|&w| w != worker);
+            let stop = Arc::new(AtomicBool::new(false));
+            shared
+                .running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    job.id,
+                    RunningJob {
+                        job: job.id,
+                        arch: job.arch,
+                        layers: cand.genome.layers_string(),
+                        stage: job.stage,
+                        part: job.part.as_ref().map(|p| p.key.clone()),
+                        attempt: job.attempt,
+                        worker,
+                        seconds: now(),
+                        progress: None,
+                    },
+                );
+            self.in_flight.insert(
+                job.id,
+                InFlight {
+                    attempt: job.attempt,
+                    deadline: if self.enforce_leases {
+                        deadline
+                    } else {
+                        f64::INFINITY
+                    },
+                    stop: Arc::clone(&stop),
+                    lapsed: false,
+                },
+            );
+            work_tx
+                .send(WorkItem {
+                    job,
+                    genome: cand.genome,
+                    worker,
+                    stop,
+                })
+                .context("a worker is gone")?;
+        }
+        Ok(())
     }
 }
 
@@ -146,6 +221,12 @@ pub(super) fn schedule(
                     let Some(job) = store.lease(job.id, w, deadline)? else {
                         continue;
                     };
+                    if wcfg.slurm.is_some() {
+                        // A Slurm job outlives a daemon killed with -9: its
+                        // lease must be on disk before it is submitted, so
+                        // that the next daemon re-attaches to it.
+                        store.flush()?;
+                    }
                     let Some(cand) = store.candidate(job.arch)? else {
                         store.release(
                             job.id,
@@ -192,7 +273,11 @@ pub(super) fn schedule(
                         job.id,
                         InFlight {
                             attempt: job.attempt,
-                            deadline,
+                            deadline: if sched.enforce_leases {
+                                deadline
+                            } else {
+                                f64::INFINITY
+                            },
                             stop: Arc::clone(&stop),
                             lapsed: false,
                         },
@@ -289,7 +374,9 @@ pub(super) fn schedule(
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&done.job);
                 *shared.idle.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                sched.free.push(done.worker);
+                if done.worker < sched.workers {
+                    sched.free.push(done.worker);
+                }
                 settle(store, wcfg, &done, &f)?;
                 sched.settled += 1;
                 if sched.settled.is_multiple_of(TRIM_EVERY) {
@@ -484,6 +571,22 @@ fn settle(
     done: &Done,
     f: &InFlight,
 ) -> anyhow::Result<()> {
+    settle_outcome(store, wcfg, done, f)?;
+    if let Some(slurm) = &wcfg.slurm {
+        // The end on disk before the attempt's result file goes.
+        store.flush()?;
+        slurm.settled(&wcfg.state, done.job, f.attempt, &done.outcome);
+    }
+    Ok(())
+}
+
+/// Records how a job ended.
+fn settle_outcome(
+    store: &Store,
+    wcfg: &worker::WorkerConfig,
+    done: &Done,
+    f: &InFlight,
+) -> anyhow::Result<()> {
     let job = done.job;
     let fail = |why: String| -> anyhow::Result<()> {
         log(format!("job {job}: failed: {why}"));
@@ -583,6 +686,10 @@ fn settle(
             if matches!(state, Some(JobState::Failed { .. })) {
                 clean_up(store, &wcfg.state, done)?;
             }
+        }
+        Outcome::Detached { reason } => {
+            // The lease stays: the next daemon re-attaches to the job.
+            log(format!("job {job}: {reason}"));
         }
         Outcome::Unrunnable { .. } => {
             let state = store.release(job, f.attempt, &Release::Interrupted)?;

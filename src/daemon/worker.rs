@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::Shared;
 use crate::exec::spec::JobSpec;
-use crate::exec::{Assignment, Executor, Outcome, execute, local, runs_dir};
+use crate::exec::{Assignment, Executor, Outcome, execute, local, runs_dir, slurm};
 use crate::genome::{ArchId, ArchSpec};
 use crate::layers::device::DeviceSlots;
 use crate::scale::corpus::Corpus;
@@ -36,6 +36,8 @@ pub(crate) struct WorkerConfig {
     pub executor: Executor,
     /// The binary a worker process runs (`mad-search worker`).
     pub exe: PathBuf,
+    /// The Slurm executor, when jobs run on Slurm.
+    pub slurm: Option<Arc<slurm::Slurm>>,
     /// A job's lease, seconds: a worker process's own budget.
     pub job_timeout: f64,
     /// How long a stopped worker process may take to checkpoint before it
@@ -85,7 +87,7 @@ pub(crate) fn work(
                 return;
             }
         },
-        Executor::Local => None,
+        Executor::Local | Executor::Slurm(_) => None,
     };
     for item in rx {
         let job = &item.job;
@@ -135,20 +137,31 @@ pub(crate) fn work(
                     // cleanly before the daemon has to.
                     wall_seconds: Some(cfg.job_timeout * WALL_SHARE),
                 };
-                let end = local::run(
-                    &cfg.exe,
-                    &cfg.state,
-                    &spec,
-                    &item.stop,
-                    cfg.grace,
-                    &show,
-                    &|l| super::log(l),
-                );
+                let end = match &cfg.slurm {
+                    Some(slurm) => {
+                        slurm.run(&cfg.state, &spec, &item.stop, cfg.grace, &show, &|l| {
+                            super::log(l)
+                        })
+                    }
+                    None => local::run(
+                        &cfg.exe,
+                        &cfg.state,
+                        &spec,
+                        &item.stop,
+                        cfg.grace,
+                        &show,
+                        &|l| super::log(l),
+                    ),
+                };
                 if let Some(kib) = end.peak_kib {
                     super::log(format!(
-                        "job {}: worker process {} peaked at {:.0} MiB",
+                        "job {}: worker process{} peaked at {:.0} MiB",
                         job.id,
-                        end.pid,
+                        if end.pid == 0 {
+                            String::new()
+                        } else {
+                            format!(" {}", end.pid)
+                        },
                         kib as f64 / 1024.0
                     ));
                 }

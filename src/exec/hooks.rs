@@ -29,6 +29,12 @@ pub const KILL_LAYERS: &str = "MAD_SEARCH_TEST_KILL_LAYERS";
 /// processes: a thread cannot be killed).
 pub const HANG_LAYERS: &str = "MAD_SEARCH_TEST_HANG_LAYERS";
 
+/// With this variable set, the daemon kills itself (SIGKILL) right after
+/// `sbatch` returns a job id and before the id is written down (a kill -9
+/// at the worst point): the next daemon must find the job by its name, not
+/// submit it again.
+pub const ABORT_AFTER_SUBMIT: &str = "MAD_SEARCH_TEST_ABORT_AFTER_SUBMIT";
+
 /// The learning rate of the diverging hooks: finite (the settings a
 /// result carries are JSON, which has no infinity) and large enough that
 /// the first steps overflow the weights.
@@ -86,4 +92,15 @@ pub fn scale_run_diverges(index: u32) -> bool {
 /// ([`SCHEDULER_ERROR_AFTER`]).
 pub fn scheduler_error_after() -> Option<u64> {
     var(SCHEDULER_ERROR_AFTER).and_then(|v| v.parse().ok())
+}
+
+/// Kills this process with SIGKILL ([`ABORT_AFTER_SUBMIT`]), as a kill -9
+/// from outside would.
+pub fn after_submit() {
+    if var(ABORT_AFTER_SUBMIT).is_some() {
+        // SAFETY: raising a signal on this process has no memory effects.
+        unsafe {
+            libc::raise(libc::SIGKILL);
+        }
+    }
 }

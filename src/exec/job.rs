@@ -67,6 +67,13 @@ pub enum Outcome {
         /// What is wrong, and what to do.
         reason: String,
     },
+    /// The job goes on where it runs and could not be stopped (a Slurm job
+    /// while Slurm does not answer): its lease stays, and the next daemon
+    /// re-attaches to it.
+    Detached {
+        /// Why.
+        reason: String,
+    },
     /// No result: why, and whether another try may do better.
     Failed {
         /// What went wrong.

@@ -29,11 +29,12 @@ pub fn failed_dir(state: &Path) -> PathBuf {
 }
 
 /// Removes what attempts of an earlier daemon left (their children died
-/// with it); keeps `failed/`. Returns how many went.
+/// with it); keeps `failed/` and the directories named in `keep` (attempts re-attached on Slurm).
+/// Returns how many went.
 ///
 /// # Errors
 /// The directory cannot be read.
-pub fn clear_stale(state: &Path) -> std::io::Result<usize> {
+pub fn clear_stale(state: &Path, keep: &[PathBuf]) -> std::io::Result<usize> {
     let dir = jobs_dir(state);
     let mut n = 0;
     let entries = match std::fs::read_dir(&dir) {
@@ -43,7 +44,11 @@ pub fn clear_stale(state: &Path) -> std::io::Result<usize> {
     };
     for entry in entries {
         let entry = entry?;
-        if entry.file_name() == "failed" {
+        if entry.file_name() == "failed"
+            || keep
+                .iter()
+                .any(|k| k.file_name() == Some(&entry.file_name()))
+        {
             continue;
         }
         std::fs::remove_dir_all(entry.path())?;
@@ -317,6 +322,12 @@ fn died(
             r.job, r.attempt, spec.job.id, spec.job.attempt
         ),
     };
+    format!("{how}{result}{}", log_tail(dir))
+}
+
+/// `; the end of its log: …` (the last three lines of an attempt's
+/// `worker.log`), or nothing.
+pub(super) fn log_tail(dir: &Path) -> String {
     let log = std::fs::read(dir.join(LOG_FILE)).unwrap_or_default();
     let log = String::from_utf8_lossy(&log);
     let tail: Vec<&str> = log
@@ -325,13 +336,12 @@ fn died(
         .filter(|l| !l.trim().is_empty())
         .take(3)
         .collect();
-    let tail = if tail.is_empty() {
+    if tail.is_empty() {
         String::new()
     } else {
         let lines: Vec<&str> = tail.into_iter().rev().collect();
         format!("; the end of its log: {}", lines.join(" | "))
-    };
-    format!("{how}{result}{tail}")
+    }
 }
 
 /// Failed attempts' directories kept under `failed/` (the oldest go).
@@ -341,7 +351,7 @@ pub const FAILED_KEPT: usize = 100;
 /// kept under `failed/` (spec and log: `mad-search worker --job
 /// failed/<dir>/spec.json --out r.json --runs DIR` tries it again by hand),
 /// the newest [`FAILED_KEPT`] of them.
-fn keep_or_remove(state: &Path, dir: &Path, outcome: &Outcome) {
+pub(super) fn keep_or_remove(state: &Path, dir: &Path, outcome: &Outcome) {
     if matches!(outcome, Outcome::Failed { .. } | Outcome::Unrunnable { .. }) {
         let failed = failed_dir(state);
         let to = failed.join(dir.file_name().unwrap_or_default());

@@ -201,11 +201,11 @@ fn a_stopped_worker_that_checkpoints_ends_as_it_says() {
 #[test]
 fn stale_attempts_go_and_failed_ones_stay() {
     let state = tempfile::tempdir().unwrap();
-    assert_eq!(local::clear_stale(state.path()).unwrap(), 0);
+    assert_eq!(local::clear_stale(state.path(), &[]).unwrap(), 0);
     let jobs = local::jobs_dir(state.path());
     std::fs::create_dir_all(jobs.join("3-a1")).unwrap();
     std::fs::create_dir_all(local::failed_dir(state.path()).join("2-a1")).unwrap();
-    assert_eq!(local::clear_stale(state.path()).unwrap(), 1);
+    assert_eq!(local::clear_stale(state.path(), &[]).unwrap(), 1);
     assert!(!jobs.join("3-a1").exists());
     assert!(local::failed_dir(state.path()).join("2-a1").exists());
 }
@@ -244,9 +244,365 @@ fn failed_attempts_kept_are_bounded() {
     for i in 0..local::FAILED_KEPT + 5 {
         std::fs::create_dir_all(failed.join(format!("{i}-a1"))).unwrap();
     }
-    local::clear_stale(state.path()).unwrap();
+    local::clear_stale(state.path(), &[]).unwrap();
     assert_eq!(
         std::fs::read_dir(&failed).unwrap().count(),
         local::FAILED_KEPT
     );
+}
+
+mod slurm {
+    use super::super::slurm::*;
+    use super::*;
+
+    #[test]
+    fn squeue_lines_are_read_and_unreadable_ones_skipped() {
+        let out = "12|mad-ab-j1-a1|RUNNING|None\n\
+                   13|mad-ab-j2-a1|PENDING|Resources\n\
+                   14_[1-3]|array|PENDING|Priority\n\
+                   15|name|with|bars|CANCELLED by 0|None\n\
+                   \n\
+                   16|mad-ab-j3-a2|CANCELLED by 0|None\n";
+        let q = parse_squeue(out);
+        let ids: Vec<u64> = q.iter().map(|q| q.id).collect();
+        assert_eq!(ids, [12, 13, 15, 16]);
+        assert_eq!(q[0].state, SlurmState::Running);
+        assert_eq!(q[1].state, SlurmState::Pending);
+        assert_eq!(q[1].reason, "Resources");
+        assert_eq!(q[2].name, "name|with|bars");
+        assert_eq!(q[2].state, SlurmState::Cancelled);
+        assert_eq!(q[3].state, SlurmState::Cancelled);
+        assert!(q[0].state.active() && q[1].state.active() && !q[3].state.active());
+    }
+
+    #[test]
+    fn slurm_states_are_named_as_slurm_names_them() {
+        for (name, state) in [
+            ("PENDING", SlurmState::Pending),
+            ("CONFIGURING", SlurmState::Running),
+            ("COMPLETING", SlurmState::Running),
+            ("SUSPENDED", SlurmState::Running),
+            ("COMPLETED", SlurmState::Completed),
+            ("FAILED", SlurmState::Failed),
+            ("TIMEOUT", SlurmState::Timeout),
+            ("DEADLINE", SlurmState::Timeout),
+            ("CANCELLED by 1000", SlurmState::Cancelled),
+            ("PREEMPTED", SlurmState::Preempted),
+            ("OUT_OF_MEMORY", SlurmState::OutOfMemory),
+            ("NODE_FAIL", SlurmState::NodeFail),
+            ("BOOT_FAIL", SlurmState::NodeFail),
+            ("REVOKED", SlurmState::Other("REVOKED".into())),
+        ] {
+            assert_eq!(SlurmState::parse(name), state, "{name}");
+        }
+    }
+
+    #[test]
+    fn sbatch_and_scontrol_output_are_read() {
+        assert_eq!(parse_sbatch("42\n"), Some(42));
+        assert_eq!(parse_sbatch("42;cluster\n"), Some(42));
+        assert_eq!(
+            parse_sbatch("sbatch: warning: something\n43\n"),
+            Some(43),
+            "the id is the last line"
+        );
+        assert_eq!(parse_sbatch("Submitted batch job 7"), None);
+        assert_eq!(parse_sbatch(""), None);
+        let e = parse_scontrol(
+            "JobId=4 JobName=t4 UserId=root(0) JobState=FAILED Reason=NonZeroExitCode \
+             Dependency=(null) Requeue=0 Restarts=0 BatchFlag=1 ExitCode=4:0 RunTime=00:00:00",
+        )
+        .unwrap();
+        assert_eq!(e.state, SlurmState::Failed);
+        assert_eq!((e.code, e.signal), (Some(4), None));
+        assert_eq!(e.reason, "NonZeroExitCode");
+        let e = parse_scontrol("JobId=2 JobState=CANCELLED Reason=None ExitCode=0:15").unwrap();
+        assert_eq!((e.code, e.signal), (Some(0), Some(15)));
+        assert!(parse_scontrol("slurm_load_jobs error: Invalid job id specified").is_none());
+    }
+
+    fn queued(state: SlurmState) -> Queued {
+        Queued {
+            id: 9,
+            name: "mad-ab-j7-a2".into(),
+            state,
+            reason: "None".into(),
+        }
+    }
+
+    fn ended(state: SlurmState, code: i32, signal: Option<i32>) -> Ended {
+        Ended {
+            state,
+            code: Some(code),
+            signal,
+            reason: "NonZeroExitCode".into(),
+        }
+    }
+
+    fn result(outcome: Outcome) -> JobResult {
+        JobResult {
+            format: FORMAT,
+            job: 7,
+            attempt: 2,
+            outcome,
+            peak_kib: None,
+        }
+    }
+
+    #[test]
+    fn an_ended_slurm_job_counts_by_its_result_else_by_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("worker.log"), "line one\nthe last words\n").unwrap();
+        let d = dir.path();
+        let fin = Outcome::Failed {
+            reason: "its genome cannot be built".into(),
+            retry: false,
+        };
+        // A result is the truth.
+        let r = result(fin.clone());
+        assert_eq!(
+            classify(&queued(SlurmState::Completed), None, Some(&r), false, d),
+            fin
+        );
+        // A stop we asked for.
+        let r = result(Outcome::Interrupted);
+        assert_eq!(
+            classify(&queued(SlurmState::Failed), None, Some(&r), true, d),
+            Outcome::Interrupted
+        );
+        assert_eq!(
+            classify(&queued(SlurmState::Cancelled), None, None, true, d),
+            Outcome::Interrupted
+        );
+        // A stop nobody here asked for: a scancel costs an attempt, a
+        // preemption does not.
+        match classify(&queued(SlurmState::Cancelled), None, Some(&r), false, d) {
+            Outcome::Failed { reason, retry } => {
+                assert!(
+                    retry && reason.contains("cancelled (not by mad-search"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            classify(&queued(SlurmState::Preempted), None, Some(&r), false, d),
+            Outcome::Interrupted
+        );
+        assert_eq!(
+            classify(&queued(SlurmState::Timeout), None, Some(&r), false, d),
+            Outcome::OutOfTime,
+            "stopped at the time limit is a lapsed lease"
+        );
+        // No result.
+        assert_eq!(
+            classify(&queued(SlurmState::Timeout), None, None, false, d),
+            Outcome::OutOfTime
+        );
+        let e = ended(SlurmState::Failed, 4, None);
+        match classify(&queued(SlurmState::Failed), Some(&e), None, false, d) {
+            Outcome::Unrunnable { reason } => assert!(reason.contains("the last words")),
+            other => panic!("{other:?}"),
+        }
+        let e = ended(SlurmState::Failed, 0, Some(9));
+        match classify(&queued(SlurmState::Failed), Some(&e), None, false, d) {
+            Outcome::Failed { reason, retry } => {
+                assert!(retry, "{reason}");
+                assert!(reason.contains("killed by signal 9"), "{reason}");
+                assert!(reason.contains("the last words"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        for (state, says) in [
+            (SlurmState::Cancelled, "cancelled (not by mad-search)"),
+            (SlurmState::OutOfMemory, "out of memory"),
+            (SlurmState::NodeFail, "node failed"),
+            (SlurmState::Completed, "without a result"),
+        ] {
+            match classify(&queued(state.clone()), None, None, false, d) {
+                Outcome::Failed { reason, retry } => {
+                    assert!(retry && reason.contains(says), "{state:?}: {reason}");
+                }
+                other => panic!("{state:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_submission_record_belongs_to_its_attempt() {
+        let state = tempfile::tempdir().unwrap();
+        let job = spec(state.path()).job;
+        assert_eq!(recorded(state.path(), &job), None);
+        let dir = attempt_dir(state.path(), &job);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sub = Submission {
+            job: job.id,
+            attempt: job.attempt,
+            name: "mad-ab-j7-a2".into(),
+            id: Some(12),
+            submitted: 1.0,
+            exe: None,
+            stop_requested: false,
+        };
+        std::fs::write(dir.join(SUBMISSION_FILE), serde_json::to_vec(&sub).unwrap()).unwrap();
+        assert_eq!(recorded(state.path(), &job), Some(sub.clone()));
+        // The next attempt has a directory of its own.
+        let mut next = job.clone();
+        next.attempt += 1;
+        assert_eq!(recorded(state.path(), &next), None);
+        // A record of another job in this directory is not this one's.
+        let other = Submission { job: 8, ..sub };
+        std::fs::write(
+            dir.join(SUBMISSION_FILE),
+            serde_json::to_vec(&other).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(recorded(state.path(), &job), None);
+        // Nor is a torn one.
+        std::fs::write(dir.join(SUBMISSION_FILE), b"{\"job\": 7, \"att").unwrap();
+        assert_eq!(recorded(state.path(), &job), None);
+        // Stale attempts go, the re-attached one stays.
+        let stale = local::jobs_dir(state.path()).join("3-a1");
+        std::fs::create_dir_all(&stale).unwrap();
+        assert_eq!(
+            local::clear_stale(state.path(), std::slice::from_ref(&dir)).unwrap(),
+            1
+        );
+        assert!(dir.exists() && !stale.exists());
+    }
+
+    #[test]
+    fn jobs_run_a_copy_of_the_binary_and_names_are_unique_to_the_search() {
+        let state = tempfile::tempdir().unwrap();
+        let exe = state.path().join("exe");
+        let mk = |bytes: &[u8]| {
+            std::fs::write(&exe, bytes).unwrap();
+            Slurm::new(
+                state.path(),
+                "search",
+                &exe,
+                SlurmOptions::default(),
+                90.0,
+                Some(2),
+            )
+            .unwrap()
+        };
+        let a = mk(b"binary one");
+        let b = mk(b"binary one");
+        assert_eq!(
+            a.name(7, 2),
+            b.name(7, 2),
+            "the same search, the same names"
+        );
+        assert!(a.name(7, 2).starts_with(&a.prefix()));
+        assert_ne!(a.name(7, 2), a.name(7, 3));
+        assert_ne!(a.name(7, 2), a.name(17, 2));
+        let bin = state.path().join("bin");
+        let copies = || {
+            let mut v: Vec<Vec<u8>> = std::fs::read_dir(&bin)
+                .unwrap()
+                .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(copies(), [b"binary one".to_vec()]);
+        for (i, bytes) in [&b"two"[..], b"three", b"four"].into_iter().enumerate() {
+            // Distinct modification times order the copies.
+            std::thread::sleep(Duration::from_millis(20 * (i as u64 + 1)));
+            mk(bytes);
+        }
+        assert_eq!(
+            copies(),
+            [b"four".to_vec(), b"three".to_vec(), b"two".to_vec()],
+            "the newest three are kept"
+        );
+        let c = Slurm::new(
+            state.path(),
+            "another",
+            &exe,
+            SlurmOptions::default(),
+            90.0,
+            None,
+        )
+        .unwrap();
+        assert_ne!(
+            a.prefix(),
+            c.prefix(),
+            "another search (even in the same directory), other names"
+        );
+        // A copy an attempt still names is kept beyond the newest three.
+        let old = std::fs::read_dir(&bin)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| std::fs::read(p).unwrap() == b"two")
+            .unwrap();
+        let attempt = local::jobs_dir(state.path()).join("1-a1");
+        std::fs::create_dir_all(&attempt).unwrap();
+        let sub = Submission {
+            job: 1,
+            attempt: 1,
+            name: "n".into(),
+            id: Some(1),
+            submitted: 0.0,
+            exe: Some(old.clone()),
+            stop_requested: false,
+        };
+        std::fs::write(
+            attempt.join(SUBMISSION_FILE),
+            serde_json::to_vec(&sub).unwrap(),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        mk(b"five");
+        assert!(old.exists(), "a copy a job may run is kept");
+        assert_eq!(copies().len(), 4);
+    }
+
+    #[test]
+    fn extra_sbatch_arguments_may_not_take_over_what_the_executor_sets() {
+        for ok in [
+            "--qos=short",
+            "--mem=32G",
+            "--constraint=a100",
+            "-q",
+            "--exclusive",
+        ] {
+            assert_eq!(check_extra_arg(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("--job-name=x", "--job-name"),
+            ("-Jx", "--job-name"),
+            ("--time=10", "--job-timeout sets it"),
+            ("-t", "--job-timeout"),
+            ("--wait", "--wait"),
+            ("-W", "--wait"),
+            ("--test-only", "--test-only"),
+            ("--array=1-4", "--array"),
+            ("--output=/tmp/x", "--output"),
+            ("--partition=gpu", "--slurm-partition"),
+            ("-pgpu", "--slurm-partition"),
+            ("--cpus-per-task=8", "--threads"),
+            ("--clusters=b", "--clusters"),
+            ("--qos short", "one word"),
+            ("short", "one word"),
+            ("", "one word"),
+        ] {
+            let e = check_extra_arg(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn pending_reasons_that_never_clear_are_named() {
+        assert!(
+            hopeless("PartitionTimeLimit")
+                .unwrap()
+                .contains("--job-timeout")
+        );
+        assert!(hopeless("InvalidAccount").is_some());
+        for fine in ["Resources", "Priority", "None", "ReqNodeNotAvail", ""] {
+            assert_eq!(hopeless(fine), None, "{fine}");
+        }
+    }
 }

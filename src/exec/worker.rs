@@ -139,8 +139,14 @@ pub fn run(spec_path: &Path, out: &Path, runs: Option<&Path>) -> Result<u8, Work
         }
     };
     let log = |line: String| eprintln!("{line}");
+    // 0: as many as the allocation gives (the CPUs this process may run
+    // on: its affinity mask and cgroup quota).
+    let threads = match spec.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(spec.threads.max(1))
+        .num_threads(threads.max(1))
         .build()
         .map_err(|e| setup("thread pool", &e))?;
     let assignment = Assignment {
@@ -160,7 +166,10 @@ pub fn run(spec_path: &Path, out: &Path, runs: Option<&Path>) -> Result<u8, Work
     }
     let code = match outcome {
         Outcome::Interrupted | Outcome::OutOfTime => EXIT_STOPPED,
-        Outcome::Finished(_) | Outcome::Failed { .. } | Outcome::Unrunnable { .. } => EXIT_DONE,
+        Outcome::Finished(_)
+        | Outcome::Failed { .. }
+        | Outcome::Unrunnable { .. }
+        | Outcome::Detached { .. } => EXIT_DONE,
     };
     JobResult {
         format: super::spec::FORMAT,

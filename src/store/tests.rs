@@ -187,6 +187,59 @@ fn failures_retry_then_give_up_and_orphans_requeue() {
     assert!(kinds.contains(&"requeued".to_string()) && kinds.contains(&"failed".to_string()));
 }
 
+#[test]
+fn an_adopted_lease_stays_leased_to_this_daemon_and_the_rest_requeue() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create_or_open(dir.path(), &record()).unwrap();
+    let a = s
+        .add_candidate(&cand("hyena swiglu", 10, 10), StageName::Screen, &[])
+        .unwrap()
+        .unwrap();
+    let b = s
+        .add_candidate(&cand("mh-attention swiglu", 5, 5), StageName::Screen, &[])
+        .unwrap()
+        .unwrap();
+    let leased_a = s.lease(a, 3, now() + 60.0).unwrap().unwrap();
+    s.lease(b, 4, now() + 60.0).unwrap().unwrap();
+    // Not under another attempt, not a job that is not leased.
+    assert_eq!(s.adopt(a, 2, 0).unwrap(), None);
+    assert_eq!(s.adopt(99, 1, 0).unwrap(), None);
+    let adopted = s.adopt(a, 1, 0).unwrap().unwrap();
+    let (
+        JobState::Leased {
+            started: s0,
+            deadline: d0,
+            ..
+        },
+        JobState::Leased {
+            worker,
+            pid,
+            started,
+            deadline,
+        },
+    ) = (&leased_a.state, &adopted.state)
+    else {
+        panic!("{:?}", adopted.state);
+    };
+    assert_eq!((*worker, *pid), (0, std::process::id()));
+    assert_eq!(
+        (started, deadline),
+        (s0, d0),
+        "the lease keeps its start and deadline"
+    );
+    assert_eq!(adopted.attempt, 1);
+    assert_eq!(s.recover_leases_except(&[a]).unwrap(), vec![b]);
+    let leased: Vec<u64> = s.leased().unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(leased, [a]);
+    let st = s.stats().unwrap().jobs[&StageName::Screen];
+    assert_eq!((st.running, st.queued), (1, 1), "counts stay in step");
+    // Its end is recorded under the same attempt.
+    assert_eq!(
+        s.release(a, 1, &Release::Interrupted).unwrap(),
+        Some(JobState::Queued)
+    );
+}
+
 /// The board's length by a scan, to check the counted one.
 fn board_scan(s: &Store, stage: StageName) -> usize {
     s.tree(Tree::Board)

@@ -173,6 +173,45 @@ impl Store {
         })
     }
 
+    /// Takes over the lease of `job`'s attempt `attempt` from a dead daemon
+    /// (its work goes on elsewhere: a Slurm job this daemon re-attaches
+    /// to): the lease names this process and `worker`, and keeps its start
+    /// and deadline. `None` if the job is not leased under `attempt`.
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn adopt(
+        &self,
+        job: JobId,
+        attempt: u32,
+        worker: usize,
+    ) -> Result<Option<Job>, StoreError> {
+        self.tx(|tx| {
+            let Some(mut j) = tx.job(job)? else {
+                return Ok(None);
+            };
+            let JobState::Leased {
+                started, deadline, ..
+            } = j.state
+            else {
+                return Ok(None);
+            };
+            if j.attempt != attempt {
+                return Ok(None);
+            }
+            let mut stats = tx.stats()?;
+            let to = JobState::Leased {
+                worker,
+                pid: std::process::id(),
+                started,
+                deadline,
+            };
+            tx.move_job(&mut j, to, &mut stats)?;
+            tx.put(Tree::Meta, b"stats", &stats)?;
+            Ok(Some(j))
+        })
+    }
+
     /// Records a finished job: its run's result `part` (for a stage split
     /// into runs) under the job, `seconds` of evaluation time, and how the
     /// stage ends ([`StageEnd`]). `false` (and nothing changes) when the job
@@ -319,8 +358,20 @@ impl Store {
     /// # Errors
     /// A damaged database.
     pub fn recover_leases(&self) -> Result<Vec<JobId>, StoreError> {
+        self.recover_leases_except(&[])
+    }
+
+    /// [`Store::recover_leases`], except the jobs in `adopted` (re-attached
+    /// by this daemon: their work goes on elsewhere, on Slurm).
+    ///
+    /// # Errors
+    /// A damaged database.
+    pub fn recover_leases_except(&self, adopted: &[JobId]) -> Result<Vec<JobId>, StoreError> {
         let mut out = Vec::new();
         for j in self.leased()? {
+            if adopted.contains(&j.id) {
+                continue;
+            }
             if self.release(j.id, j.attempt, &Release::Orphaned)?.is_some() {
                 out.push(j.id);
             }
