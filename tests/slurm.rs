@@ -104,19 +104,42 @@ fn slurm_names(state: &Path) -> Vec<String> {
     names
 }
 
-/// Kills the daemon and cancels the search's Slurm jobs when a test ends
-/// (whatever way), so that nothing trains on for the next test.
-struct Cleanup<'a>(&'a Path);
+/// A Slurm test's surroundings: the cluster to itself, a fresh state
+/// directory; when the test ends (whatever way), its daemon is killed and
+/// its Slurm jobs cancelled, so that nothing trains on for the next test.
+struct Fixture {
+    state: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _cluster: std::sync::MutexGuard<'static, ()>,
+}
 
-impl Drop for Cleanup<'_> {
+impl Fixture {
+    /// `None` (the test is skipped) where no Slurm answers.
+    fn new() -> Option<Fixture> {
+        if !slurm() {
+            return None;
+        }
+        let cluster = CLUSTER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = tempfile::tempdir().unwrap();
+        Some(Fixture {
+            state: dir.path().join("search"),
+            _dir: dir,
+            _cluster: cluster,
+        })
+    }
+}
+
+impl Drop for Fixture {
     fn drop(&mut self) {
-        if let Some(p) = pid(self.0) {
+        if let Some(p) = pid(&self.state) {
             // SAFETY: kill(2) on the test's own daemon.
             unsafe {
                 libc::kill(p, libc::SIGKILL);
             }
         }
-        for (id, _) in submissions(self.0) {
+        for (id, _) in submissions(&self.state) {
             let _ = Command::new("scancel").arg(id.to_string()).status();
         }
     }
@@ -217,15 +240,10 @@ fn without_slurm_commands_start_says_what_to_do_and_writes_nothing() {
 
 #[test]
 fn a_tiny_search_runs_through_slurm_and_a_cancelled_job_is_retried() {
-    if !slurm() {
+    let Some(fixture) = Fixture::new() else {
         return;
-    }
-    let _cluster = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("search");
-    let _cleanup = Cleanup(&state);
+    };
+    let state = fixture.state.clone();
     // Job 1 hangs on its first attempt (deaf to SIGTERM): it is running
     // when cancelled, and Slurm has to kill it.
     let layers = "mh-attention swiglu";
@@ -286,15 +304,10 @@ fn a_tiny_search_runs_through_slurm_and_a_cancelled_job_is_retried() {
 
 #[test]
 fn a_daemon_killed_mid_search_reattaches_and_submits_nothing_twice() {
-    if !slurm() {
+    let Some(fixture) = Fixture::new() else {
         return;
-    }
-    let _cluster = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("search");
-    let _cleanup = Cleanup(&state);
+    };
+    let state = fixture.state.clone();
     // The embedded space: jobs of some fifteen seconds, long enough to be
     // caught running.
     let budget = ["--budget", "screen=3,mad=0,scale=0"];
@@ -336,15 +349,10 @@ fn a_daemon_killed_mid_search_reattaches_and_submits_nothing_twice() {
 
 #[test]
 fn a_refused_submission_shows_in_status_and_stop_still_stops() {
-    if !slurm() {
+    let Some(fixture) = Fixture::new() else {
         return;
-    }
-    let _cluster = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("search");
-    let _cleanup = Cleanup(&state);
+    };
+    let state = fixture.state.clone();
     start_on_slurm(
         &state,
         Some(SPACE),
@@ -386,15 +394,10 @@ fn a_refused_submission_shows_in_status_and_stop_still_stops() {
 
 #[test]
 fn a_daemon_killed_between_sbatch_and_its_record_finds_the_job_by_name() {
-    if !slurm() {
+    let Some(fixture) = Fixture::new() else {
         return;
-    }
-    let _cluster = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("search");
-    let _cleanup = Cleanup(&state);
+    };
+    let state = fixture.state.clone();
     let budget = ["--budget", "screen=2,mad=0,scale=0", "--workers", "1"];
     // The daemon kills itself right after sbatch answers, before the id
     // is written down (in the foreground: it dies before a background
@@ -453,17 +456,12 @@ fn a_daemon_killed_between_sbatch_and_its_record_finds_the_job_by_name() {
 
 #[test]
 fn a_job_that_can_never_start_stops_the_search_with_the_reason() {
-    if !slurm() {
+    let Some(fixture) = Fixture::new() else {
         return;
-    }
-    let _cluster = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("search");
-    let _cleanup = Cleanup(&state);
+    };
+    let state = fixture.state.clone();
     // A dependency on a job that succeeded, `afternotok`, is never met.
-    let script = dir.path().join("true.sh");
+    let script = state.parent().unwrap().join("true.sh");
     std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
     let out = Command::new("sbatch")
         .args([

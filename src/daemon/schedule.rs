@@ -113,6 +113,63 @@ impl Schedule {
         }
     }
 
+    /// Hands a leased `job` to a worker as `worker`, seen by `status` and
+    /// watched until `deadline` (where the daemon enforces leases).
+    ///
+    /// # Errors
+    /// Every worker gone.
+    fn dispatch(
+        &mut self,
+        shared: &Shared,
+        job: Job,
+        genome: crate::genome::ArchSpec,
+        worker: usize,
+        deadline: f64,
+        work_tx: &crossbeam_channel::Sender<WorkItem>,
+    ) -> anyhow::Result<()> {
+        let stop = Arc::new(AtomicBool::new(false));
+        shared
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                job.id,
+                RunningJob {
+                    job: job.id,
+                    arch: job.arch,
+                    layers: genome.layers_string(),
+                    stage: job.stage,
+                    part: job.part.as_ref().map(|p| p.key.clone()),
+                    attempt: job.attempt,
+                    worker,
+                    seconds: now(),
+                    progress: None,
+                },
+            );
+        self.in_flight.insert(
+            job.id,
+            InFlight {
+                attempt: job.attempt,
+                deadline: if self.enforce_leases {
+                    deadline
+                } else {
+                    f64::INFINITY
+                },
+                stop: Arc::clone(&stop),
+                lapsed: false,
+            },
+        );
+        work_tx
+            .send(WorkItem {
+                job,
+                genome,
+                worker,
+                stop,
+            })
+            .context("a worker is gone")?;
+        Ok(())
+    }
+
     /// Hands the jobs a previous daemon left on Slurm (their leases taken
     /// over, worker slots 0, 1, … in order) to workers that re-attach to
     /// them.
@@ -136,46 +193,7 @@ impl Schedule {
                 continue;
             };
             self.free.retain(|&w| w != worker);
-            let stop = Arc::new(AtomicBool::new(false));
-            shared
-                .running
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(
-                    job.id,
-                    RunningJob {
-                        job: job.id,
-                        arch: job.arch,
-                        layers: cand.genome.layers_string(),
-                        stage: job.stage,
-                        part: job.part.as_ref().map(|p| p.key.clone()),
-                        attempt: job.attempt,
-                        worker,
-                        seconds: now(),
-                        progress: None,
-                    },
-                );
-            self.in_flight.insert(
-                job.id,
-                InFlight {
-                    attempt: job.attempt,
-                    deadline: if self.enforce_leases {
-                        deadline
-                    } else {
-                        f64::INFINITY
-                    },
-                    stop: Arc::clone(&stop),
-                    lapsed: false,
-                },
-            );
-            work_tx
-                .send(WorkItem {
-                    job,
-                    genome: cand.genome,
-                    worker,
-                    stop,
-                })
-                .context("a worker is gone")?;
+            self.dispatch(shared, job, cand.genome, worker, deadline, work_tx)?;
         }
         Ok(())
     }
@@ -239,25 +257,6 @@ pub(super) fn schedule(
                         continue;
                     };
                     sched.free.pop();
-                    let stop = Arc::new(AtomicBool::new(false));
-                    shared
-                        .running
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(
-                            job.id,
-                            RunningJob {
-                                job: job.id,
-                                arch: job.arch,
-                                layers: cand.genome.layers_string(),
-                                stage: job.stage,
-                                part: job.part.as_ref().map(|p| p.key.clone()),
-                                attempt: job.attempt,
-                                worker: w,
-                                seconds: now(),
-                                progress: None,
-                            },
-                        );
                     log(format!(
                         "job {} (attempt {}): {}{} {} → worker {w}",
                         job.id,
@@ -269,27 +268,7 @@ pub(super) fn schedule(
                             .unwrap_or_default(),
                         cand.genome.layers_string()
                     ));
-                    sched.in_flight.insert(
-                        job.id,
-                        InFlight {
-                            attempt: job.attempt,
-                            deadline: if sched.enforce_leases {
-                                deadline
-                            } else {
-                                f64::INFINITY
-                            },
-                            stop: Arc::clone(&stop),
-                            lapsed: false,
-                        },
-                    );
-                    work_tx
-                        .send(WorkItem {
-                            job,
-                            genome: cand.genome,
-                            worker: w,
-                            stop,
-                        })
-                        .context("a worker is gone")?;
+                    sched.dispatch(shared, job, cand.genome, w, deadline, work_tx)?;
                     continue;
                 }
                 match policy.propose(store, budget)? {
