@@ -11,6 +11,7 @@
 //! cargo bench --bench torch -- --quick      # tiny shapes, once: does it run
 //! cargo bench --bench torch -- --screen     # screen evaluations per hour
 //! cargo bench --bench torch -- --curves     # learning curves, side by side
+//! cargo bench --bench torch -- --curves --space my.toml --preset mine
 //! ```
 //!
 //! `--screen` times whole screen evaluations instead (issue #7's throughput
@@ -25,9 +26,9 @@
 //! `--curves` is `--screen` with the preset exactly as it is (early stop and
 //! patience on) on the architectures whose curves calibrate the `cpu` preset
 //! (attention, Hyena, MH Hyena, Mamba, a striped hybrid; `--only` picks
-//! others), and prints, per task, each side's validation accuracy (macro,
-//! the stage's metric) after every epoch and the steps to reach 0.5, 0.9 and
-//! 0.99: the same model, data, initialisation and schedule on both sides, so
+//! others), and prints, per task, each side's validation accuracy by the
+//! preset's `metric` after every epoch (the other metric at the end) and the
+//! steps to reach 0.5, 0.9 and 0.99: the same model, data, initialisation and schedule on both sides, so
 //! a change that slows learning here (an init, a kernel, a schedule) shows
 //! as a gap between the two curves.
 //!
@@ -46,6 +47,8 @@ use std::sync::Mutex;
 
 use common::{ARCHITECTURES, Shape, layer_step, model_step};
 use mad_search::genome::{ArchSpec, Layer, Primitive};
+use mad_search::space::Metric;
+use mad_search::train::Scores;
 
 struct Args {
     threads: usize,
@@ -56,6 +59,7 @@ struct Args {
     models: bool,
     screen: bool,
     preset: String,
+    space: Option<PathBuf>,
     parallel: usize,
     early_stop: bool,
     curves: bool,
@@ -81,6 +85,7 @@ fn parse() -> Result<Args, String> {
         models: true,
         screen: false,
         preset: "cpu".into(),
+        space: None,
         parallel: std::thread::available_parallelism().map_or(1, |n| n.get()),
         early_stop: false,
         curves: false,
@@ -106,6 +111,7 @@ fn parse() -> Result<Args, String> {
             "--layers" => a.models = false,
             "--screen" => a.screen = true,
             "--preset" => a.preset = value("--preset")?,
+            "--space" => a.space = Some(PathBuf::from(value("--space")?)),
             "--parallel" => a.parallel = number("--parallel", value("--parallel")?)?,
             "--early-stop" => a.early_stop = true,
             "--curves" => {
@@ -118,8 +124,8 @@ fn parse() -> Result<Args, String> {
                 return Err(format!(
                     "unknown argument {other:?}; expected --threads N, --reps N, --batch N, \
                      --seq N, --quick, --only NAME, --python PATH, --models (architectures only), \
-                     --layers (primitives only), --screen [--preset NAME --parallel N --early-stop], \
-                     --curves [--preset NAME --parallel N]"
+                     --layers (primitives only), --screen [--space FILE --preset NAME --parallel N --early-stop], \
+                     --curves [--space FILE --preset NAME --parallel N]"
                 ));
             }
         }
@@ -280,22 +286,31 @@ const CURVE_ARCHITECTURES: &[&str] = &[
 ];
 
 /// One side's learning curve of one task setting: (steps, validation
-/// macro accuracy) after each epoch.
-type Curve = Vec<(usize, f64)>;
+/// accuracy) after each epoch.
+type Curve = Vec<(usize, Scores)>;
 
-/// The first step count at which `curve` reaches `level`, or `-`.
-fn steps_to(curve: &Curve, level: f64) -> String {
+/// The first step count at which `curve` reaches `level` by `metric`, or `-`.
+fn steps_to(curve: &Curve, metric: Metric, level: f64) -> String {
     curve
         .iter()
-        .find(|&&(_, acc)| acc >= level)
+        .find(|(_, acc)| acc.of(metric) >= level)
         .map_or("-".into(), |(steps, _)| steps.to_string())
 }
 
-/// Prints both sides' curves of every task setting of one architecture.
-fn print_curves(ours: &BTreeMap<String, Curve>, torch: &[serde_json::Value]) {
+/// Prints both sides' curves of every task setting of one architecture, by
+/// the stage's `metric`, with the other metric's value at the end.
+fn print_curves(ours: &BTreeMap<String, Curve>, torch: &[serde_json::Value], metric: Metric) {
+    let other = metric.other();
     println!(
-        "  {:<26} {:<5} {:>6} {:>6} {:>6} {:>6}  validation macro after each epoch",
-        "task", "side", "steps", "→0.5", "→0.9", "→0.99"
+        "  {:<26} {:<5} {:>6} {:>6} {:>6} {:>6}  validation {} after each epoch | {} at the end",
+        "task",
+        "side",
+        "steps",
+        "→0.5",
+        "→0.9",
+        "→0.99",
+        metric.name(),
+        other.name()
     );
     for run in torch {
         let dir = run["dir"].as_str().unwrap_or("?");
@@ -304,22 +319,33 @@ fn print_curves(ours: &BTreeMap<String, Curve>, torch: &[serde_json::Value]) {
             .as_array()
             .map(|c| {
                 c.iter()
-                    .filter_map(|p| Some((p["steps"].as_u64()? as usize, p["macro"].as_f64()?)))
+                    .filter_map(|p| {
+                        let scores = Scores {
+                            micro: p["micro"].as_f64()?,
+                            macro_: p["macro"].as_f64()?,
+                            scored: 0,
+                        };
+                        Some((p["steps"].as_u64()? as usize, scores))
+                    })
                     .collect()
             })
             .unwrap_or_default();
         let empty = Curve::new();
         let mine = ours.get(dir).unwrap_or(&empty);
         for (side, curve) in [("ours", mine), ("torch", &theirs)] {
-            let points: Vec<String> = curve.iter().map(|(_, a)| format!("{a:.3}")).collect();
+            let points: Vec<String> = curve
+                .iter()
+                .map(|(_, a)| format!("{:.3}", a.of(metric)))
+                .collect();
             println!(
-                "  {:<26} {side:<5} {:>6} {:>6} {:>6} {:>6}  {}",
+                "  {:<26} {side:<5} {:>6} {:>6} {:>6} {:>6}  {} | {:.3}",
                 if side == "ours" { task } else { "" },
                 curve.last().map_or(0, |&(s, _)| s),
-                steps_to(curve, 0.5),
-                steps_to(curve, 0.9),
-                steps_to(curve, 0.99),
-                points.join(" ")
+                steps_to(curve, metric, 0.5),
+                steps_to(curve, metric, 0.9),
+                steps_to(curve, metric, 0.99),
+                points.join(" "),
+                curve.last().map_or(f64::NAN, |(_, a)| a.of(other)),
             );
         }
     }
@@ -332,7 +358,10 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
     use mad_search::stages::{StageControl, evaluate, stage_settings};
     use mad_search::train::RunConfig;
 
-    let space = SearchSpace::embedded_default();
+    let space = match &a.space {
+        Some(path) => SearchSpace::load(path).map_err(|e| e.to_string())?,
+        None => SearchSpace::embedded_default(),
+    };
     let mut settings = space.preset(&a.preset)?.screen.clone();
     if !a.early_stop {
         // Accuracy never reaches 2 and nothing plateaus: every epoch runs,
@@ -385,7 +414,7 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
     );
     println!(
         "{:<44} {:>8} {:>8} {:>6} {:>8} {:>8} {:>7} {:>7}",
-        "architecture", "ours s", "torch s", "ratio", "ours/h", "torch/h", "ours acc", "torch acc"
+        "architecture", "ours s", "torch s", "ratio", "ours/h", "torch/h", "ours mi", "torch mi"
     );
     let (mut ours_total, mut torch_total, mut n) = (0.0, 0.0, 0usize);
     let candidates = if a.curves && a.only.is_none() {
@@ -423,7 +452,7 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
                 let mut c = curves.lock().unwrap_or_else(|e| e.into_inner());
                 c.entry(p.setting.reference_dir_name())
                     .or_default()
-                    .push((steps, p.epoch.valid.macro_));
+                    .push((steps, p.epoch.valid));
             },
         )
         .map_err(|e| format!("{layers}: {e}"))?;
@@ -438,6 +467,7 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
                 "epsilon": defaults.epsilon, "embedding_std": settings.embedding_std,
                 "batch": settings.batch_size,
                 "early_stop": settings.early_stop, "seed": defaults.seed,
+                "metric": settings.metric.name(),
                 "parallel": a.parallel,
             },
         });
@@ -476,6 +506,7 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
             print_curves(
                 &curves.into_inner().unwrap_or_else(|e| e.into_inner()),
                 &runs,
+                settings.metric,
             );
         }
         ours_total += ours;

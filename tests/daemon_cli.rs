@@ -128,6 +128,12 @@ fn start_status_stop_resume_export() {
     let out = run(&["show", &id[..8], "--state", s(&state)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&id) && text(&out.stdout).contains("screen: score"));
+    // tiny scores by the protocol's macro accuracy, and says so.
+    assert!(
+        text(&out.stdout).contains("; by macro accuracy)"),
+        "{}",
+        text(&out.stdout)
+    );
     let ex = dir.path().join("ex");
     for format in ["json", "toml", "layers", "card"] {
         let out = run(&[
@@ -405,6 +411,7 @@ fn the_scale_stage_runs_in_the_daemon_and_resumes_after_kill_dash_nine() {
         card_text.contains("Scaling runs and fit") && card_text.contains(".scaling.svg"),
         "{card_text}"
     );
+    assert!(card_text.contains("; by macro accuracy)"), "{card_text}");
 }
 
 #[test]

@@ -6,7 +6,8 @@ from stdout. Written for this project from the layer definitions in
 `src/layers/` (mad-protocol section 3); nothing here is copied from another
 code base.
 
-Every primitive has the same parameters, shapes and mathematics as its Rust
+Every primitive has the same parameters, shapes, mathematics and
+initialisation distributions (protocol_init, Mamba's dt, GLA's Xavier) as its Rust
 twin at the defaults of `Layer::default_for` (width 128). Where PyTorch has
 a fused operator for the same computation, the PyTorch version uses it, since
 that is what a researcher writing the model in PyTorch would get:
@@ -177,6 +178,10 @@ class GatedLinearAttention(nn.Module):
         self.norm = RMSNorm(d // heads)
         self.out = nn.Linear(d, d, bias=False)
         self.heads = heads
+        # As src/layers/gla.rs: Xavier-uniform with gain 2^-2.5 (biases zeroed
+        # by protocol_init).
+        for lin in (self.q, self.k, self.v, self.g, self.gk_down, self.gk_up, self.out):
+            nn.init.xavier_uniform_(lin.weight, gain=2**-2.5)
 
     def forward(self, x):
         b, t, d = x.shape
@@ -331,6 +336,13 @@ class Mamba(nn.Module):
         self.conv = ShortConv(di, d_conv)
         self.x_proj = nn.Linear(di, r + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(r, di)
+        # As src/layers/mamba.rs: weights U(+-r^-1/2), softplus(bias)
+        # log-uniform in [1e-3, 0.1] (floor 1e-4); protocol_init keeps it.
+        nn.init.uniform_(self.dt_proj.weight, -(r**-0.5), r**-0.5)
+        dt = torch.exp(torch.rand(di, dtype=torch.float64) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_((dt + torch.log(-torch.expm1(-dt))).float())
+        self.dt_proj.bias.keep_init = True
         self.a_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1).float()).repeat(di, 1))
         self.skip = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, d, bias=False)
@@ -450,10 +462,20 @@ class Residual(nn.Module):
         return x + self.mixer(self.norm(x))
 
 
+def protocol_init(module):
+    """The protocol's initialisation (mad-protocol section 2.2), as
+    src/layers/init.rs: every Linear bias zeroed except Mamba's dt bias;
+    weights keep PyTorch's defaults, which Init::linear reproduces (GLA and
+    Mamba's dt_proj set their own in their constructors, as in Rust)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear) and m.bias is not None and not getattr(m.bias, "keep_init", False):
+            nn.init.zeros_(m.bias)
+
+
 class Model(nn.Module):
     """Language model: embedding N(0, embedding_std) (the protocol's 0.02
     unless a preset says otherwise), pre-norm residual layers, final RMSNorm,
-    linear head with bias."""
+    linear head with bias; Linear biases zeroed (protocol_init)."""
 
     def __init__(self, names, d, seq, vocab, embedding_std=0.02):
         super().__init__()
@@ -462,6 +484,7 @@ class Model(nn.Module):
         self.layers = nn.Sequential(*(Residual(layer(n, d, seq), d) for n in names))
         self.norm = RMSNorm(d)
         self.head = nn.Linear(d, vocab)
+        protocol_init(self)
 
     def forward(self, tokens):
         return self.head(self.norm(self.layers(self.embedding(tokens))))

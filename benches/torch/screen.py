@@ -9,9 +9,9 @@ all parameters), learning rate stepped per epoch on a cosine from `lr` to
 cross-entropy (targets -100 unscored), embedding N(0, embedding_std),
 validation accuracy (micro and macro, as src/train/metrics.rs) after every
 epoch (the test split doubles as validation split, as in the reference),
-early stop when validation macro reaches `early_stop`, a plateau stop after
-`patience` epochs without a better macro, test accuracy of the best epoch's
-weights (best by macro). Every setting carries its own epochs, step cap and
+early stop when the validation accuracy of the preset's `metric` (macro
+unless it says micro) reaches `early_stop`, a plateau stop after `patience`
+epochs without a better one, test accuracy of the best epoch's weights. Every setting carries its own epochs, step cap and
 patience (a preset's per-task budgets). Compression uses the autoencoder head
 of src/layers/model.rs. Settings run `--parallel` at a time, each in a
 process with one thread (mad-search: one single-threaded pool per run).
@@ -130,7 +130,10 @@ def run_setting(job):
     )
     epochs_max, max_steps, patience = s["epochs"], s["max_steps"], s["patience"]
     t0 = time.perf_counter()
-    best, best_macro, best_epoch, steps, epochs, curve = None, -1.0, 0, 0, 0, []
+    metric = a.get("metric", "macro")
+    if metric not in ("macro", "micro"):
+        raise ValueError(f"unknown metric {metric!r}; expected macro or micro")
+    best, best_acc, best_epoch, steps, epochs, curve = None, -1.0, 0, 0, 0, []
     outcome = "budget"
     g = torch.Generator().manual_seed(a["seed"])
     for epoch in range(epochs_max):
@@ -157,9 +160,10 @@ def run_setting(job):
         micro, macro = accuracy(model, tx, ty, a["batch"], s["vocab"])
         curve.append({"epoch": epochs, "steps": steps, "loss": loss_sum / max(batches, 1),
                       "micro": micro, "macro": macro})
-        if macro > best_macro:
-            best_macro, best_epoch, best = macro, epochs, copy.deepcopy(model.state_dict())
-        if macro >= a["early_stop"]:
+        acc = micro if metric == "micro" else macro
+        if acc > best_acc:
+            best_acc, best_epoch, best = acc, epochs, copy.deepcopy(model.state_dict())
+        if acc >= a["early_stop"]:
             outcome = "early-stopped"
             break
         if patience is not None and epochs - best_epoch >= patience:

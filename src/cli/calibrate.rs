@@ -5,6 +5,7 @@
 //! published findings as a pass/fail table. Resumable: everything is kept
 //! under `--dir`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ use crate::calibrate::{
     eval_dir, fingerprint, has_runs, read_kept, seed_agreement, seeds, stage_agreement, write_kept,
 };
 use crate::layers::device::{DeviceSpec, on_device};
-use crate::space::{Baseline, StageName, StageSettings};
+use crate::space::{Baseline, Metric, StageName, StageSettings};
 use crate::stages::{StageControl, StageProgress, evaluate};
 use crate::stats::{Agreement, Estimate};
 use crate::tasks::TaskKind;
@@ -193,9 +194,14 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let last = results.last().expect("one stage at least");
+    let stage = *stages.last().expect("one stage at least");
     let report = Report {
         preset: args.preset.clone(),
-        stage: *stages.last().expect("one stage at least"),
+        stage,
+        metrics: stages
+            .iter()
+            .map(|&st| (st, preset.tasks(st).map(|s| s.metric).unwrap_or_default()))
+            .collect(),
         seeds: args.seeds,
         dir: dir.clone(),
         summaries: last.iter().filter_map(SubjectResults::summary).collect(),
@@ -338,6 +344,8 @@ fn calibrate_stage(
 struct Report {
     preset: String,
     stage: StageName,
+    /// The accuracy each stage run scores by.
+    metrics: BTreeMap<StageName, Metric>,
     seeds: usize,
     dir: PathBuf,
     summaries: Vec<crate::calibrate::Summary>,
@@ -359,13 +367,30 @@ fn estimate(e: &Option<Estimate>) -> String {
 }
 
 impl Report {
+    /// "micro accuracy", or each stage's when they differ (the screen → mad
+    /// correlations then compare different accuracies).
+    fn scored_by(&self) -> String {
+        let mut metrics: Vec<Metric> = self.metrics.values().copied().collect();
+        metrics.dedup();
+        match metrics[..] {
+            [one] => format!("{} accuracy", one.name()),
+            _ => self
+                .metrics
+                .iter()
+                .map(|(stage, m)| format!("{} {} accuracy", stage.name(), m.name()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
     fn text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "calibration: preset {}, stage {}, {} seed{} (kept in {})",
+            "calibration: preset {}, stage {} (scored by {}), {} seed{} (kept in {})",
             self.preset,
             self.stage.name(),
+            self.scored_by(),
             self.seeds,
             if self.seeds == 1 { "" } else { "s" },
             self.dir.display()

@@ -15,7 +15,7 @@ use crate::genome::ArchSpec;
 use crate::layers::device::{DeviceSpec, on_device};
 use crate::scale::corpus::Corpus;
 use crate::scale::plan::plan;
-use crate::space::{ScaleSettings, StageName};
+use crate::space::{Metric, ScaleSettings, StageName};
 use crate::stages::scale::{ScaleControl, ScaleProgress, evaluate as scale_evaluate};
 use crate::stages::{StageControl, StageProgress, StageResult, evaluate};
 use crate::train::TrainError;
@@ -217,11 +217,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             "arch_id": spec.arch_id().to_string(),
             "genome": &spec,
             "preset": &args.preset,
+            "metric": settings.metric.name(),
             "result": &result,
         });
         out(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
     } else {
-        out(&table(&spec, &args.preset, &result))?;
+        out(&table(&spec, &args.preset, &result, settings.metric))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -324,20 +325,28 @@ fn run_scale(
     Ok(ExitCode::SUCCESS)
 }
 
-fn table(spec: &ArchSpec, preset: &str, r: &StageResult) -> String {
+/// The per-task table: each task's score by the preset's `metric` and,
+/// beside it, the other accuracy of the same runs.
+fn table(spec: &ArchSpec, preset: &str, r: &StageResult, metric: Metric) -> String {
     use std::fmt::Write as _;
+    let other = metric.other();
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{} — stage {} (preset {preset}), {:.1} s",
+        "{} — stage {} (preset {preset}, scored by {} accuracy), {:.1} s",
         spec.compact_string(),
         r.stage.name(),
+        metric.name(),
         r.seconds
     );
     let _ = writeln!(
         s,
         "{:<26} {:>8} {:>8} {:>8} {:>9}",
-        "task", "settings", "score", "micro", "seconds"
+        "task",
+        "settings",
+        "score",
+        other.name(),
+        "seconds"
     );
     for (task, score) in &r.per_task {
         let settings: Vec<_> = r
@@ -345,7 +354,7 @@ fn table(spec: &ArchSpec, preset: &str, r: &StageResult) -> String {
             .iter()
             .filter(|x| x.setting.task == *task)
             .collect();
-        let micro = settings.iter().map(|x| x.best.micro).sum::<f64>() / settings.len() as f64;
+        let beside = settings.iter().map(|x| x.best.of(other)).sum::<f64>() / settings.len() as f64;
         let secs: f64 = settings
             .iter()
             .flat_map(|x| x.runs.iter())
@@ -357,7 +366,7 @@ fn table(spec: &ArchSpec, preset: &str, r: &StageResult) -> String {
             task.name(),
             settings.len(),
             score,
-            micro,
+            beside,
             secs
         );
     }
@@ -417,13 +426,13 @@ impl Progress {
             p.epoch.epoch,
             p.epoch.max_epochs,
             p.epoch.loss,
-            p.epoch.valid.macro_
+            p.valid()
         );
         match &self.bar {
             Some(bar) => {
                 bar.inc(1);
                 // An early stop skips the run's remaining epochs.
-                if p.epoch.valid.macro_ >= self.early_stop {
+                if p.valid() >= self.early_stop {
                     bar.inc(p.epoch.max_epochs.saturating_sub(p.epoch.epoch) as u64);
                 }
                 bar.set_message(line);

@@ -82,10 +82,12 @@ pub fn render(r: &CandidateReport) -> String {
     for (stage, summary) in &c.stages {
         let _ = writeln!(
             s,
-            "{}: score {:.4} (rank {}), {:.1} s, job {}",
+            "{}: score {:.4} (rank {}{}), {:.1} s, job {}",
             stage.name(),
             summary.score,
             r.ranks.get(stage).copied().unwrap_or(0),
+            r.scored_by(*stage)
+                .map_or(String::new(), |m| format!("; by {m}")),
             summary.seconds,
             summary.job
         );

@@ -375,6 +375,24 @@ pub struct CandidateReport {
     pub seed: u64,
 }
 
+impl CandidateReport {
+    /// What the score of `stage` measures, from its stage result: "micro
+    /// accuracy" or "macro accuracy" (the protocol's, and that of results
+    /// from before presets chose), or `None` for `scale` (a predicted loss)
+    /// or a stage without a full result.
+    pub fn scored_by(&self, stage: StageName) -> Option<String> {
+        if stage == StageName::Scale {
+            return None;
+        }
+        let settings = self.stage_results.get(&stage)?.get("settings")?;
+        let metric = settings
+            .get("metric")
+            .and_then(|m| m.as_str())
+            .unwrap_or(crate::space::Metric::Macro.name());
+        Some(format!("{metric} accuracy"))
+    }
+}
+
 /// Why `show` found nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ShowError {

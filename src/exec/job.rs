@@ -154,7 +154,7 @@ pub fn execute(
                         p.epoch.epoch,
                         p.epoch.max_epochs,
                         p.epoch.loss,
-                        p.epoch.valid.macro_
+                        p.valid()
                     ));
                 };
                 match &job.part {

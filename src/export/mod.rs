@@ -122,10 +122,12 @@ fn card(r: &CandidateReport) -> String {
     for (stage, summary) in &c.stages {
         let _ = writeln!(
             s,
-            "\n## Stage `{}`: score {:.4} (rank {})\n",
+            "\n## Stage `{}`: score {:.4} (rank {}{})\n",
             stage.name(),
             summary.score,
-            r.ranks.get(stage).copied().unwrap_or(0)
+            r.ranks.get(stage).copied().unwrap_or(0),
+            r.scored_by(*stage)
+                .map_or(String::new(), |m| format!("; by {m}"))
         );
         let _ = writeln!(s, "| task | score |\n|---|---:|");
         for (task, v) in &summary.per_task {

@@ -473,6 +473,7 @@ fn parse_stage(t: &Table<'_, '_>, stage: StageName) -> R<StageSettings> {
         "early_stop",
         "embedding_std",
         "patience",
+        "metric",
         "per_task",
     ])?;
     let base = StageSettings::protocol(stage);
@@ -563,6 +564,9 @@ fn parse_stage(t: &Table<'_, '_>, stage: StageName) -> R<StageSettings> {
             })?
             .unwrap_or(base.embedding_std),
         patience: t.get("patience", |v| v.positive())?.or(base.patience),
+        metric: t
+            .get("metric", |v| v.string()?.parse().map_err(|e| v.error(e)))?
+            .unwrap_or(base.metric),
         per_task: t
             .get("per_task", |v| parse_per_task(&v.table()?))?
             .unwrap_or(base.per_task),

@@ -2,6 +2,7 @@
 //! errors bad files get.
 use super::*;
 use crate::genome::ArchSpec;
+use crate::space::Metric;
 
 fn space(text: &str) -> Result<SearchSpace, SpaceError> {
     SearchSpace::parse(Path::new("t.toml"), text)
@@ -95,8 +96,16 @@ fn presets_take_per_task_budgets_init_and_patience() {
     let paper = &s.presets["paper"].screen;
     assert_eq!(paper.embedding_std, crate::space::PROTOCOL_EMBEDDING_STD);
     assert_eq!((paper.patience, paper.per_task.len()), (None, 0));
+    // cpu ranks by micro accuracy (its splits are small); the protocol by macro.
+    assert_eq!(
+        (cpu.metric, s.presets["cpu"].mad.metric, paper.metric),
+        (Metric::Micro, Metric::Micro, Metric::Macro)
+    );
     let with = |extra: &str| space(&format!("{MINIMAL}[presets.p.screen]\n{extra}"));
     let ok = with("per_task = { CR = { max_steps = 7, train_examples = 9 } }\n").unwrap();
+    assert_eq!(ok.presets["p"].screen.metric, Metric::Macro);
+    let micro = with("metric = \"micro\"\n").unwrap();
+    assert_eq!(micro.presets["p"].screen.metric, Metric::Micro);
     let b = ok.presets["p"].screen.per_task[&TaskKind::InContextRecall];
     assert_eq!(
         (b.max_steps, b.train_examples, b.max_epochs),
@@ -128,6 +137,11 @@ fn presets_take_per_task_budgets_init_and_patience() {
             "expected a standard deviation in (0, 10]",
         ),
         ("patience = 0", "expected a positive integer, found 0"),
+        (
+            "metric = \"f1\"",
+            "p.screen.metric: unknown metric `f1`; expected \"macro\" (the protocol's) or \"micro\"",
+        ),
+        ("metric = 1", "metric: expected a string"),
     ] {
         let err = with(&format!("{extra}\n")).unwrap_err().to_string();
         assert!(err.contains(want), "{extra}: {err}");

@@ -3,7 +3,8 @@
 //! optimiser setting; `mad` runs the protocol's grid and lr × wd sweep
 //! (mad-protocol §2): per setting the best test accuracy over the sweep, per
 //! task the mean over its settings, overall the mean of the tasks. Scores
-//! are macro accuracies (the reference's metric); micro is kept alongside.
+//! are accuracies by the preset's `metric` (macro, the reference's, unless
+//! the preset says micro); both are kept.
 
 pub mod scale;
 
@@ -21,7 +22,7 @@ use crate::space::{Grid, StageName, StageSettings};
 use crate::tasks::{Dataset, Splits, TaskKind, TaskSetting};
 use crate::train::checkpoint::write_atomic;
 use crate::train::{
-    CheckpointError, EpochReport, RunConfig, RunControl, RunResult, Scores, TrainError, run,
+    CheckpointError, EpochReport, Metric, RunConfig, RunControl, RunResult, Scores, TrainError, run,
 };
 
 /// One optimiser setting's run on one task setting.
@@ -42,7 +43,7 @@ pub struct SettingResult {
     pub setting: TaskSetting,
     /// One run per (lr, wd).
     pub runs: Vec<SweepRun>,
-    /// Best test accuracy over the runs (by macro accuracy).
+    /// Best test accuracy over the runs (by the stage's metric).
     pub best: Scores,
 }
 
@@ -55,7 +56,8 @@ pub struct StageResult {
     pub settings: StageSettings,
     /// Per task setting.
     pub per_setting: Vec<SettingResult>,
-    /// Per task: mean of its settings' best macro accuracy.
+    /// Per task: mean of its settings' best accuracy by the stage's metric
+    /// (`settings.metric`).
     pub per_task: BTreeMap<TaskKind, f64>,
     /// Mean of the task scores.
     pub score: f64,
@@ -76,6 +78,15 @@ pub struct StageProgress<'a> {
     pub run: (usize, usize),
     /// The epoch just finished.
     pub epoch: &'a EpochReport,
+    /// The accuracy the stage selects and scores by.
+    pub metric: Metric,
+}
+
+impl StageProgress<'_> {
+    /// The validation accuracy after this epoch, by the stage's metric.
+    pub fn valid(&self) -> f64 {
+        self.epoch.valid.of(self.metric)
+    }
 }
 
 /// The task settings a stage runs, with the preset's caps applied.
@@ -308,6 +319,7 @@ fn run_config(settings: &StageSettings, task: TaskKind, lr: f64, wd: f64, seed: 
         early_stop: settings.early_stop,
         embedding_std: settings.embedding_std,
         patience: settings.patience_of(task),
+        metric: settings.metric,
         seed,
         ..RunConfig::default()
     }
@@ -544,19 +556,20 @@ pub fn evaluate_setting<B: AutodiffBackend>(
                     weight_decay: sweep[i].1,
                     run: (i + 1, total),
                     epoch,
+                    metric: settings.metric,
                 })
             },
         )
     })?;
-    Ok(best_of(setting, runs))
+    Ok(best_of(setting, runs, settings.metric))
 }
 
-/// A setting's runs and the best of them.
-fn best_of(setting: TaskSetting, runs: Vec<SweepRun>) -> SettingResult {
+/// A setting's runs and the best of them by `metric`.
+fn best_of(setting: TaskSetting, runs: Vec<SweepRun>, metric: Metric) -> SettingResult {
     let best = runs
         .iter()
         .map(|r| r.result.test)
-        .max_by(|a, b| a.macro_.total_cmp(&b.macro_))
+        .max_by(|a, b| a.of(metric).total_cmp(&b.of(metric)))
         .unwrap_or_default();
     SettingResult {
         setting,
@@ -613,6 +626,7 @@ pub fn evaluate<B: AutodiffBackend>(
                     weight_decay: opt.1,
                     run: (index + 1, total),
                     epoch,
+                    metric: settings.metric,
                 })
             },
         )
@@ -622,7 +636,7 @@ pub fn evaluate<B: AutodiffBackend>(
     let mut runs = runs.into_iter();
     for setting in task_settings {
         let runs: Vec<SweepRun> = runs.by_ref().take(sweep.len()).collect();
-        per_setting.push(best_of(setting, runs));
+        per_setting.push(best_of(setting, runs, settings.metric));
     }
     Ok(assemble(
         stage,
@@ -633,7 +647,8 @@ pub fn evaluate<B: AutodiffBackend>(
 }
 
 /// A stage's result from its settings' results: per task the mean of its
-/// settings' best macro accuracy, overall the mean of the tasks.
+/// settings' best accuracy (the preset's metric, the protocol's macro unless
+/// it says otherwise), overall the mean of the tasks.
 pub fn assemble(
     stage: StageName,
     settings: &StageSettings,
@@ -645,7 +660,7 @@ pub fn assemble(
         by_task
             .entry(s.setting.task)
             .or_default()
-            .push(s.best.macro_);
+            .push(s.best.of(settings.metric));
     }
     let per_task: BTreeMap<TaskKind, f64> = by_task
         .into_iter()
@@ -685,6 +700,53 @@ mod tests {
         let paper = space.preset("paper").unwrap();
         assert_eq!(stage_settings(&paper.mad).len(), 66);
         assert_eq!(stage_settings(&paper.screen).len(), 6);
+    }
+
+    /// The best run of a sweep and the task scores follow the stage's
+    /// metric: where macro and micro disagree, each metric picks its own.
+    #[test]
+    fn the_stage_metric_picks_the_best_run_and_scores_the_task() {
+        use crate::train::Outcome;
+        let setting = TaskSetting::baseline(TaskKind::NoisyInContextRecall);
+        let run = |lr: f64, micro: f64, macro_: f64| SweepRun {
+            lr,
+            weight_decay: 0.0,
+            result: RunResult {
+                outcome: Outcome::Completed,
+                epochs: 1,
+                steps: 1,
+                best_epoch: 1,
+                valid: Scores::default(),
+                test: Scores {
+                    micro,
+                    macro_,
+                    scored: 100,
+                },
+                train_loss: 0.1,
+                seconds: 1.0,
+            },
+        };
+        // The first run predicts a few stray classes: high micro, low macro.
+        let runs = vec![run(1e-3, 0.95, 0.70), run(5e-4, 0.88, 0.90)];
+        let mut settings = StageSettings::protocol(StageName::Screen);
+        // The protocol's metric stays out of records (old ones keep their
+        // identity); another is written.
+        assert!(!serde_json::to_string(&settings).unwrap().contains("metric"));
+        settings.metric = Metric::Micro;
+        assert!(
+            serde_json::to_string(&settings)
+                .unwrap()
+                .contains(r#""metric":"micro""#)
+        );
+        settings.tasks = vec![TaskKind::NoisyInContextRecall];
+        for (metric, best, score) in [(Metric::Macro, 0.90, 0.90), (Metric::Micro, 0.95, 0.95)] {
+            settings.metric = metric;
+            let r = best_of(setting.clone(), runs.clone(), metric);
+            assert_eq!(r.best.of(metric), best, "{metric:?}");
+            let stage = assemble(StageName::Screen, &settings, vec![r], 0.0);
+            assert_eq!(stage.per_task[&TaskKind::NoisyInContextRecall], score);
+            assert_eq!(stage.score, score);
+        }
     }
 
     /// A stage run as one job per setting (the daemon's `mad`) gives the

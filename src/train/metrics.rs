@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::IGNORE;
+pub use crate::space::Metric;
 
 /// Running confusion counts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +25,16 @@ pub struct Scores {
     pub macro_: f64,
     /// Scored positions.
     pub scored: u64,
+}
+
+impl Scores {
+    /// The accuracy `metric` reads.
+    pub fn of(&self, metric: Metric) -> f64 {
+        match metric {
+            Metric::Macro => self.macro_,
+            Metric::Micro => self.micro,
+        }
+    }
 }
 
 impl Accuracy {

@@ -10,5 +10,5 @@ pub mod run;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use loss::{IGNORE, masked_accuracy, masked_cross_entropy};
-pub use metrics::{Accuracy, Scores};
+pub use metrics::{Accuracy, Metric, Scores};
 pub use run::{EpochReport, Outcome, RunConfig, RunControl, RunResult, TrainError, run};

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{Checkpoint, CheckpointError, Progress};
 use super::feed::{Rows, read_losses};
 use super::loss::masked_cross_entropy;
-use super::metrics::{Accuracy, Scores};
+use super::metrics::{Accuracy, Metric, Scores};
 use crate::genome::{ArchSpec, Backbone, Context, GenomeError};
 use crate::layers::{Model, ModelInit};
 use crate::space::PROTOCOL_EMBEDDING_STD;
@@ -46,7 +46,7 @@ pub struct RunConfig {
     pub max_steps: Option<usize>,
     /// Floor of the cosine schedule.
     pub min_lr: f64,
-    /// Stop once validation accuracy (macro) reaches this.
+    /// Stop once validation accuracy (by `metric`) reaches this.
     pub early_stop: f64,
     /// Seed of initial weights and batch order.
     pub seed: u64,
@@ -63,6 +63,11 @@ pub struct RunConfig {
     /// are the best epoch's either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patience: Option<usize>,
+    /// The validation accuracy that picks the best epoch and triggers early
+    /// stop and patience (the protocol's macro is left out of the run's
+    /// identity, so runs from before the field keep their fingerprints).
+    #[serde(default, skip_serializing_if = "Metric::is_protocol")]
+    pub metric: Metric,
 }
 
 impl Default for RunConfig {
@@ -80,6 +85,7 @@ impl Default for RunConfig {
             seed: 12345,
             embedding_std: PROTOCOL_EMBEDDING_STD,
             patience: None,
+            metric: Metric::Macro,
         }
     }
 }
@@ -154,6 +160,12 @@ pub struct EpochReport {
     pub loss: f64,
     /// Validation accuracy after it.
     pub valid: Scores,
+}
+
+/// Whether an epoch scoring `valid` becomes the run's best: strictly better
+/// than the best so far by `metric` (a tie keeps the earlier epoch).
+pub(crate) fn improves(valid: &Scores, best: Option<&Scores>, metric: Metric) -> bool {
+    best.is_none_or(|b| valid.of(metric) > b.of(metric))
 }
 
 /// The learning rate of `epoch` (0-based): cosine from `lr` to `min_lr` over
@@ -469,10 +481,7 @@ pub fn run<B: AutodiffBackend>(
             loss: train_loss,
             valid,
         });
-        if best
-            .as_ref()
-            .is_none_or(|(_, b, _)| valid.macro_ > b.macro_)
-        {
+        if improves(&valid, best.as_ref().map(|(_, b, _)| b), cfg.metric) {
             best = Some((epochs, valid, inner));
             at.best = Some((epochs, valid));
         }
@@ -480,7 +489,7 @@ pub fn run<B: AutodiffBackend>(
         at.epoch += 1;
         at.batch = 0;
         at.loss_sum = 0.0;
-        if valid.macro_ >= cfg.early_stop {
+        if valid.of(cfg.metric) >= cfg.early_stop {
             outcome = Outcome::EarlyStopped;
             break;
         }

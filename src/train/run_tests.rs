@@ -292,8 +292,16 @@ fn patience_stops_a_stalled_run_and_defaults_keep_the_fingerprint() {
     assert_eq!((r.epochs, r.best_epoch), (3, 1));
     let json = serde_json::to_string(&RunConfig::default()).unwrap();
     assert!(
-        !json.contains("embedding_std") && !json.contains("patience"),
+        !json.contains("embedding_std") && !json.contains("patience") && !json.contains("metric"),
         "{json}"
+    );
+    let micro = RunConfig {
+        metric: Metric::Micro,
+        ..RunConfig::default()
+    };
+    assert_ne!(
+        fingerprint(&spec, &setting, &micro),
+        fingerprint(&spec, &setting, &RunConfig::default())
     );
     let with = RunConfig {
         embedding_std: 1.0,
@@ -352,4 +360,72 @@ fn embedding_std_sets_the_initial_spread() {
     };
     assert!((std_of(0.02) / 0.02 - 1.0).abs() < 0.05);
     assert!((std_of(1.0) - 1.0).abs() < 0.05);
+}
+
+/// The test split is scored on the best epoch's weights, not the last
+/// epoch's: with the test split as validation split, the test scores equal
+/// the best epoch's validation scores exactly even though later epochs
+/// scored worse (a snapshot that training mutated would score as the last).
+/// The best epoch is the best by the run's metric.
+#[test]
+fn the_test_split_is_scored_on_the_best_epochs_weights() {
+    let (setting, mut splits) = tiny_recall();
+    splits.valid = splits.test.clone();
+    let mut spec = ArchSpec::from_layers_str("hyena swiglu").unwrap();
+    spec.d_model = 32;
+    for metric in [Metric::Macro, Metric::Micro] {
+        // A learning rate far too high: accuracy climbs, then falls.
+        let cfg = RunConfig {
+            lr: 0.3,
+            batch_size: 64,
+            max_epochs: 12,
+            patience: Some(2),
+            metric,
+            ..RunConfig::default()
+        };
+        let mut seen = Vec::new();
+        let r = run::<CpuAutodiff>(
+            &spec,
+            &setting,
+            &splits,
+            &cfg,
+            &Default::default(),
+            RunControl::default(),
+            &mut |e| seen.push(e.valid),
+        )
+        .unwrap();
+        let best = seen[r.best_epoch - 1];
+        let last = seen[seen.len() - 1];
+        assert!(
+            r.best_epoch < r.epochs && last.of(metric) < best.of(metric),
+            "{metric:?}: the run must end below its best for this test to mean anything: {seen:?}"
+        );
+        assert!(
+            seen.iter().all(|s| s.of(metric) <= best.of(metric)),
+            "{metric:?}: epoch {} is not the best: {seen:?}",
+            r.best_epoch
+        );
+        assert_eq!(r.valid, best);
+        assert_eq!(r.test, best, "{metric:?}: epochs {seen:?}");
+    }
+}
+
+/// The best epoch is the best by the run's metric: an epoch with more hits
+/// but a stray predicted class improves on micro, not on macro; a tie is
+/// not an improvement.
+#[test]
+fn the_best_epoch_is_chosen_by_the_runs_metric() {
+    let scores = |micro: f64, macro_: f64| Scores {
+        micro,
+        macro_,
+        scored: 100,
+    };
+    let best = scores(0.90, 0.90);
+    let stray = scores(0.95, 0.80);
+    assert!(!improves(&stray, Some(&best), Metric::Macro));
+    assert!(improves(&stray, Some(&best), Metric::Micro));
+    assert!(improves(&best, Some(&stray), Metric::Macro));
+    assert!(!improves(&best, Some(&stray), Metric::Micro));
+    assert!(!improves(&best, Some(&best), Metric::Micro));
+    assert!(improves(&stray, None, Metric::Macro));
 }
