@@ -7,9 +7,10 @@
 //! CUDA and wgpu run through CubeCL, with burn-fusion by default (Burn fuses
 //! chains of element-wise ops into kernels it compiles at run time);
 //! `MAD_SEARCH_FUSION=0` runs every op as its own kernel. Measured on
-//! lavapipe (`eval --arch "mh-attention swiglu" --preset tiny --device wgpu
-//! --parallel 1`, 2 cores): 117 s fused, 249 s unfused, the same scores;
-//! most of either is the first epoch's kernel compilation (39 s and 103 s).
+//! lavapipe (`eval --arch "mh-attention swiglu" --stage screen --preset tiny
+//! --device wgpu`, 2 cores, with `mad-kernels`' attention): 103.6 s fused,
+//! 58.3 s unfused, the same scores; most of the fused time is compiling
+//! fused kernels in the first two tasks (README: Backends).
 
 use std::fmt;
 use std::str::FromStr;

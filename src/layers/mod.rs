@@ -9,12 +9,14 @@
 //! is causal; the recurrent layers (linear attention, GLA, Mamba) are computed
 //! in chunked parallel form and keep their token-by-token form for tests.
 //! Softmax attention runs as one fused kernel with its own backward on the
-//! CPU backend ([`fused`]) and from Burn ops elsewhere.
+//! CPU backend ([`fused`]) and as `mad-kernels`' CubeCL kernels on CUDA and
+//! wgpu (`cube`).
 //! Parameter counts equal the genome's formulas exactly (tested).
 
 pub mod attention;
 pub mod channel;
 pub mod consts;
+mod cube;
 pub mod device;
 pub mod fused;
 pub mod gla;

@@ -1,7 +1,9 @@
 //! The CubeCL path against flex, on wgpu (lavapipe, Mesa's software Vulkan,
 //! in CI): every primitive's forward and every parameter's gradient equal
 //! the CPU's within a stated tolerance; constants are built once per shape;
-//! a training run with a stop and a resume equals one without.
+//! a training run with a stop and a resume equals one without; each of
+//! `mad-kernels`' kernels equals the same function composed from Burn ops
+//! (values and every gradient, within [`REL`]), with and without fusion.
 //!
 //! Built with `--features wgpu`; needs a Vulkan device (`apt-get install
 //! mesa-vulkan-drivers` gives one on any machine).
@@ -270,4 +272,148 @@ fn a_wgpu_run_agrees_with_flex_and_resumes_from_its_checkpoint() {
         resumed.train_loss,
         whole.train_loss
     );
+}
+
+/// `[batch, heads, seq, hd]` of deterministic values in (−2, 2), on `B`.
+fn filled<B: Backend>(dims: [usize; 4], salt: f32, dev: &B::Device) -> Tensor<B, 4> {
+    let n = dims.iter().product::<usize>();
+    let values = (0..n)
+        .map(|i| 2.0 * ((i as f32) * 0.37 + salt).sin() * ((i as f32) * 0.011).cos())
+        .collect::<Vec<f32>>();
+    Tensor::from_data(TensorData::new(values, dims), dev)
+}
+
+/// mad-kernels' attention on `B` against the same function composed from
+/// Burn ops (scores materialised), on the same backend: the output and the
+/// gradients of q, k and v of a weighted sum of it.
+fn attention_kernel_equals_reference<B: AutodiffBackend + mad_kernels::Kernels>() {
+    let dev = B::Device::default();
+    // Head dims the layers use (8 at the protocol's width, 16, 32) and odd
+    // ones; windows of none, one key and more than the sequence; a sequence
+    // of one; more rows than one cube holds.
+    let cases: &[([usize; 4], usize)] = &[
+        ([2, 3, 37, 8], 0),
+        ([1, 2, 20, 16], 5),
+        ([1, 1, 9, 8], 1),
+        ([2, 1, 1, 4], 0),
+        ([1, 2, 12, 24], 40),
+        ([3, 4, 64, 32], 0),
+    ];
+    for &(dims, window) in cases {
+        let what = format!("attention {dims:?} window {window}");
+        let scale = 1.0 / (dims[3] as f32).sqrt();
+        let weights = filled::<B>(dims, 3.0, &dev);
+        let inputs = || [0.0, 1.0, 2.0].map(|salt| filled::<B>(dims, salt, &dev).require_grad());
+        let [q, k, v] = inputs();
+        let y = B::causal_attention(q.clone(), k.clone(), v.clone(), scale, window);
+        let grads = (y.clone() * weights.clone()).sum().backward();
+        let [rq, rk, rv] = inputs();
+        let want = mad_kernels::reference::causal_attention(
+            rq.clone(),
+            rk.clone(),
+            rv.clone(),
+            scale,
+            window,
+        );
+        let want_grads = (want.clone() * weights).sum().backward();
+        let vals = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        assert_close(&format!("{what}: output"), &vals(y), &vals(want));
+        for (name, (got, want)) in ["q", "k", "v"].into_iter().zip([(q, rq), (k, rk), (v, rv)]) {
+            let g = got.grad(&grads).expect("kernel gradient");
+            let w = want.grad(&want_grads).expect("reference gradient");
+            let g = g.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            let w = w.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            assert_close(&format!("{what}: gradient of {name}"), &g, &w);
+        }
+    }
+}
+
+#[test]
+fn the_attention_kernel_equals_burn_ops_with_fusion() {
+    attention_kernel_equals_reference::<Gpu>();
+}
+
+#[test]
+fn the_attention_kernel_equals_burn_ops_without_fusion() {
+    attention_kernel_equals_reference::<burn::backend::Autodiff<super::device::WgpuPlain>>();
+}
+
+#[test]
+fn the_attention_kernel_runs_without_autodiff() {
+    use mad_kernels::Kernels;
+    type Plain = burn::backend::Wgpu;
+    let dev = Default::default();
+    let dims = [2, 2, 17, 8];
+    let [q, k, v] = [0.0, 1.0, 2.0].map(|salt| filled::<Plain>(dims, salt, &dev));
+    let got = Plain::causal_attention(q.clone(), k.clone(), v.clone(), 0.5, 3);
+    let want = mad_kernels::reference::causal_attention(q, k, v, 0.5, 3);
+    let vals = |t: Tensor<Plain, 4>| t.into_data().to_vec::<f32>().unwrap();
+    assert_close("attention without autodiff", &vals(got), &vals(want));
+}
+
+/// mad-kernels' long convolution on `B` against the masked Toeplitz
+/// product from Burn ops: the output and the gradients of the input and
+/// the taps of a weighted sum of it.
+fn conv_kernel_equals_reference<B: AutodiffBackend + mad_kernels::Kernels>() {
+    let dev = B::Device::default();
+    // Hyena's shapes at small width, a sequence of one, odd sizes, and a
+    // taps gradient summed over a batch of 5.
+    for [batch, seq, channels] in [[2, 24, 32], [1, 1, 3], [5, 17, 7], [3, 64, 40]] {
+        let what = format!("conv [{batch}, {seq}, {channels}]");
+        let weights =
+            filled::<B>([1, batch, seq, channels], 3.0, &dev).reshape([batch, seq, channels]);
+        let inputs = || {
+            let v = filled::<B>([1, batch, seq, channels], 0.0, &dev)
+                .reshape([batch, seq, channels])
+                .require_grad();
+            let taps = filled::<B>([1, 1, seq, channels], 1.0, &dev)
+                .reshape([seq, channels])
+                .require_grad();
+            (v, taps)
+        };
+        let (v, taps) = inputs();
+        let y = B::causal_conv(v.clone(), taps.clone());
+        let grads = (y.clone() * weights.clone()).sum().backward();
+        let (rv, rtaps) = inputs();
+        let want = mad_kernels::reference::causal_conv(rv.clone(), rtaps.clone());
+        let want_grads = (want.clone() * weights).sum().backward();
+        let vals = |t: Tensor<B, 3>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        assert_close(&format!("{what}: output"), &vals(y), &vals(want));
+        let grad_of = |t: Tensor<B, 3>, g: &B::Gradients| {
+            t.grad(g)
+                .expect("gradient")
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        assert_close(
+            &format!("{what}: gradient of v"),
+            &grad_of(v, &grads),
+            &grad_of(rv, &want_grads),
+        );
+        let taps_grad = |t: Tensor<B, 2>, g: &B::Gradients| {
+            t.grad(g)
+                .expect("gradient")
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        assert_close(
+            &format!("{what}: gradient of the taps"),
+            &taps_grad(taps, &grads),
+            &taps_grad(rtaps, &want_grads),
+        );
+    }
+}
+
+#[test]
+fn the_conv_kernel_equals_burn_ops_with_fusion() {
+    conv_kernel_equals_reference::<Gpu>();
+}
+
+#[test]
+fn the_conv_kernel_equals_burn_ops_without_fusion() {
+    conv_kernel_equals_reference::<burn::backend::Autodiff<super::device::WgpuPlain>>();
 }

@@ -66,8 +66,21 @@ pub fn attention<B: Backend>(qkv: Tensor<B, 3>, h: Heads) -> Tensor<B, 3> {
     match dispatch::<B>() {
         Dispatch::Autodiff => cast(attention_autodiff(cast(qkv), h)),
         Dispatch::Plain => cast(attention_plain(cast(qkv), h)),
-        Dispatch::Composite => composite(qkv, h),
+        Dispatch::Composite => on_device(qkv, h),
     }
+}
+
+/// On a CubeCL backend: heads split and rotated with Burn ops, the softmax
+/// core as `mad-kernels`' flash kernel (nothing of size `seq²` in memory);
+/// on any other backend, [`composite`].
+fn on_device<B: Backend>(qkv: Tensor<B, 3>, h: Heads) -> Tensor<B, 3> {
+    let (q, k, v) = split_heads(qkv, h);
+    let scale = 1.0 / (q.dims()[3] as f32).sqrt();
+    let y = match crate::layers::cube::causal_attention(q, k, v, scale, h.window) {
+        Ok(y) => y,
+        Err((q, k, v)) => core(q, k, v, h),
+    };
+    merge_heads(y)
 }
 
 fn attention_plain(qkv: Tensor<Cpu, 3>, h: Heads) -> Tensor<Cpu, 3> {
@@ -83,6 +96,18 @@ fn attention_plain(qkv: Tensor<Cpu, 3>, h: Heads) -> Tensor<Cpu, 3> {
 /// # Shapes
 /// - as [`attention`]
 pub fn composite<B: Backend>(qkv: Tensor<B, 3>, h: Heads) -> Tensor<B, 3> {
+    let (q, k, v) = split_heads(qkv, h);
+    merge_heads(core(q, k, v, h))
+}
+
+/// Rotated q, rotated k and v per head from the fused projection.
+///
+/// # Shapes
+/// - qkv: `[batch, seq, 3·d]` → 3 × `[batch, heads, seq, hd]`
+fn split_heads<B: Backend>(
+    qkv: Tensor<B, 3>,
+    h: Heads,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let [batch, seq, d3] = qkv.dims();
     let d = d3 / 3;
     let (n, hd) = (h.heads, d / h.heads);
@@ -97,7 +122,24 @@ pub fn composite<B: Backend>(qkv: Tensor<B, 3>, h: Heads) -> Tensor<B, 3> {
     };
     let q = apply_rotary(part(0), h.rotary_dim);
     let k = apply_rotary(part(1), h.rotary_dim);
-    let v = part(2);
+    (q, k, part(2))
+}
+
+/// Heads merged back into the model's width.
+///
+/// # Shapes
+/// - y: `[batch, heads, seq, hd]` → `[batch, seq, heads·hd]`
+fn merge_heads<B: Backend>(y: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [batch, n, seq, hd] = y.dims();
+    y.swap_dims(1, 2).reshape([batch, seq, n * hd])
+}
+
+/// `softmax(Q Kᵀ/√hd + causal mask) V` with the scores materialised.
+///
+/// # Shapes
+/// - q, k, v: `[batch, heads, seq, hd]` → `[batch, heads, seq, hd]`
+fn core<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, h: Heads) -> Tensor<B, 4> {
+    let [_, _, seq, hd] = q.dims();
     let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
     let dims = scores.dims();
     let device = v.device();
@@ -105,8 +147,7 @@ pub fn composite<B: Backend>(qkv: Tensor<B, 3>, h: Heads) -> Tensor<B, 3> {
         causal_bias::<B>(seq, h, &device)
     });
     let scores = scores + fit(bias, dims);
-    let y = softmax(scores, 3).matmul(v); // [batch, heads, seq, hd]
-    y.swap_dims(1, 2).reshape([batch, seq, d])
+    softmax(scores, 3).matmul(v)
 }
 
 /// Additive mask: 0 where query `t` may see key `s`, −∞ elsewhere.

@@ -47,7 +47,15 @@ pub fn causal_conv<B: Backend>(v: Tensor<B, 3>, h: Tensor<B, 2>) -> Tensor<B, 3>
     match dispatch::<B>() {
         Dispatch::Autodiff => cast(conv_autodiff(cast(v), cast(taps()))),
         Dispatch::Plain => cast(conv_plain(cast(v), cast(taps()))),
-        Dispatch::Composite => long_conv::causal_conv(v, h),
+        Dispatch::Composite => {
+            // On a CubeCL backend `mad-kernels`' kernel, with the taps
+            // lag-major; elsewhere Burn ops.
+            let lag_major = h.clone().slice([0..channels, 0..seq]).swap_dims(0, 1);
+            match crate::layers::cube::causal_conv(v, lag_major) {
+                Ok(y) => y,
+                Err((v, _)) => long_conv::causal_conv(v, h),
+            }
+        }
     }
 }
 

@@ -1,0 +1,207 @@
+//! CubeCL kernels of mad-search's sequence mixers, registered as Burn custom
+//! ops on the CubeCL backends (CUDA and wgpu, with or without burn-fusion,
+//! with or without autodiff): what `layers/fused/` is for the CPU.
+//!
+//! Composed from Burn ops, causal attention materialises `[batch, heads,
+//! seq, seq]` scores, their mask, the softmax and each of their gradients;
+//! at the protocol's shape (batch 128, 16 heads, length 128) every one of
+//! them is 134 MB of memory traffic. [`Kernels::causal_attention`] is one
+//! kernel per direction instead (flash attention's recurrence: online
+//! softmax forward, probabilities recomputed from the saved log-sum-exp
+//! backward), with nothing of size `seq²` in memory; likewise Hyena's long
+//! convolution, [`Kernels::causal_conv`], without a Toeplitz matrix.
+//!
+//! The layers are generic over the backend, so they reach these kernels
+//! through [`Kernels`], which every CubeCL backend type implements:
+//! `CubeBackend<R, ..>`, `Fusion<B>` (the kernel runs as a custom
+//! operation in the fusion stream, lazily, as Burn's own ops do) and
+//! `Autodiff<B, C>` over either (the forward saves what the backward
+//! needs; the backward is kernels too). The element type is `f32`, the one
+//! mad-search trains in.
+//!
+//! Tested against the same functions composed from Burn ops ([`reference`]),
+//! values and gradients, by mad-search's `layers::tests_gpu` on wgpu
+//! (lavapipe, Mesa's software Vulkan, in CI).
+
+#![warn(missing_docs)]
+
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+
+mod attention;
+mod autodiff;
+mod conv;
+mod cube;
+mod fusion;
+pub mod reference;
+
+/// The kernels' primitive operations, forward and backward, on a backend
+/// that runs CubeCL (`CubeBackend` and `Fusion` over it). Layers call
+/// [`Kernels`] instead, which adds autodiff.
+pub trait KernelOps: Backend {
+    /// Causal softmax attention per head, each query seeing itself and
+    /// the `window` keys before it (`0`: every earlier key), and the
+    /// log-sum-exp of each query's scaled scores (for the backward).
+    ///
+    /// # Shapes
+    /// - q, k, v: `[batch, heads, seq, hd]`
+    /// - output: `([batch, heads, seq, hd], [batch, heads, seq])`
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+        window: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The gradients of q, k and v given the forward's inputs, output,
+    /// log-sum-exp and the output's gradient.
+    ///
+    /// # Shapes
+    /// - q, k, v, out, dout: `[batch, heads, seq, hd]`; lse: `[batch, heads, seq]`
+    /// - output: `[dq, dk, dv]`, each `[batch, heads, seq, hd]`
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        scale: f32,
+        window: usize,
+    ) -> [FloatTensor<Self>; 3];
+
+    /// Causal convolution of each channel with its own taps, lag-major:
+    /// `y[b, t, c] = Σ_{s≤t} taps[t − s, c] · v[b, s, c]`.
+    ///
+    /// # Shapes
+    /// - v: `[batch, seq, channels]`; taps: `[seq, channels]` → `[batch, seq, channels]`
+    fn conv_forward(v: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// The gradients of v and the taps given the output's gradient.
+    ///
+    /// # Shapes
+    /// - v, dy: `[batch, seq, channels]`; taps: `[seq, channels]`
+    /// - output: `[dv, dtaps]`
+    fn conv_backward(
+        v: FloatTensor<Self>,
+        taps: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 2];
+}
+
+/// The kernels as layers use them: tensors in, tensors out, gradients
+/// recorded where the backend is an autodiff one.
+pub trait Kernels: Backend {
+    /// `softmax(Q Kᵀ · scale + causal mask) V` per head, each query seeing
+    /// itself and the `window` keys before it (`0`: every earlier key).
+    ///
+    /// # Shapes
+    /// - q, k, v: `[batch, heads, seq, hd]` → `[batch, heads, seq, hd]`
+    ///
+    /// # Panics
+    /// If the shapes differ or the element type is not `f32`.
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        scale: f32,
+        window: usize,
+    ) -> Tensor<Self, 4>;
+
+    /// Causal convolution of each channel with its own taps, given
+    /// lag-major: `y[b, t, c] = Σ_{s≤t} taps[t − s, c] · v[b, s, c]`.
+    ///
+    /// # Shapes
+    /// - v: `[batch, seq, channels]`; taps: `[seq, channels]` → `[batch, seq, channels]`
+    ///
+    /// # Panics
+    /// If the taps' shape is not `[seq, channels]` or the element type is not `f32`.
+    fn causal_conv(v: Tensor<Self, 3>, taps: Tensor<Self, 2>) -> Tensor<Self, 3>;
+}
+
+/// The forward of a backend without autodiff.
+fn attention_plain<B: KernelOps>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f32,
+    window: usize,
+) -> Tensor<B, 4> {
+    check_shapes(&q, &k, &v);
+    let (out, _) = B::attention_forward(
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+        scale,
+        window,
+    );
+    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+}
+
+/// The convolution of a backend without autodiff.
+fn conv_plain<B: KernelOps>(v: Tensor<B, 3>, taps: Tensor<B, 2>) -> Tensor<B, 3> {
+    check_taps(&v, &taps);
+    let y = B::conv_forward(v.into_primitive().tensor(), taps.into_primitive().tensor());
+    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(y))
+}
+
+/// Panics with the shapes when the taps are not `[seq, channels]` of v.
+fn check_taps<B: Backend>(v: &Tensor<B, 3>, taps: &Tensor<B, 2>) {
+    let [_, seq, channels] = v.dims();
+    assert!(
+        taps.dims() == [seq, channels],
+        "causal_conv: taps {:?} must be [seq, channels] = [{seq}, {channels}] (lag-major)",
+        taps.dims()
+    );
+}
+
+/// Panics with the shapes when q, k and v disagree.
+fn check_shapes<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>) {
+    assert!(
+        q.dims() == k.dims() && k.dims() == v.dims(),
+        "causal_attention: q {:?}, k {:?} and v {:?} must have one shape [batch, heads, seq, hd]",
+        q.dims(),
+        k.dims(),
+        v.dims()
+    );
+}
+
+impl<R, F, I, BT> Kernels for burn_cubecl::CubeBackend<R, F, I, BT>
+where
+    R: burn_cubecl::CubeRuntime,
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::BoolElement,
+{
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        scale: f32,
+        window: usize,
+    ) -> Tensor<Self, 4> {
+        attention_plain(q, k, v, scale, window)
+    }
+
+    fn causal_conv(v: Tensor<Self, 3>, taps: Tensor<Self, 2>) -> Tensor<Self, 3> {
+        conv_plain(v, taps)
+    }
+}
+
+impl<B: burn_fusion::FusionBackend + KernelOps> Kernels for burn_fusion::Fusion<B> {
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        scale: f32,
+        window: usize,
+    ) -> Tensor<Self, 4> {
+        attention_plain(q, k, v, scale, window)
+    }
+
+    fn causal_conv(v: Tensor<Self, 3>, taps: Tensor<Self, 2>) -> Tensor<Self, 3> {
+        conv_plain(v, taps)
+    }
+}

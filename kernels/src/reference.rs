@@ -1,0 +1,63 @@
+//! The kernels' functions composed from Burn ops, on any backend: what the
+//! tests compare the kernels with (values and gradients).
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::softmax;
+
+/// `softmax(Q Kᵀ · scale + mask) V` with the `[seq, seq]` scores and mask
+/// materialised; the same visibility as [`crate::Kernels::causal_attention`].
+///
+/// # Shapes
+/// - q, k, v: `[batch, heads, seq, hd]` → `[batch, heads, seq, hd]`
+pub fn causal_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f32,
+    window: usize,
+) -> Tensor<B, 4> {
+    let [b, h, seq, _] = q.dims();
+    let mut mask = vec![f32::NEG_INFINITY; seq * seq];
+    for i in 0..seq {
+        let first = if window == 0 {
+            0
+        } else {
+            i.saturating_sub(window)
+        };
+        for j in first..=i {
+            mask[i * seq + j] = 0.0;
+        }
+    }
+    let mask = Tensor::<B, 4>::from_data(TensorData::new(mask, [1, 1, seq, seq]), &q.device())
+        .expand([b, h, seq, seq]);
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale + mask;
+    softmax(scores, 3).matmul(v)
+}
+
+/// `y[b, t, c] = Σ_{s≤t} taps[t − s, c] · v[b, s, c]` as one masked
+/// `[channels, seq, seq]` Toeplitz product per call; the same function as
+/// [`crate::Kernels::causal_conv`].
+///
+/// # Shapes
+/// - v: `[batch, seq, channels]`; taps: `[seq, channels]` → `[batch, seq, channels]`
+pub fn causal_conv<B: Backend>(v: Tensor<B, 3>, taps: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [_, seq, channels] = v.dims();
+    let device = v.device();
+    // lag[t, s] = t − s below the diagonal (0 above, masked out).
+    let lags: Vec<i64> = (0..seq * seq)
+        .map(|i| (i / seq).saturating_sub(i % seq) as i64)
+        .collect();
+    let mask: Vec<f32> = (0..seq * seq)
+        .map(|i| if i % seq <= i / seq { 1.0 } else { 0.0 })
+        .collect();
+    let lags = Tensor::<B, 1, Int>::from_data(TensorData::new(lags, [seq * seq]), &device);
+    let mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [1, seq, seq]), &device);
+    let toeplitz = taps
+        .swap_dims(0, 1)
+        .select(1, lags)
+        .reshape([channels, seq, seq])
+        * mask.expand([channels, seq, seq]);
+    // [channels, seq, seq] × [channels, seq, batch] → [batch, seq, channels]
+    toeplitz.matmul(v.permute([2, 1, 0])).permute([2, 1, 0])
+}

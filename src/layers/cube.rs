@@ -1,0 +1,80 @@
+//! The CubeCL kernels of `mad-kernels` for the layers, on the backends
+//! this build has (`wgpu`, `cuda`; each with and without burn-fusion and
+//! autodiff). Like [`super::fused`] for flex, the choice is made on the
+//! backend's type, so no trait bound reaches the layers: a backend without
+//! kernels gets its inputs back and the layer composes Burn ops.
+
+use burn::prelude::*;
+
+/// Returns `Ok($body)` from the enclosing function, with `$k` the type of
+/// backend `$b`, when `$b` is a backend with kernels; falls through
+/// otherwise.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+macro_rules! with_kernels {
+    ($b:ty, $k:ident => $body:expr) => {{
+        #[cfg(feature = "wgpu")]
+        with_kernels!(@each $b, $k => $body;
+            burn::backend::Wgpu,
+            super::device::WgpuPlain,
+            burn::backend::Autodiff<burn::backend::Wgpu>,
+            burn::backend::Autodiff<super::device::WgpuPlain>);
+        #[cfg(feature = "cuda")]
+        with_kernels!(@each $b, $k => $body;
+            burn::backend::Cuda,
+            super::device::CudaPlain,
+            burn::backend::Autodiff<burn::backend::Cuda>,
+            burn::backend::Autodiff<super::device::CudaPlain>);
+    }};
+    (@each $b:ty, $k:ident => $body:expr; $($t:ty),*) => {$(
+        if std::any::TypeId::of::<$b>() == std::any::TypeId::of::<$t>() {
+            type $k = $t;
+            return Ok($body);
+        }
+    )*};
+}
+
+/// q, k and v of an attention, handed back when the backend has no kernel.
+pub(crate) type Qkv<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
+
+/// Causal softmax attention by `mad-kernels` (each query sees itself and
+/// the `window` keys before it; `0`: all), or the inputs back when `B`
+/// has no kernels.
+///
+/// # Shapes
+/// - q, k, v: `[batch, heads, seq, hd]` → `[batch, heads, seq, hd]`
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(unused_variables))]
+pub(crate) fn causal_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f32,
+    window: usize,
+) -> Result<Tensor<B, 4>, Qkv<B>> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        use super::fused::cast;
+        use mad_kernels::Kernels;
+        with_kernels!(B, K => cast::<K, B, 4>(K::causal_attention(
+            cast(q), cast(k), cast(v), scale, window
+        )));
+    }
+    Err((q, k, v))
+}
+
+/// Causal convolution `y[b, t, c] = Σ_{s≤t} taps[t − s, c] · v[b, s, c]`
+/// by `mad-kernels`, or the inputs back when `B` has no kernels.
+///
+/// # Shapes
+/// - v: `[batch, seq, channels]`; taps: `[seq, channels]` → `[batch, seq, channels]`
+pub(crate) fn causal_conv<B: Backend>(
+    v: Tensor<B, 3>,
+    taps: Tensor<B, 2>,
+) -> Result<Tensor<B, 3>, (Tensor<B, 3>, Tensor<B, 2>)> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        use super::fused::cast;
+        use mad_kernels::Kernels;
+        with_kernels!(B, K => cast::<K, B, 3>(K::causal_conv(cast(v), cast(taps))));
+    }
+    Err((v, taps))
+}
