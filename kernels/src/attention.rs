@@ -241,7 +241,25 @@ fn dims<R: CubeRuntime>(q: &CubeTensor<R>, others: &[&CubeTensor<R>]) -> [usize;
         );
     }
     assert_eq!(q.dtype, DType::F32, "attention kernels run in f32");
-    shape.dims::<4>()
+    let dims = shape.dims::<4>();
+    fits_u32(dims.iter().product());
+    dims
+}
+
+/// Panics unless `n` elements are addressable by the kernels' 32-bit
+/// indices (CubeCL's default address type).
+pub(crate) fn fits_u32(n: usize) {
+    assert!(
+        n < u32::MAX as usize,
+        "mad-kernels index with 32 bits: a tensor of {n} elements is too large"
+    );
+}
+
+/// The window as the kernels take it: one at least as long as the
+/// sequence sees every earlier key, as `0` does (and `j + window` cannot
+/// wrap on the device).
+fn effective_window(window: usize, seq: usize) -> usize {
+    if window >= seq { 0 } else { window }
 }
 
 /// One unit per row, as many cubes as it takes.
@@ -269,10 +287,13 @@ pub(crate) fn forward<R: CubeRuntime>(
     window: usize,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let [b, h, seq, hd] = dims(&q, &[&k, &v]);
+    let window = effective_window(window, seq);
     let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
     let out = empty(&q, vec![b, h, seq, hd]);
     let lse = empty(&q, vec![b, h, seq]);
     let rows = b * h * seq;
+    // With no head dims there is nothing to attend with: the output is
+    // empty, and the backward (the only reader of `lse`) returns at once.
     if rows == 0 || hd == 0 {
         return (out, lse);
     }
@@ -310,6 +331,7 @@ pub(crate) fn backward<R: CubeRuntime>(
     window: usize,
 ) -> [CubeTensor<R>; 3] {
     let [b, h, seq, hd] = dims(&q, &[&k, &v, &out, &dout]);
+    let window = effective_window(window, seq);
     let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
     let (out, lse, dout) = (
         into_contiguous(out),

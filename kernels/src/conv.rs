@@ -115,6 +115,7 @@ fn dims<R: CubeRuntime>(v: &CubeTensor<R>, taps: &CubeTensor<R>) -> [usize; 3] {
         "causal_conv: the taps must be [seq, channels] (lag-major)"
     );
     assert_eq!(v.dtype, DType::F32, "conv kernels run in f32");
+    crate::attention::fits_u32(batch * seq * channels);
     [batch, seq, channels]
 }
 

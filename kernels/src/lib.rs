@@ -6,9 +6,9 @@
 //! seq, seq]` scores, their mask, the softmax and each of their gradients;
 //! at the protocol's shape (batch 128, 16 heads, length 128) every one of
 //! them is 134 MB of memory traffic. [`Kernels::causal_attention`] is one
-//! kernel per direction instead (flash attention's recurrence: online
-//! softmax forward, probabilities recomputed from the saved log-sum-exp
-//! backward), with nothing of size `seq²` in memory; likewise Hyena's long
+//! kernel forward and two backward instead (flash attention's recurrence:
+//! online softmax forward, probabilities recomputed from the saved
+//! log-sum-exp backward), with nothing of size `seq²` in memory; likewise Hyena's long
 //! convolution, [`Kernels::causal_conv`], without a Toeplitz matrix.
 //!
 //! The layers are generic over the backend, so they reach these kernels
@@ -147,8 +147,18 @@ fn conv_plain<B: KernelOps>(v: Tensor<B, 3>, taps: Tensor<B, 2>) -> Tensor<B, 3>
     Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(y))
 }
 
+/// Panics when an operand is not `f32` (the kernels' element type): here,
+/// at the call, rather than when a fusion stream runs the kernel.
+fn check_f32(dtypes: &[burn::tensor::DType]) {
+    assert!(
+        dtypes.iter().all(|d| *d == burn::tensor::DType::F32),
+        "mad-kernels run in f32; got {dtypes:?}"
+    );
+}
+
 /// Panics with the shapes when the taps are not `[seq, channels]` of v.
 fn check_taps<B: Backend>(v: &Tensor<B, 3>, taps: &Tensor<B, 2>) {
+    check_f32(&[v.dtype(), taps.dtype()]);
     let [_, seq, channels] = v.dims();
     assert!(
         taps.dims() == [seq, channels],
@@ -159,6 +169,7 @@ fn check_taps<B: Backend>(v: &Tensor<B, 3>, taps: &Tensor<B, 2>) {
 
 /// Panics with the shapes when q, k and v disagree.
 fn check_shapes<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>) {
+    check_f32(&[q.dtype(), k.dtype(), v.dtype()]);
     assert!(
         q.dims() == k.dims() && k.dims() == v.dims(),
         "causal_attention: q {:?}, k {:?} and v {:?} must have one shape [batch, heads, seq, hd]",

@@ -6,6 +6,18 @@
 
 use burn::prelude::*;
 
+thread_local! {
+    /// Calls this thread made into `mad-kernels` (tests check that layers
+    /// reach the kernels rather than falling back to Burn ops).
+    static CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Calls this thread has made into `mad-kernels` so far.
+#[cfg_attr(not(all(test, feature = "wgpu")), allow(dead_code))]
+pub(crate) fn calls() -> u64 {
+    CALLS.with(|c| c.get())
+}
+
 /// Returns `Ok($body)` from the enclosing function, with `$k` the type of
 /// backend `$b`, when `$b` is a backend with kernels; falls through
 /// otherwise.
@@ -28,6 +40,7 @@ macro_rules! with_kernels {
     (@each $b:ty, $k:ident => $body:expr; $($t:ty),*) => {$(
         if std::any::TypeId::of::<$b>() == std::any::TypeId::of::<$t>() {
             type $k = $t;
+            CALLS.with(|c| c.set(c.get() + 1));
             return Ok($body);
         }
     )*};

@@ -298,6 +298,10 @@ fn attention_kernel_equals_reference<B: AutodiffBackend + mad_kernels::Kernels>(
         ([2, 1, 1, 4], 0),
         ([1, 2, 12, 24], 40),
         ([3, 4, 64, 32], 0),
+        // One head as wide as the model (`attention`'s default), and a
+        // window that would wrap 32-bit indices if passed through.
+        ([1, 1, 16, 64], 0),
+        ([1, 1, 10, 8], u32::MAX as usize),
     ];
     for &(dims, window) in cases {
         let what = format!("attention {dims:?} window {window}");
@@ -338,17 +342,59 @@ fn the_attention_kernel_equals_burn_ops_without_fusion() {
     attention_kernel_equals_reference::<burn::backend::Autodiff<super::device::WgpuPlain>>();
 }
 
-#[test]
-fn the_attention_kernel_runs_without_autodiff() {
-    use mad_kernels::Kernels;
-    type Plain = burn::backend::Wgpu;
+/// The forward of a backend without autodiff, `B` (fused or not).
+fn attention_kernel_runs_without_autodiff<B: Backend + mad_kernels::Kernels>() {
     let dev = Default::default();
     let dims = [2, 2, 17, 8];
-    let [q, k, v] = [0.0, 1.0, 2.0].map(|salt| filled::<Plain>(dims, salt, &dev));
-    let got = Plain::causal_attention(q.clone(), k.clone(), v.clone(), 0.5, 3);
+    let [q, k, v] = [0.0, 1.0, 2.0].map(|salt| filled::<B>(dims, salt, &dev));
+    let got = B::causal_attention(q.clone(), k.clone(), v.clone(), 0.5, 3);
     let want = mad_kernels::reference::causal_attention(q, k, v, 0.5, 3);
-    let vals = |t: Tensor<Plain, 4>| t.into_data().to_vec::<f32>().unwrap();
+    let vals = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
     assert_close("attention without autodiff", &vals(got), &vals(want));
+}
+
+#[test]
+fn the_attention_kernel_runs_without_autodiff() {
+    attention_kernel_runs_without_autodiff::<burn::backend::Wgpu>();
+    attention_kernel_runs_without_autodiff::<super::device::WgpuPlain>();
+}
+
+/// A model of the mixers with kernels, with and without fusion: each
+/// forward reaches `mad-kernels` (no silent fall-back to Burn ops) and the
+/// logits and every gradient equal flex's.
+#[test]
+fn models_reach_the_kernels_and_equal_flex_with_and_without_fusion() {
+    let ctx = Context {
+        vocab: 13,
+        seq_len: 20,
+    };
+    let mut spec =
+        ArchSpec::from_layers_str("mh-attention swiglu hyena swiglu sliding-attention swiglu")
+            .unwrap();
+    spec.d_model = 32;
+    let (cpu_y, cpu_g) = forward_backward::<CpuAutodiff>(&spec, ctx, 2);
+    let check = |name: &str, (y, g): (Vec<f32>, Vec<(String, Vec<f32>)>)| {
+        assert_close(&format!("{name}: logits"), &y, &cpu_y);
+        assert_eq!(g.len(), cpu_g.len(), "{name}: parameters");
+        for ((path, g), (_, c)) in g.iter().zip(&cpu_g) {
+            assert_close(&format!("{name}: gradient of {path}"), g, c);
+        }
+    };
+    for fused in [true, false] {
+        let before = super::cube::calls();
+        let got = if fused {
+            forward_backward::<Gpu>(&spec, ctx, 2)
+        } else {
+            forward_backward::<burn::backend::Autodiff<super::device::WgpuPlain>>(&spec, ctx, 2)
+        };
+        let name = if fused { "fused" } else { "unfused" };
+        assert_eq!(
+            super::cube::calls() - before,
+            3,
+            "{name}: two attentions and one long convolution should run as kernels"
+        );
+        check(name, got);
+    }
 }
 
 /// mad-kernels' long convolution on `B` against the masked Toeplitz

@@ -11,8 +11,8 @@
 //! [`CpuAutodiff`] the fused forward plus a custom backward step registered
 //! with burn-autodiff, for any other backend the function composed from
 //! Burn ops, which is also the reference the tests compare against (values
-//! and gradients); on the CubeCL backends (CUDA, wgpu) attention's core is
-//! `mad-kernels`' instead ([`super::cube`]). No trait bound leaks into the rest of the crate.
+//! and gradients); on the CubeCL backends (CUDA, wgpu) attention's core and
+//! the long convolution are `mad-kernels`' instead (`layers/cube.rs`). No trait bound leaks into the rest of the crate.
 //! The kernels work on host `Vec<f32>`s in parallel on the caller's rayon
 //! pool (a daemon worker's pool, or the global one).
 
