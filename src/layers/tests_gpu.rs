@@ -323,11 +323,11 @@ fn attention_kernel_equals_reference<B: AutodiffBackend + mad_kernels::Kernels>(
         let vals = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
         assert_close(&format!("{what}: output"), &vals(y), &vals(want));
         for (name, (got, want)) in ["q", "k", "v"].into_iter().zip([(q, rq), (k, rk), (v, rv)]) {
-            let g = got.grad(&grads).expect("kernel gradient");
-            let w = want.grad(&want_grads).expect("reference gradient");
-            let g = g.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-            let w = w.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-            assert_close(&format!("{what}: gradient of {name}"), &g, &w);
+            assert_close(
+                &format!("{what}: gradient of {name}"),
+                &grad_values(&got, &grads),
+                &grad_values(&want, &want_grads),
+            );
         }
     }
 }
@@ -397,6 +397,22 @@ fn models_reach_the_kernels_and_equal_flex_with_and_without_fusion() {
     }
 }
 
+/// The gradient of `t` in `grads`, as f32s.
+///
+/// # Panics
+/// If `t` has none.
+fn grad_values<B: AutodiffBackend, const D: usize>(
+    t: &Tensor<B, D>,
+    grads: &B::Gradients,
+) -> Vec<f32> {
+    t.grad(grads)
+        .expect("gradient")
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
 /// mad-kernels' long convolution on `B` against the masked Toeplitz
 /// product from Burn ops: the output and the gradients of the input and
 /// the taps of a weighted sum of it.
@@ -425,31 +441,15 @@ fn conv_kernel_equals_reference<B: AutodiffBackend + mad_kernels::Kernels>() {
         let want_grads = (want.clone() * weights).sum().backward();
         let vals = |t: Tensor<B, 3>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
         assert_close(&format!("{what}: output"), &vals(y), &vals(want));
-        let grad_of = |t: Tensor<B, 3>, g: &B::Gradients| {
-            t.grad(g)
-                .expect("gradient")
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap()
-        };
         assert_close(
             &format!("{what}: gradient of v"),
-            &grad_of(v, &grads),
-            &grad_of(rv, &want_grads),
+            &grad_values(&v, &grads),
+            &grad_values(&rv, &want_grads),
         );
-        let taps_grad = |t: Tensor<B, 2>, g: &B::Gradients| {
-            t.grad(g)
-                .expect("gradient")
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap()
-        };
         assert_close(
             &format!("{what}: gradient of the taps"),
-            &taps_grad(taps, &grads),
-            &taps_grad(rtaps, &want_grads),
+            &grad_values(&taps, &grads),
+            &grad_values(&rtaps, &want_grads),
         );
     }
 }
