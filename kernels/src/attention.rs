@@ -16,13 +16,12 @@
 //! maximum starts at −1e30 (scores are scaled dot products of activations,
 //! far from that).
 
-use burn::tensor::{DType, Shape};
+use crate::launch::{empty, fits_u32, launch_size};
+use burn::tensor::DType;
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
-use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 /// Forward: `out[i] = Σ_j softmax_j(q_i·k_j·scale) v_j` over the keys `i`
 /// sees, and `lse[i] = log Σ_j exp(q_i·k_j·scale)`.
@@ -246,36 +245,11 @@ fn dims<R: CubeRuntime>(q: &CubeTensor<R>, others: &[&CubeTensor<R>]) -> [usize;
     dims
 }
 
-/// Panics unless `n` elements are addressable by the kernels' 32-bit
-/// indices (CubeCL's default address type).
-pub(crate) fn fits_u32(n: usize) {
-    assert!(
-        n < u32::MAX as usize,
-        "mad-kernels index with 32 bits: a tensor of {n} elements is too large"
-    );
-}
-
 /// The window as the kernels take it: one at least as long as the
 /// sequence sees every earlier key, as `0` does (and `j + window` cannot
 /// wrap on the device).
 fn effective_window(window: usize, seq: usize) -> usize {
     if window >= seq { 0 } else { window }
-}
-
-/// One unit per row, as many cubes as it takes.
-fn launch_size<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize) -> (CubeCount, CubeDim) {
-    let dim = CubeDim::new(client, rows);
-    (calculate_cube_count_elemwise(client, rows, dim), dim)
-}
-
-/// A new contiguous f32 tensor on `like`'s device.
-fn empty<R: CubeRuntime>(like: &CubeTensor<R>, dims: Vec<usize>) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        Shape::from(dims),
-        DType::F32,
-    )
 }
 
 /// See [`crate::KernelOps::attention_forward`].

@@ -8,13 +8,12 @@
 //! (the same sum run forwards in time), one per tap for `dtaps` (a sum over
 //! the batch and the steps, in a fixed order: deterministic).
 
+use crate::launch::{empty, fits_u32, launch_size};
 use burn::tensor::DType;
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
-use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 /// `y[b, t, c] = Σ_{s ≤ t} taps[t − s, c] · v[b, s, c]`.
 ///
@@ -115,24 +114,8 @@ fn dims<R: CubeRuntime>(v: &CubeTensor<R>, taps: &CubeTensor<R>) -> [usize; 3] {
         "causal_conv: the taps must be [seq, channels] (lag-major)"
     );
     assert_eq!(v.dtype, DType::F32, "conv kernels run in f32");
-    crate::attention::fits_u32(batch * seq * channels);
+    fits_u32(batch * seq * channels);
     [batch, seq, channels]
-}
-
-/// A new contiguous f32 tensor on `like`'s device.
-fn empty<R: CubeRuntime>(like: &CubeTensor<R>, dims: Vec<usize>) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        dims.into(),
-        DType::F32,
-    )
-}
-
-/// One unit per element, as many cubes as it takes.
-fn launch_size<R: CubeRuntime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {
-    let dim = CubeDim::new(client, n);
-    (calculate_cube_count_elemwise(client, n, dim), dim)
 }
 
 /// See [`crate::KernelOps::conv_forward`].

@@ -33,6 +33,7 @@ mod autodiff;
 mod conv;
 mod cube;
 mod fusion;
+mod launch;
 pub mod reference;
 
 /// The kernels' primitive operations, forward and backward, on a backend
