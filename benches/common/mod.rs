@@ -53,6 +53,9 @@ pub const ARCHITECTURES: &[&str] = &[
     "hyena moe-mlp mh-attention moe-mlp",
     "hyena-experts moe-mlp mh-attention moe-mlp",
     "mamba mamba mamba mamba",
+    "mamba mamba mh-attention swiglu",
+    "hyena swiglu mh-attention swiglu",
+    "mh-gated-linear-attention swiglu mh-gated-linear-attention swiglu",
 ];
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -6,7 +6,9 @@
 //!
 //! Chunked form: within a chunk the exact pairwise decays `exp(b_t − b_s)`
 //! (`b` the in-chunk cumulative log-decay; every factor ≤ 1, so nothing
-//! overflows however strong the decay), across chunks a carried state.
+//! overflows however strong the decay), across chunks a carried state. On
+//! flex the layer runs the recurrence as a fused kernel instead
+//! (`fused::gla`), which the chunked form is the reference for.
 
 use burn::nn::Linear;
 use burn::prelude::*;
@@ -94,7 +96,9 @@ impl<B: Backend> GatedLinearAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let gate = silu(linear(&self.g, x.clone()));
         let [q, k, v, gk] = self.heads(x);
-        let o = self.norm.forward(chunked(q, k, v, gk, CHUNK));
+        let o = self
+            .norm
+            .forward(super::fused::gla::gated_recurrence(q, k, v, gk));
         linear(&self.out, merge_heads(o) * gate)
     }
 }

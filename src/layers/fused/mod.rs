@@ -1,10 +1,11 @@
 //! Fused CPU kernels with their own backward, for the operations that Burn
 //! ops on flex compute slowly because they materialise `[batch, heads, seq,
-//! seq]` tensors and walk strided views: softmax attention ([`attention`])
+//! seq]` tensors and walk strided views: softmax attention ([`attention`]),
 //! multi-head Hyena's Toeplitz-weighted mix ([`toeplitz`]), Hyena's long
-//! convolution ([`conv`]), Mamba's selective scan ([`scan`]) and the short
-//! depthwise convolution of both ([`short_conv`]), which they compute as
-//! chains of small ops.
+//! convolution ([`conv`]), Mamba's selective scan ([`scan`]), gated linear
+//! attention's recurrence ([`gla`]) and the short depthwise convolution of
+//! Hyena and Mamba ([`short_conv`]), which they compute as chains of small
+//! ops.
 //!
 //! Each public function is generic over the backend like every layer, and
 //! dispatches on its type: for [`Cpu`] (flex) the fused forward, for
@@ -29,6 +30,7 @@ use super::{Cpu, CpuAutodiff};
 
 pub mod attention;
 pub mod conv;
+pub mod gla;
 pub mod scan;
 pub mod short_conv;
 pub mod toeplitz;
