@@ -1,6 +1,6 @@
 //! [`Kernels`] on `Autodiff<B, C>`: the forward kernel runs on the inner
-//! backend and, when any input is tracked, saves the inputs, the output
-//! and the log-sum-exp for the backward kernels.
+//! backend and, when any input is tracked, saves what the backward kernels
+//! need (the inputs; for attention also the output and the log-sum-exp).
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::ops::FloatTensor;
 
-use crate::{KernelOps, Kernels, check_shapes, check_taps};
+use crate::{KernelOps, Kernels, check_gla, check_shapes, check_taps};
 
 /// The attention's backward step.
 #[derive(Debug)]
@@ -63,7 +63,51 @@ impl<B: KernelOps> Backward<B, 2> for ConvBackward {
     }
 }
 
+/// The recurrence's backward step; its state is q, k, v and g.
+#[derive(Debug)]
+struct GlaBackward;
+
+impl<B: KernelOps> Backward<B, 4> for GlaBackward {
+    type State = [FloatTensor<B>; 4];
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dout = grads.consume::<B>(&ops.node);
+        let [q, k, v, g] = ops.state;
+        let grad = B::gla_backward(q, k, v, g, dout);
+        for (parent, grad) in ops.parents.into_iter().zip(grad) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 impl<B: KernelOps, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    fn gated_recurrence(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        g: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        check_gla(&q, &k, &v, &g);
+        let [q, k, v, g] = [q, k, v, g].map(|t| t.into_primitive().tensor());
+        let nodes = [&q, &k, &v, &g].map(|t| t.node.clone());
+        let out = match GlaBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let inputs = [q, k, v, g].map(|t| t.primitive);
+                let [q, k, v, g] = inputs.clone();
+                prep.finish(inputs, B::gla_forward(q, k, v, g))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::gla_forward(
+                q.primitive,
+                k.primitive,
+                v.primitive,
+                g.primitive,
+            )),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
     fn causal_conv(v: Tensor<Self, 3>, taps: Tensor<Self, 2>) -> Tensor<Self, 3> {
         check_taps(&v, &taps);
         let (v, taps) = (v.into_primitive().tensor(), taps.into_primitive().tensor());

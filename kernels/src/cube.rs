@@ -4,7 +4,7 @@
 use burn::tensor::ops::FloatTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use crate::{KernelOps, attention, conv};
+use crate::{KernelOps, attention, conv, gla};
 
 impl<R, F, I, BT> KernelOps for CubeBackend<R, F, I, BT>
 where
@@ -46,5 +46,24 @@ where
         dy: FloatTensor<Self>,
     ) -> [FloatTensor<Self>; 2] {
         conv::backward(v, taps, dy)
+    }
+
+    fn gla_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        gla::forward(q, k, v, g)
+    }
+
+    fn gla_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 4] {
+        gla::backward(q, k, v, g, dout)
     }
 }

@@ -154,4 +154,38 @@ impl<B: FusionBackend + KernelOps> KernelOps for Fusion<B> {
             |[v, taps, dy], _| B::conv_backward(v, taps, dy),
         )
     }
+
+    fn gla_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let shape = v.shape.clone();
+        let [out] = queue::<B, _, 4, 1>(
+            "mad_gla_forward",
+            [q, k, v, g],
+            [shape],
+            (),
+            |[q, k, v, g], _| [B::gla_forward(q, k, v, g)],
+        );
+        out
+    }
+
+    fn gla_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 4] {
+        let (key, value) = (q.shape.clone(), v.shape.clone());
+        queue::<B, _, 5, 4>(
+            "mad_gla_backward",
+            [q, k, v, g, dout],
+            [key.clone(), key.clone(), value, key],
+            (),
+            |[q, k, v, g, dout], _| B::gla_backward(q, k, v, g, dout),
+        )
+    }
 }

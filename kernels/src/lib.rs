@@ -9,7 +9,9 @@
 //! kernel forward and two backward instead (flash attention's recurrence:
 //! online softmax forward, probabilities recomputed from the saved
 //! log-sum-exp backward), with nothing of size `seq²` in memory; likewise Hyena's long
-//! convolution, [`Kernels::causal_conv`], without a Toeplitz matrix.
+//! convolution, [`Kernels::causal_conv`], without a Toeplitz matrix, and
+//! gated linear attention's recurrence, [`Kernels::gated_recurrence`],
+//! without chunk tensors or stored states.
 //!
 //! The layers are generic over the backend, so they reach these kernels
 //! through [`Kernels`], which every CubeCL backend type implements:
@@ -33,6 +35,7 @@ mod autodiff;
 mod conv;
 mod cube;
 mod fusion;
+mod gla;
 mod launch;
 pub mod reference;
 
@@ -90,6 +93,31 @@ pub trait KernelOps: Backend {
         taps: FloatTensor<Self>,
         dy: FloatTensor<Self>,
     ) -> [FloatTensor<Self>; 2];
+
+    /// Gated linear attention's recurrence per head: `S_t = diag(exp(g_t))
+    /// S_{t−1} + k_tᵀ v_t`, `o_t = q_t S_t`, from `S_{−1} = 0`.
+    ///
+    /// # Shapes
+    /// - q, k, g: `[batch, heads, seq, dk]`; v: `[batch, heads, seq, dv]` → `[batch, heads, seq, dv]`
+    fn gla_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// The gradients of q, k, v and g given the output's gradient.
+    ///
+    /// # Shapes
+    /// - q, k, g: `[batch, heads, seq, dk]`; v, dout: `[batch, heads, seq, dv]`
+    /// - output: `[dq, dk, dv, dg]`
+    fn gla_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 4];
 }
 
 /// The kernels as layers use them: tensors in, tensors out, gradients
@@ -120,6 +148,22 @@ pub trait Kernels: Backend {
     /// # Panics
     /// If the taps' shape is not `[seq, channels]` or the element type is not `f32`.
     fn causal_conv(v: Tensor<Self, 3>, taps: Tensor<Self, 2>) -> Tensor<Self, 3>;
+
+    /// Gated linear attention's recurrence per head: `S_t = diag(exp(g_t))
+    /// S_{t−1} + k_tᵀ v_t`, `o_t = q_t S_t`, from `S_{−1} = 0` (`g` the
+    /// log-decays; the layer scales q beforehand).
+    ///
+    /// # Shapes
+    /// - q, k, g: `[batch, heads, seq, dk]`; v: `[batch, heads, seq, dv]` → `[batch, heads, seq, dv]`
+    ///
+    /// # Panics
+    /// If the shapes disagree, a head dim is 0 or the element type is not `f32`.
+    fn gated_recurrence(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        g: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4>;
 }
 
 /// The forward of a backend without autodiff.
@@ -146,6 +190,40 @@ fn conv_plain<B: KernelOps>(v: Tensor<B, 3>, taps: Tensor<B, 2>) -> Tensor<B, 3>
     check_taps(&v, &taps);
     let y = B::conv_forward(v.into_primitive().tensor(), taps.into_primitive().tensor());
     Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(y))
+}
+
+/// The recurrence of a backend without autodiff.
+fn gla_plain<B: KernelOps>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    g: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    check_gla(&q, &k, &v, &g);
+    let [q, k, v, g] = [q, k, v, g].map(|t| t.into_primitive().tensor());
+    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(B::gla_forward(
+        q, k, v, g,
+    )))
+}
+
+/// Panics with the shapes when q, k, v and g of a recurrence disagree.
+fn check_gla<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>, g: &Tensor<B, 4>) {
+    check_f32(&[q.dtype(), k.dtype(), v.dtype(), g.dtype()]);
+    let [b, h, seq, dk] = q.dims();
+    let [vb, vh, vseq, dv] = v.dims();
+    assert!(
+        k.dims() == q.dims() && g.dims() == q.dims() && [vb, vh, vseq] == [b, h, seq],
+        "gated_recurrence: q {:?}, k {:?}, g {:?} must be [batch, heads, seq, dk] and v {:?} \
+         [batch, heads, seq, dv]",
+        q.dims(),
+        k.dims(),
+        g.dims(),
+        v.dims()
+    );
+    assert!(
+        dk > 0 && dv > 0,
+        "gated_recurrence: head dims must be positive"
+    );
 }
 
 /// Panics when an operand is not `f32` (the kernels' element type): here,
@@ -200,6 +278,15 @@ where
     fn causal_conv(v: Tensor<Self, 3>, taps: Tensor<Self, 2>) -> Tensor<Self, 3> {
         conv_plain(v, taps)
     }
+
+    fn gated_recurrence(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        g: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        gla_plain(q, k, v, g)
+    }
 }
 
 impl<B: burn_fusion::FusionBackend + KernelOps> Kernels for burn_fusion::Fusion<B> {
@@ -215,5 +302,14 @@ impl<B: burn_fusion::FusionBackend + KernelOps> Kernels for burn_fusion::Fusion<
 
     fn causal_conv(v: Tensor<Self, 3>, taps: Tensor<Self, 2>) -> Tensor<Self, 3> {
         conv_plain(v, taps)
+    }
+
+    fn gated_recurrence(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        g: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        gla_plain(q, k, v, g)
     }
 }

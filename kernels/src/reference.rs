@@ -61,3 +61,28 @@ pub fn causal_conv<B: Backend>(v: Tensor<B, 3>, taps: Tensor<B, 2>) -> Tensor<B,
     // [channels, seq, seq] × [channels, seq, batch] → [batch, seq, channels]
     toeplitz.matmul(v.permute([2, 1, 0])).permute([2, 1, 0])
 }
+
+/// Gated linear attention's recurrence token by token: `S_t =
+/// diag(exp(g_t)) S_{t−1} + k_tᵀ v_t`, `o_t = q_t S_t`; the same function
+/// as [`crate::Kernels::gated_recurrence`].
+///
+/// # Shapes
+/// - q, k, g: `[batch, heads, seq, dk]`; v: `[batch, heads, seq, dv]` → `[batch, heads, seq, dv]`
+pub fn gated_recurrence<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    g: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [b, h, seq, dk] = q.dims();
+    let dv = v.dims()[3];
+    let mut state = Tensor::<B, 4>::zeros([b, h, dk, dv], &q.device());
+    let mut out = Vec::with_capacity(seq);
+    for t in 0..seq {
+        let at = |x: &Tensor<B, 4>, e: usize| x.clone().slice([0..b, 0..h, t..t + 1, 0..e]);
+        let decay = at(&g, dk).exp().swap_dims(2, 3).expand([b, h, dk, dv]);
+        state = state * decay + at(&k, dk).swap_dims(2, 3).matmul(at(&v, dv));
+        out.push(at(&q, dk).matmul(state.clone()));
+    }
+    Tensor::cat(out, 2)
+}

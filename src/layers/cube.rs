@@ -91,3 +91,30 @@ pub(crate) fn causal_conv<B: Backend>(
     }
     Err((v, taps))
 }
+
+/// q, k, v and g of a gated recurrence, handed back when the backend has no
+/// kernel.
+pub(crate) type Qkvg<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
+
+/// Gated linear attention's recurrence `S_t = diag(exp(g_t)) S_{t−1} +
+/// k_tᵀ v_t`, `o_t = q_t S_t` by `mad-kernels`, or the inputs back when `B`
+/// has no kernels.
+///
+/// # Shapes
+/// - q, k, g: `[batch, heads, seq, dk]`; v: `[batch, heads, seq, dv]` → `[batch, heads, seq, dv]`
+pub(crate) fn gated_recurrence<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    g: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, Qkvg<B>> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        use super::fused::cast;
+        use mad_kernels::Kernels;
+        with_kernels!(B, K => cast::<K, B, 4>(K::gated_recurrence(
+            cast(q), cast(k), cast(v), cast(g)
+        )));
+    }
+    Err((q, k, v, g))
+}

@@ -368,9 +368,11 @@ fn models_reach_the_kernels_and_equal_flex_with_and_without_fusion() {
         vocab: 13,
         seq_len: 20,
     };
-    let mut spec =
-        ArchSpec::from_layers_str("mh-attention swiglu hyena swiglu sliding-attention swiglu")
-            .unwrap();
+    let mut spec = ArchSpec::from_layers_str(
+        "mh-attention swiglu hyena swiglu sliding-attention swiglu \
+             mh-gated-linear-attention swiglu",
+    )
+    .unwrap();
     spec.d_model = 32;
     let (cpu_y, cpu_g) = forward_backward::<CpuAutodiff>(&spec, ctx, 2);
     let check = |name: &str, (y, g): (Vec<f32>, Vec<(String, Vec<f32>)>)| {
@@ -390,8 +392,9 @@ fn models_reach_the_kernels_and_equal_flex_with_and_without_fusion() {
         let name = if fused { "fused" } else { "unfused" };
         assert_eq!(
             super::cube::calls() - before,
-            3,
-            "{name}: two attentions and one long convolution should run as kernels"
+            4,
+            "{name}: two attentions, one long convolution and one gated recurrence should run \
+             as kernels"
         );
         check(name, got);
     }
@@ -462,4 +465,85 @@ fn the_conv_kernel_equals_burn_ops_with_fusion() {
 #[test]
 fn the_conv_kernel_equals_burn_ops_without_fusion() {
     conv_kernel_equals_reference::<burn::backend::Autodiff<super::device::WgpuPlain>>();
+}
+
+/// mad-kernels' gated recurrence on `B` against the token-by-token
+/// recurrence from Burn ops: the output and the gradients of q, k, v and the
+/// log-decays of a weighted sum of it.
+fn gla_kernel_equals_reference<B: AutodiffBackend + mad_kernels::Kernels>() {
+    let dev = B::Device::default();
+    // The layer's head dims (16 at the protocol's width and 8 heads, 4 in
+    // small tests), dk ≠ dv, a sequence of one, a head as wide as the model,
+    // and more units than one cube holds.
+    for (key, dv) in [
+        ([2, 3, 21, 16], 16),
+        ([1, 2, 9, 4], 7),
+        ([3, 1, 1, 8], 8),
+        ([1, 1, 12, 64], 64),
+        ([4, 8, 33, 16], 16),
+    ] {
+        let [b, h, seq, _] = key;
+        let value = [b, h, seq, dv];
+        let what = format!("gated recurrence {key:?}, dv {dv}");
+        let weights = filled::<B>(value, 3.0, &dev);
+        let inputs = || {
+            let q = filled::<B>(key, 0.0, &dev) * 0.5;
+            let k = filled::<B>(key, 1.0, &dev) * 0.5;
+            let v = filled::<B>(value, 2.0, &dev);
+            // Log-decays from ≈ 0 down to −4 a step, as the layer's
+            // `logsigmoid(·) / 16` and stronger.
+            let g = filled::<B>(key, 4.0, &dev).abs().neg();
+            [q, k, v, g].map(|t| t.require_grad())
+        };
+        let [q, k, v, g] = inputs();
+        let y = B::gated_recurrence(q.clone(), k.clone(), v.clone(), g.clone());
+        let grads = (y.clone() * weights.clone()).sum().backward();
+        let [rq, rk, rv, rg] = inputs();
+        let want = mad_kernels::reference::gated_recurrence(
+            rq.clone(),
+            rk.clone(),
+            rv.clone(),
+            rg.clone(),
+        );
+        let want_grads = (want.clone() * weights).sum().backward();
+        let vals = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        assert_close(&format!("{what}: output"), &vals(y), &vals(want));
+        for (name, (got, want)) in
+            ["q", "k", "v", "g"]
+                .into_iter()
+                .zip([(q, rq), (k, rk), (v, rv), (g, rg)])
+        {
+            assert_close(
+                &format!("{what}: gradient of {name}"),
+                &grad_values(&got, &grads),
+                &grad_values(&want, &want_grads),
+            );
+        }
+    }
+}
+
+#[test]
+fn the_gla_kernel_equals_burn_ops_with_fusion() {
+    gla_kernel_equals_reference::<Gpu>();
+}
+
+#[test]
+fn the_gla_kernel_equals_burn_ops_without_fusion() {
+    gla_kernel_equals_reference::<burn::backend::Autodiff<super::device::WgpuPlain>>();
+}
+
+/// The recurrence's forward on backends without autodiff (fused and not).
+#[test]
+fn the_gla_kernel_runs_without_autodiff() {
+    fn run<B: Backend + mad_kernels::Kernels>() {
+        let dev = Default::default();
+        let [q, k, v] = [0.0, 1.0, 2.0].map(|salt| filled::<B>([2, 2, 17, 8], salt, &dev));
+        let g = filled::<B>([2, 2, 17, 8], 4.0, &dev).abs().neg();
+        let got = B::gated_recurrence(q.clone(), k.clone(), v.clone(), g.clone());
+        let want = mad_kernels::reference::gated_recurrence(q, k, v, g);
+        let vals = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
+        assert_close("gated recurrence without autodiff", &vals(got), &vals(want));
+    }
+    run::<burn::backend::Wgpu>();
+    run::<super::device::WgpuPlain>();
 }
