@@ -6,9 +6,10 @@
 //!
 //! Chunked form: within a chunk the exact pairwise decays `exp(b_t − b_s)`
 //! (`b` the in-chunk cumulative log-decay; every factor ≤ 1, so nothing
-//! overflows however strong the decay), across chunks a carried state. On
-//! flex the layer runs the recurrence as a fused kernel instead
-//! (`fused::gla`), which the chunked form is the reference for.
+//! overflows however strong the decay), across chunks a carried state. The
+//! layer runs the recurrence as a fused kernel on flex (`fused::gla`) and as
+//! `mad-kernels`' on the CubeCL backends; the chunked form serves any other
+//! backend, and [`recurrent`] is what the tests hold all three to.
 
 use burn::nn::Linear;
 use burn::prelude::*;

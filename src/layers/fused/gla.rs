@@ -132,7 +132,7 @@ fn advance(s: &mut [f32], kt: &[f32], vt: &[f32], gt: &[f32]) {
 fn forward(s: &Inputs) -> Vec<f32> {
     let [tasks, seq, dk, dv] = s.dims;
     let mut out = vec![0f32; tasks * seq * dv];
-    out.par_chunks_mut(seq * dv.max(1))
+    out.par_chunks_mut((seq * dv).max(1))
         .enumerate()
         .for_each(|(i, o)| {
             let [q, k, v, g] = s.task(i);
@@ -383,6 +383,38 @@ mod tests {
                 .unwrap();
             let reference: Vec<f32> = gla::recurrent(q, k, v, g).into_data().to_vec().unwrap();
             close(&plain, &reference, 1e-5, &format!("inference, {case}"));
+        }
+    }
+
+    /// Empty sequences and empty head dims give empty or zero results, no
+    /// panic.
+    #[test]
+    fn empty_shapes_are_empty_results() {
+        for dims in [[3, 0, 4, 5], [0, 7, 4, 5], [2, 5, 0, 3], [2, 5, 3, 0]] {
+            let [tasks, seq, dk, dv] = dims;
+            let s = Inputs::new(
+                [
+                    vec![0.5; tasks * seq * dk],
+                    vec![0.5; tasks * seq * dk],
+                    vec![0.5; tasks * seq * dv],
+                    vec![-0.5; tasks * seq * dk],
+                ],
+                dims,
+            );
+            let out = forward(&s);
+            assert_eq!(out.len(), tasks * seq * dv, "{dims:?}");
+            assert!(out.iter().all(|&x| x == 0.0), "{dims:?}");
+            let [dq, dk_, dv_, dg] = backward(&s, &out);
+            assert_eq!(
+                [dq.len(), dk_.len(), dv_.len(), dg.len()],
+                [
+                    tasks * seq * dk,
+                    tasks * seq * dk,
+                    tasks * seq * dv,
+                    tasks * seq * dk
+                ],
+                "{dims:?}"
+            );
         }
     }
 
