@@ -11,7 +11,24 @@ use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::ops::FloatTensor;
 
-use crate::{KernelOps, Kernels, check_gla, check_shapes, check_taps};
+use crate::{KernelOps, Kernels, check_gla, check_shapes, check_taps, check_toeplitz};
+
+/// One backward step: the output's gradient and the saved state through
+/// `backward` to the `N` inputs' gradients, each registered where its input
+/// is tracked.
+fn step<B: Backend, S, const N: usize>(
+    ops: Ops<S, N>,
+    grads: &mut Gradients,
+    backward: impl FnOnce(S, FloatTensor<B>) -> [FloatTensor<B>; N],
+) {
+    let dout = grads.consume::<B>(&ops.node);
+    let g = backward(ops.state, dout);
+    for (parent, g) in ops.parents.into_iter().zip(g) {
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, g);
+        }
+    }
+}
 
 /// The attention's backward step.
 #[derive(Debug)]
@@ -33,14 +50,9 @@ impl<B: KernelOps> Backward<B, 3> for AttentionBackward {
     type State = Saved<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dout = grads.consume::<B>(&ops.node);
-        let (q, k, v, out, lse, scale, window) = ops.state;
-        let g = B::attention_backward(q, k, v, out, lse, dout, scale, window);
-        for (parent, g) in ops.parents.into_iter().zip(g) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        step::<B, _, _>(ops, grads, |(q, k, v, out, lse, scale, window), dout| {
+            B::attention_backward(q, k, v, out, lse, dout, scale, window)
+        });
     }
 }
 
@@ -52,14 +64,7 @@ impl<B: KernelOps> Backward<B, 2> for ConvBackward {
     type State = (FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = grads.consume::<B>(&ops.node);
-        let (v, taps) = ops.state;
-        let g = B::conv_backward(v, taps, dy);
-        for (parent, g) in ops.parents.into_iter().zip(g) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        step::<B, _, _>(ops, grads, |(v, taps), dy| B::conv_backward(v, taps, dy));
     }
 }
 
@@ -71,18 +76,57 @@ impl<B: KernelOps> Backward<B, 4> for GlaBackward {
     type State = [FloatTensor<B>; 4];
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dout = grads.consume::<B>(&ops.node);
-        let [q, k, v, g] = ops.state;
-        let grad = B::gla_backward(q, k, v, g, dout);
-        for (parent, grad) in ops.parents.into_iter().zip(grad) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        step::<B, _, _>(ops, grads, |[q, k, v, g], dout| {
+            B::gla_backward(q, k, v, g, dout)
+        });
+    }
+}
+
+/// The Toeplitz mix's backward step; its state is q, k, v and the taps.
+#[derive(Debug)]
+struct ToeplitzBackward;
+
+impl<B: KernelOps> Backward<B, 4> for ToeplitzBackward {
+    type State = [FloatTensor<B>; 4];
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        step::<B, _, _>(ops, grads, |[q, k, v, taps], dout| {
+            B::toeplitz_backward(q, k, v, taps, dout)
+        });
     }
 }
 
 impl<B: KernelOps, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    fn toeplitz_mix(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        taps: Tensor<Self, 2>,
+    ) -> Tensor<Self, 3> {
+        check_toeplitz(&q, &k, &v, &taps);
+        let [q, k, v] = [q, k, v].map(|t| t.into_primitive().tensor());
+        let taps = taps.into_primitive().tensor();
+        let nodes = [&q, &k, &v, &taps].map(|t| t.node.clone());
+        let out = match ToeplitzBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let inputs = [q, k, v, taps].map(|t| t.primitive);
+                let [q, k, v, taps] = inputs.clone();
+                prep.finish(inputs, B::toeplitz_forward(q, k, v, taps))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::toeplitz_forward(
+                q.primitive,
+                k.primitive,
+                v.primitive,
+                taps.primitive,
+            )),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
     fn gated_recurrence(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,

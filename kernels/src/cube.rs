@@ -4,7 +4,7 @@
 use burn::tensor::ops::FloatTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use crate::{KernelOps, attention, conv, gla};
+use crate::{KernelOps, attention, conv, gla, toeplitz};
 
 impl<R, F, I, BT> KernelOps for CubeBackend<R, F, I, BT>
 where
@@ -65,5 +65,24 @@ where
         dout: FloatTensor<Self>,
     ) -> [FloatTensor<Self>; 4] {
         gla::backward(q, k, v, g, dout)
+    }
+
+    fn toeplitz_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        taps: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        toeplitz::forward(q, k, v, taps)
+    }
+
+    fn toeplitz_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        taps: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 4] {
+        toeplitz::backward(q, k, v, taps, dout)
     }
 }

@@ -188,4 +188,38 @@ impl<B: FusionBackend + KernelOps> KernelOps for Fusion<B> {
             |[q, k, v, g, dout], _| B::gla_backward(q, k, v, g, dout),
         )
     }
+
+    fn toeplitz_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        taps: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let shape = q.shape.clone();
+        let [out] = queue::<B, _, 4, 1>(
+            "mad_toeplitz_forward",
+            [q, k, v, taps],
+            [shape],
+            (),
+            |[q, k, v, taps], _| [B::toeplitz_forward(q, k, v, taps)],
+        );
+        out
+    }
+
+    fn toeplitz_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        taps: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 4] {
+        let (stream, taps_shape) = (q.shape.clone(), taps.shape.clone());
+        queue::<B, _, 5, 4>(
+            "mad_toeplitz_backward",
+            [q, k, v, taps, dout],
+            [stream.clone(), stream.clone(), stream, taps_shape],
+            (),
+            |[q, k, v, taps, dout], _| B::toeplitz_backward(q, k, v, taps, dout),
+        )
+    }
 }

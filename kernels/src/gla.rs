@@ -16,7 +16,9 @@
 //!   log-decays' gradient is the reverse running sum
 //!   `∂g_t[i] = Σ_{τ ≥ t} (q_τ[i] ∂q_τ[i] − k_τ[i] ∂k_τ[i])` (the output
 //!   depends on `g` only through `q_τ e^{b_τ}` and `k_s e^{−b_s}`, `b` the
-//!   running sum of `g`), so no earlier state is ever needed.
+//!   running sum of `g`), so no earlier state is ever needed. The identity
+//!   is exact in exact arithmetic; in floats the sum's error grows with the
+//!   terms' magnitudes over `seq − t` steps, so it is compensated (Kahan).
 //!
 //! Every unit sums in a fixed order: deterministic.
 
@@ -165,7 +167,10 @@ fn backward_keys_kernel<F: Float>(
     for j in 0..dv {
         gs[j] = F::new(0.0);
     }
+    // The running sum for ∂g, compensated (Kahan): its terms are O(1)
+    // while the sum itself may be near 0 under strong decays.
     let mut total = F::new(0.0);
+    let mut lost = F::new(0.0);
     for back in 0..seq {
         let row = task * seq + (seq - 1 - back);
         let at = row * dk + i;
@@ -177,7 +182,10 @@ fn backward_keys_kernel<F: Float>(
             acc += gs[j] * v[row * dv + j];
         }
         dk_out[at] = acc;
-        total += qi * dq[at] - k[at] * acc;
+        let term = qi * dq[at] - k[at] * acc - lost;
+        let next = total + term;
+        lost = (next - total) - term;
+        total = next;
         dg[at] = total;
         let decay = g[at].exp();
         #[unroll]
@@ -260,6 +268,10 @@ pub(crate) fn backward<R: CubeRuntime>(
     dout: CubeTensor<R>,
 ) -> [CubeTensor<R>; 4] {
     let ([tasks, seq, dk, dv], key, value) = dims(&q, &k, &v, &g);
+    assert!(
+        dout.meta.shape().dims::<4>() == value && dout.dtype == DType::F32,
+        "gated_recurrence backward: the output's gradient must be f32 [batch, heads, seq, dv]"
+    );
     let [q, k, v, g, dout] = [q, k, v, g, dout].map(into_contiguous);
     let grads = [key, key, value, key].map(|d| empty(&q, d.to_vec()));
     if tasks * seq == 0 {

@@ -11,7 +11,9 @@
 //! log-sum-exp backward), with nothing of size `seq²` in memory; likewise Hyena's long
 //! convolution, [`Kernels::causal_conv`], without a Toeplitz matrix, and
 //! gated linear attention's recurrence, [`Kernels::gated_recurrence`],
-//! without chunk tensors or stored states.
+//! without chunk tensors or stored states, and multi-head Hyena's mix,
+//! [`Kernels::toeplitz_mix`], without its `[heads, seq, seq]` matrix or the
+//! scores.
 //!
 //! The layers are generic over the backend, so they reach these kernels
 //! through [`Kernels`], which every CubeCL backend type implements:
@@ -38,6 +40,7 @@ mod fusion;
 mod gla;
 mod launch;
 pub mod reference;
+mod toeplitz;
 
 /// The kernels' primitive operations, forward and backward, on a backend
 /// that runs CubeCL (`CubeBackend` and `Fusion` over it). Layers call
@@ -118,6 +121,31 @@ pub trait KernelOps: Backend {
         g: FloatTensor<Self>,
         dout: FloatTensor<Self>,
     ) -> [FloatTensor<Self>; 4];
+
+    /// Multi-head Hyena's mix: per head `h` (columns `h·hd .. (h+1)·hd`),
+    /// `y_t = Σ_{s≤t} taps[h, t − s] (q_t · k_s) v_s`.
+    ///
+    /// # Shapes
+    /// - q, k, v: `[batch, seq, d]`; taps: `[heads, seq]` → `[batch, seq, d]`
+    fn toeplitz_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        taps: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// The gradients of q, k, v and the taps given the output's gradient.
+    ///
+    /// # Shapes
+    /// - q, k, v, dout: `[batch, seq, d]`; taps: `[heads, seq]`
+    /// - output: `[dq, dk, dv, dtaps]`
+    fn toeplitz_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        taps: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 4];
 }
 
 /// The kernels as layers use them: tensors in, tensors out, gradients
@@ -164,6 +192,24 @@ pub trait Kernels: Backend {
         v: Tensor<Self, 4>,
         g: Tensor<Self, 4>,
     ) -> Tensor<Self, 4>;
+
+    /// Multi-head Hyena's mix `(T ⊙ Q Kᵀ) V` per head, `T[h, t, s] =
+    /// taps[h, t − s]` below and on the diagonal: `y_t = Σ_{s≤t}
+    /// taps[h, t − s] (q_t · k_s) v_s`, head `h` being columns
+    /// `h·hd .. (h+1)·hd` of the streams.
+    ///
+    /// # Shapes
+    /// - q, k, v: `[batch, seq, d]`; taps: `[heads, seq]` → `[batch, seq, d]`
+    ///
+    /// # Panics
+    /// If the streams' shapes differ, `heads` does not divide `d`, the taps
+    /// are not `[heads, seq]` or the element type is not `f32`.
+    fn toeplitz_mix(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        taps: Tensor<Self, 2>,
+    ) -> Tensor<Self, 3>;
 }
 
 /// The forward of a backend without autodiff.
@@ -204,6 +250,47 @@ fn gla_plain<B: KernelOps>(
     Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(B::gla_forward(
         q, k, v, g,
     )))
+}
+
+/// The mix of a backend without autodiff.
+fn toeplitz_plain<B: KernelOps>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    taps: Tensor<B, 2>,
+) -> Tensor<B, 3> {
+    check_toeplitz(&q, &k, &v, &taps);
+    let [q, k, v] = [q, k, v].map(|t| t.into_primitive().tensor());
+    let taps = taps.into_primitive().tensor();
+    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(B::toeplitz_forward(
+        q, k, v, taps,
+    )))
+}
+
+/// Panics with the shapes when the streams and taps of a mix disagree.
+fn check_toeplitz<B: Backend>(
+    q: &Tensor<B, 3>,
+    k: &Tensor<B, 3>,
+    v: &Tensor<B, 3>,
+    taps: &Tensor<B, 2>,
+) {
+    check_f32(&[q.dtype(), k.dtype(), v.dtype(), taps.dtype()]);
+    let [_, seq, d] = q.dims();
+    let [heads, taps_seq] = taps.dims();
+    assert!(
+        k.dims() == q.dims()
+            && v.dims() == q.dims()
+            && heads > 0
+            && d % heads == 0
+            && d > 0
+            && taps_seq == seq,
+        "toeplitz_mix: q {:?}, k {:?}, v {:?} must be one [batch, seq, d] and the taps {:?} \
+         [heads, seq] with heads dividing d",
+        q.dims(),
+        k.dims(),
+        v.dims(),
+        taps.dims()
+    );
 }
 
 /// Panics with the shapes when q, k, v and g of a recurrence disagree.
@@ -287,6 +374,15 @@ where
     ) -> Tensor<Self, 4> {
         gla_plain(q, k, v, g)
     }
+
+    fn toeplitz_mix(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        taps: Tensor<Self, 2>,
+    ) -> Tensor<Self, 3> {
+        toeplitz_plain(q, k, v, taps)
+    }
 }
 
 impl<B: burn_fusion::FusionBackend + KernelOps> Kernels for burn_fusion::Fusion<B> {
@@ -311,5 +407,14 @@ impl<B: burn_fusion::FusionBackend + KernelOps> Kernels for burn_fusion::Fusion<
         g: Tensor<Self, 4>,
     ) -> Tensor<Self, 4> {
         gla_plain(q, k, v, g)
+    }
+
+    fn toeplitz_mix(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        taps: Tensor<Self, 2>,
+    ) -> Tensor<Self, 3> {
+        toeplitz_plain(q, k, v, taps)
     }
 }

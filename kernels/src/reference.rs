@@ -86,3 +86,35 @@ pub fn gated_recurrence<B: Backend>(
     }
     Tensor::cat(out, 2)
 }
+
+/// Multi-head Hyena's mix `(T ⊙ Q Kᵀ) V` per head with `T[h, t, s] =
+/// taps[h, t − s]` below and on the diagonal, the scores and `T`
+/// materialised; the same function as [`crate::Kernels::toeplitz_mix`].
+///
+/// # Shapes
+/// - q, k, v: `[batch, seq, d]`; taps: `[heads, seq]` → `[batch, seq, d]`
+pub fn toeplitz_mix<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    taps: Tensor<B, 2>,
+) -> Tensor<B, 3> {
+    let [b, seq, d] = q.dims();
+    let heads = taps.dims()[0];
+    let hd = d / heads;
+    let device = q.device();
+    let lags: Vec<i64> = (0..seq * seq)
+        .map(|i| (i / seq).saturating_sub(i % seq) as i64)
+        .collect();
+    let mask: Vec<f32> = (0..seq * seq)
+        .map(|i| if i % seq <= i / seq { 1.0 } else { 0.0 })
+        .collect();
+    let lags = Tensor::<B, 1, Int>::from_data(TensorData::new(lags, [seq * seq]), &device);
+    let mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [1, seq, seq]), &device);
+    // [heads, seq, seq]
+    let t = taps.select(1, lags).reshape([heads, seq, seq]) * mask.expand([heads, seq, seq]);
+    let split = |x: Tensor<B, 3>| x.reshape([b, seq, heads, hd]).swap_dims(1, 2);
+    let scores = split(q).matmul(split(k).swap_dims(2, 3));
+    let y = (scores * t.unsqueeze_dim::<4>(0).expand([b, heads, seq, seq])).matmul(split(v));
+    y.swap_dims(1, 2).reshape([b, seq, d])
+}

@@ -118,3 +118,30 @@ pub(crate) fn gated_recurrence<B: Backend>(
     }
     Err((q, k, v, g))
 }
+
+/// The streams and taps of a Toeplitz mix, handed back when the backend has
+/// no kernel.
+pub(crate) type Mix<B> = (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 2>);
+
+/// Multi-head Hyena's mix `y_t = Σ_{s≤t} taps[h, t − s] (q_t · k_s) v_s`
+/// per head (columns `h·hd .. (h+1)·hd`) by `mad-kernels`, or the inputs
+/// back when `B` has no kernels.
+///
+/// # Shapes
+/// - q, k, v: `[batch, seq, d]`; taps: `[heads, seq]` → `[batch, seq, d]`
+pub(crate) fn toeplitz_mix<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    taps: Tensor<B, 2>,
+) -> Result<Tensor<B, 3>, Mix<B>> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        use super::fused::cast;
+        use mad_kernels::Kernels;
+        with_kernels!(B, K => cast::<K, B, 3>(K::toeplitz_mix(
+            cast(q), cast(k), cast(v), cast(taps)
+        )));
+    }
+    Err((q, k, v, taps))
+}

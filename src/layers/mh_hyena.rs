@@ -9,7 +9,8 @@
 //! the head's causal Toeplitz matrix: exactly the same sum without
 //! materialising the `[seq, hd, hd]` state, `2·seq²·d` multiply-adds per
 //! sequence. Long sequences go query block by query block. On the CPU
-//! backend the mix is one fused kernel ([`toeplitz_mix`]).
+//! backend the mix is one fused kernel ([`toeplitz_mix`]); on a CubeCL
+//! backend `mad-kernels`' from the taps ([`head_taps`]).
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -56,9 +57,37 @@ impl<B: Backend> MhHyena<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let seq = x.dims()[1];
         let [q, k, v] = self.front.forward(x);
-        let kernel = head_kernels(self.filter.forward(seq), self.skip.val());
+        let h = self.filter.forward(seq);
+        let (q, k, v) = if super::fused::on_flex::<B>() {
+            (q, k, v)
+        } else {
+            // A CubeCL backend runs the mix from the taps; nothing of size
+            // `seq²` is built.
+            match super::cube::toeplitz_mix(q, k, v, head_taps(h.clone(), self.skip.val())) {
+                Ok(y) => return linear(&self.out, y),
+                Err((q, k, v, _)) => (q, k, v),
+            }
+        };
+        let kernel = head_kernels(h, self.skip.val());
         linear(&self.out, toeplitz_mix(q, k, v, kernel))
     }
+}
+
+/// Each head's taps by lag, the skip added at lag 0: `T[h, t, s] =
+/// taps[h, t − s]` is [`head_kernels`].
+///
+/// # Shapes
+/// - h: `[heads, seq]`; skip: `[heads]` → `[heads, seq]`
+pub fn head_taps<B: Backend>(h: Tensor<B, 2>, skip: Tensor<B, 1>) -> Tensor<B, 2> {
+    let [heads, seq] = h.dims();
+    if seq == 0 {
+        return h;
+    }
+    let lag0 = h.clone().slice([0..heads, 0..1]) + skip.reshape([heads, 1]);
+    if seq == 1 {
+        return lag0;
+    }
+    Tensor::cat(vec![lag0, h.slice([0..heads, 1..seq])], 1)
 }
 
 /// `T[h, t, s] = filter[h, t − s] + D[h]·[t = s]` below the diagonal, 0 above.

@@ -209,6 +209,35 @@ fn mh_hyena_mixing_equals_the_outer_product_definition() {
     }
 }
 
+/// The taps the GPU kernel gets are the Toeplitz matrix the CPU path
+/// builds: `T[h, t, s] = taps[h, t − s]` on and below the diagonal, 0 above.
+#[test]
+fn mh_hyena_taps_are_its_toeplitz_kernels() {
+    use super::mh_hyena::{head_kernels, head_taps};
+    for seq in [1, 2, 13] {
+        let heads = 3;
+        let h = randn([heads, seq], 55);
+        let skip = randn([heads], 56);
+        let taps: Vec<f32> = head_taps(h.clone(), skip.clone())
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let kernel: Vec<f32> = head_kernels(h, skip).into_data().to_vec().unwrap();
+        for hh in 0..heads {
+            for t in 0..seq {
+                for s in 0..seq {
+                    let want = if s <= t { taps[hh * seq + t - s] } else { 0.0 };
+                    let got = kernel[(hh * seq + t) * seq + s];
+                    assert!(
+                        (got - want).abs() <= 1e-6,
+                        "seq {seq}, head {hh}, [{t}, {s}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn parameter_counts_match_the_genome_for_every_primitive() {
     let (d, seq) = (128, 128);

@@ -370,7 +370,7 @@ fn models_reach_the_kernels_and_equal_flex_with_and_without_fusion() {
     };
     let mut spec = ArchSpec::from_layers_str(
         "mh-attention swiglu hyena swiglu sliding-attention swiglu \
-             mh-gated-linear-attention swiglu",
+             mh-gated-linear-attention swiglu mh-hyena swiglu",
     )
     .unwrap();
     spec.d_model = 32;
@@ -392,9 +392,9 @@ fn models_reach_the_kernels_and_equal_flex_with_and_without_fusion() {
         let name = if fused { "fused" } else { "unfused" };
         assert_eq!(
             super::cube::calls() - before,
-            4,
-            "{name}: two attentions, one long convolution and one gated recurrence should run \
-             as kernels"
+            5,
+            "{name}: two attentions, one long convolution, one gated recurrence and one \
+             Toeplitz mix should run as kernels"
         );
         check(name, got);
     }
@@ -473,26 +473,29 @@ fn the_conv_kernel_equals_burn_ops_without_fusion() {
 fn gla_kernel_equals_reference<B: AutodiffBackend + mad_kernels::Kernels>() {
     let dev = B::Device::default();
     // The layer's head dims (16 at the protocol's width and 8 heads, 4 in
-    // small tests), dk ≠ dv, a sequence of one, a head as wide as the model,
-    // and more units than one cube holds.
-    for (key, dv) in [
-        ([2, 3, 21, 16], 16),
-        ([1, 2, 9, 4], 7),
-        ([3, 1, 1, 8], 8),
-        ([1, 1, 12, 64], 64),
-        ([4, 8, 33, 16], 16),
+    // small tests), dk ≠ dv, a sequence of one, heads as wide as the model
+    // (64, 128), more units than one cube holds, and a long sequence with
+    // strong decays (the log-decays' gradient is a running sum over it).
+    for (key, dv, decay) in [
+        ([2, 3, 21, 16], 16, 2.0),
+        ([1, 2, 9, 4], 7, 2.0),
+        ([3, 1, 1, 8], 8, 2.0),
+        ([1, 1, 12, 64], 64, 2.0),
+        ([1, 1, 6, 128], 128, 2.0),
+        ([4, 8, 33, 16], 16, 2.0),
+        ([1, 2, 300, 8], 8, 10.0),
     ] {
         let [b, h, seq, _] = key;
         let value = [b, h, seq, dv];
-        let what = format!("gated recurrence {key:?}, dv {dv}");
+        let what = format!("gated recurrence {key:?}, dv {dv}, decays to -{decay}");
         let weights = filled::<B>(value, 3.0, &dev);
         let inputs = || {
             let q = filled::<B>(key, 0.0, &dev) * 0.5;
             let k = filled::<B>(key, 1.0, &dev) * 0.5;
             let v = filled::<B>(value, 2.0, &dev);
-            // Log-decays from ≈ 0 down to −4 a step, as the layer's
-            // `logsigmoid(·) / 16` and stronger.
-            let g = filled::<B>(key, 4.0, &dev).abs().neg();
+            // Log-decays from 0 down to −decay a step (`filled` is within
+            // ±2): the layer's `logsigmoid(·) / 16` and far stronger.
+            let g = filled::<B>(key, 4.0, &dev).abs().neg() * (decay / 2.0);
             [q, k, v, g].map(|t| t.require_grad())
         };
         let [q, k, v, g] = inputs();
@@ -546,4 +549,64 @@ fn the_gla_kernel_runs_without_autodiff() {
     }
     run::<burn::backend::Wgpu>();
     run::<super::device::WgpuPlain>();
+}
+
+/// mad-kernels' Toeplitz mix on `B` against `(T ⊙ Q Kᵀ) V` from Burn ops
+/// (scores and `T` materialised): the output and the gradients of q, k, v
+/// and the taps of a weighted sum of it.
+fn toeplitz_kernel_equals_reference<B: AutodiffBackend + mad_kernels::Kernels>() {
+    let dev = B::Device::default();
+    // MH Hyena's shapes (16 heads × 8 at the protocol's width, 8 × 4 at a
+    // small one), one head as wide as the streams, a sequence of one, and a
+    // taps gradient summed over a batch of 5.
+    for ([batch, seq, d], heads) in [
+        ([2, 24, 128], 16),
+        ([1, 1, 8], 2),
+        ([5, 17, 32], 8),
+        ([1, 12, 16], 1),
+        ([3, 64, 64], 4),
+    ] {
+        let what = format!("toeplitz mix [{batch}, {seq}, {d}], {heads} heads");
+        let stream =
+            |salt: f32| filled::<B>([1, batch, seq, d], salt, &dev).reshape([batch, seq, d]) * 0.5;
+        let weights = stream(3.0);
+        let inputs = || {
+            let taps = filled::<B>([1, 1, heads, seq], 4.0, &dev).reshape([heads, seq]);
+            (
+                [stream(0.0), stream(1.0), stream(2.0)].map(|t| t.require_grad()),
+                taps.require_grad(),
+            )
+        };
+        let ([q, k, v], taps) = inputs();
+        let y = B::toeplitz_mix(q.clone(), k.clone(), v.clone(), taps.clone());
+        let grads = (y.clone() * weights.clone()).sum().backward();
+        let ([rq, rk, rv], rtaps) = inputs();
+        let want =
+            mad_kernels::reference::toeplitz_mix(rq.clone(), rk.clone(), rv.clone(), rtaps.clone());
+        let want_grads = (want.clone() * weights).sum().backward();
+        let vals = |t: Tensor<B, 3>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        assert_close(&format!("{what}: output"), &vals(y), &vals(want));
+        for (name, (got, want)) in ["q", "k", "v"].into_iter().zip([(q, rq), (k, rk), (v, rv)]) {
+            assert_close(
+                &format!("{what}: gradient of {name}"),
+                &grad_values(&got, &grads),
+                &grad_values(&want, &want_grads),
+            );
+        }
+        assert_close(
+            &format!("{what}: gradient of the taps"),
+            &grad_values(&taps, &grads),
+            &grad_values(&rtaps, &want_grads),
+        );
+    }
+}
+
+#[test]
+fn the_toeplitz_kernel_equals_burn_ops_with_fusion() {
+    toeplitz_kernel_equals_reference::<Gpu>();
+}
+
+#[test]
+fn the_toeplitz_kernel_equals_burn_ops_without_fusion() {
+    toeplitz_kernel_equals_reference::<burn::backend::Autodiff<super::device::WgpuPlain>>();
 }
