@@ -17,8 +17,9 @@
 //!   `∂g_t[i] = Σ_{τ ≥ t} (q_τ[i] ∂q_τ[i] − k_τ[i] ∂k_τ[i])` (the output
 //!   depends on `g` only through `q_τ e^{b_τ}` and `k_s e^{−b_s}`, `b` the
 //!   running sum of `g`), so no earlier state is ever needed. The identity
-//!   is exact in exact arithmetic; in floats the sum's error grows with the
-//!   terms' magnitudes over `seq − t` steps, so it is compensated (Kahan).
+//!   is exact in exact arithmetic; in floats each term carries its own
+//!   rounding, which adds up over `seq − t` steps; the summation itself is
+//!   compensated (Kahan) so that it adds no more.
 //!
 //! Every unit sums in a fixed order: deterministic.
 
@@ -167,8 +168,7 @@ fn backward_keys_kernel<F: Float>(
     for j in 0..dv {
         gs[j] = F::new(0.0);
     }
-    // The running sum for ∂g, compensated (Kahan): its terms are O(1)
-    // while the sum itself may be near 0 under strong decays.
+    // The running sum for ∂g, compensated (Kahan).
     let mut total = F::new(0.0);
     let mut lost = F::new(0.0);
     for back in 0..seq {
@@ -219,7 +219,10 @@ fn dims<R: CubeRuntime>(
         dk > 0 && dv > 0,
         "gated_recurrence: head dims must be positive"
     );
-    assert_eq!(q.dtype, DType::F32, "gla kernels run in f32");
+    assert!(
+        [q, k, v, g].iter().all(|t| t.dtype == DType::F32),
+        "gla kernels run in f32"
+    );
     fits_u32(b * h * seq * dk.max(dv));
     ([b * h, seq, dk, dv], key, value)
 }

@@ -202,8 +202,9 @@ pub trait Kernels: Backend {
     /// - q, k, v: `[batch, seq, d]`; taps: `[heads, seq]` → `[batch, seq, d]`
     ///
     /// # Panics
-    /// If the streams' shapes differ, `heads` does not divide `d`, the taps
-    /// are not `[heads, seq]` or the element type is not `f32`.
+    /// If the streams' shapes differ, `d` or `heads` is 0, `heads` does not
+    /// divide `d`, the taps are not `[heads, seq]` or the element type is
+    /// not `f32`.
     fn toeplitz_mix(
         q: Tensor<Self, 3>,
         k: Tensor<Self, 3>,

@@ -234,17 +234,25 @@ fn backward_taps_kernel<F: Float>(
     dtaps[pos] = total;
 }
 
-/// `[batch, seq, d]` of the streams and the head dim, checked against the
-/// taps `[heads, seq]`.
-fn dims<R: CubeRuntime>(q: &CubeTensor<R>, taps: &CubeTensor<R>) -> ([usize; 3], usize, usize) {
+/// `[batch, seq, d]` of the streams and the head dim, checked: q, k and v
+/// one shape, the taps `[heads, seq]`, all f32 (the kernels index every
+/// operand by q's shape).
+fn dims<R: CubeRuntime>([q, k, v, taps]: [&CubeTensor<R>; 4]) -> ([usize; 3], usize, usize) {
     let [batch, seq, d] = q.meta.shape().dims::<3>();
     let [heads, taps_seq] = taps.meta.shape().dims::<2>();
+    assert!(
+        k.meta.shape() == q.meta.shape() && v.meta.shape() == q.meta.shape(),
+        "toeplitz_mix: q, k and v must share one shape [batch, seq, d]"
+    );
     assert!(
         heads > 0 && d % heads == 0 && d > 0 && taps_seq == seq,
         "toeplitz_mix: taps [{heads}, {taps_seq}] must be [heads, seq] with heads dividing \
          d = {d} and seq = {seq}"
     );
-    assert_eq!(q.dtype, DType::F32, "toeplitz kernels run in f32");
+    assert!(
+        [q, k, v, taps].iter().all(|t| t.dtype == DType::F32),
+        "toeplitz kernels run in f32"
+    );
     fits_u32(batch * seq * d);
     ([batch, seq, d], heads, d / heads)
 }
@@ -256,7 +264,7 @@ pub(crate) fn forward<R: CubeRuntime>(
     v: CubeTensor<R>,
     taps: CubeTensor<R>,
 ) -> CubeTensor<R> {
-    let ([batch, seq, d], heads, hd) = dims(&q, &taps);
+    let ([batch, seq, d], heads, hd) = dims([&q, &k, &v, &taps]);
     let [q, k, v, taps] = [q, k, v, taps].map(into_contiguous);
     let out = empty(&q, vec![batch, seq, d]);
     let units = batch * heads * seq;
@@ -292,7 +300,7 @@ pub(crate) fn backward<R: CubeRuntime>(
     taps: CubeTensor<R>,
     dout: CubeTensor<R>,
 ) -> [CubeTensor<R>; 4] {
-    let ([batch, seq, d], heads, hd) = dims(&q, &taps);
+    let ([batch, seq, d], heads, hd) = dims([&q, &k, &v, &taps]);
     assert!(
         dout.meta.shape().dims::<3>() == [batch, seq, d] && dout.dtype == DType::F32,
         "toeplitz_mix backward: the output's gradient must be f32 [batch, seq, d]"

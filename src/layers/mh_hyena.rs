@@ -8,9 +8,10 @@
 //! is computed as `y = (T ⊙ Q Kᵀ) V` with `T[t, s] = h[t − s] + D·[t = s]`
 //! the head's causal Toeplitz matrix: exactly the same sum without
 //! materialising the `[seq, hd, hd]` state, `2·seq²·d` multiply-adds per
-//! sequence. Long sequences go query block by query block. On the CPU
-//! backend the mix is one fused kernel ([`toeplitz_mix`]); on a CubeCL
-//! backend `mad-kernels`' from the taps ([`head_taps`]).
+//! sequence. On the CPU backend the mix is one fused kernel
+//! ([`toeplitz_mix`]); on a CubeCL backend it is `mad-kernels`' kernel,
+//! given each head's taps ([`head_taps`]); on any other backend Burn ops
+//! compute it, long sequences query block by query block ([`mix`]).
 
 use burn::module::Param;
 use burn::nn::Linear;

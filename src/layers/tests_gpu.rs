@@ -610,3 +610,21 @@ fn the_toeplitz_kernel_equals_burn_ops_with_fusion() {
 fn the_toeplitz_kernel_equals_burn_ops_without_fusion() {
     toeplitz_kernel_equals_reference::<burn::backend::Autodiff<super::device::WgpuPlain>>();
 }
+
+/// The mix's forward on backends without autodiff (fused and not): the
+/// path of evaluation.
+#[test]
+fn the_toeplitz_kernel_runs_without_autodiff() {
+    fn run<B: Backend + mad_kernels::Kernels>() {
+        let dev = Default::default();
+        let [q, k, v] = [0.0, 1.0, 2.0]
+            .map(|salt| filled::<B>([1, 2, 17, 32], salt, &dev).reshape([2, 17, 32]));
+        let taps = filled::<B>([1, 1, 4, 17], 4.0, &dev).reshape([4, 17]);
+        let got = B::toeplitz_mix(q.clone(), k.clone(), v.clone(), taps.clone());
+        let want = mad_kernels::reference::toeplitz_mix(q, k, v, taps);
+        let vals = |t: Tensor<B, 3>| t.into_data().to_vec::<f32>().unwrap();
+        assert_close("toeplitz mix without autodiff", &vals(got), &vals(want));
+    }
+    run::<burn::backend::Wgpu>();
+    run::<super::device::WgpuPlain>();
+}
