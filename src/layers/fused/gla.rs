@@ -5,8 +5,9 @@
 //! pairwise in-chunk decays as a `[batch, heads, chunks, chunk, chunk,
 //! head_dim]` tensor (broadcast operands materialised too, on flex) and
 //! carries the state across chunks in a host loop of small ops: at the
-//! screen's shapes `mh-gated-linear-attention swiglu ×2` spent ≈ 0.35 s a
-//! step, the slowest of the paper's baselines by far. Here the recurrence
+//! screen's shape (batch 32, length 64, one thread)
+//! `mh-gated-linear-attention swiglu ×2` spent 324 ms a step, 1.67×
+//! PyTorch's, and its screen broke the 10-minute cap; fused, 184 ms (0.83×). Here the recurrence
 //! runs step by step, as written, one task per (batch element, head) with
 //! its `[dk, dv]` state in cache: per step and key index one pass over the
 //! value dims (contiguous), with a polynomial `exp` ([`super::exp`]). It is
