@@ -90,8 +90,16 @@ impl StageProgress<'_> {
 }
 
 /// The task settings a stage runs, with the preset's caps applied.
+///
+/// Caps can make two of the grid's settings one: under `cpu`'s 64-token and
+/// 3,200-example caps, in-context recall at length 256, 512 and 1,024 and
+/// with 6,400 and 3,200 examples are all its baseline. Such a setting is
+/// kept once, where it first appears (43 of the 66 under `cpu`): the same
+/// experiment run twice would cost a second run for the same numbers, would
+/// weigh the baseline five times in its task's mean, and two workers running
+/// it at once would share one checkpoint file.
 pub fn stage_settings(s: &StageSettings) -> Vec<TaskSetting> {
-    let mut out = Vec::new();
+    let mut out: Vec<TaskSetting> = Vec::new();
     for &task in &s.tasks {
         let grid = match s.grid {
             Grid::Baseline => vec![TaskSetting::baseline(task)],
@@ -106,7 +114,9 @@ pub fn stage_settings(s: &StageSettings) -> Vec<TaskSetting> {
             if let Some(cap) = s.max_seq_len {
                 shorten(&mut setting, cap);
             }
-            out.push(setting);
+            if !out.contains(&setting) {
+                out.push(setting);
+            }
         }
     }
     out
@@ -292,7 +302,7 @@ fn load_splits(setting: &TaskSetting, root: &Path) -> Result<Splits, TrainError>
 }
 
 /// Removes `path` and the temporary files a killed writer left beside it
-/// (`<name>.<pid>.tmp`).
+/// (`<name>.<pid>-<n>.tmp`).
 fn remove_with_leftovers(path: &Path) {
     let _ = std::fs::remove_file(path);
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
@@ -499,10 +509,9 @@ fn sweep_run<B: AutodiffBackend>(
     Ok(done)
 }
 
-/// The names of a stage's task settings (their data directories' names),
-/// one per job when the stage runs as one job per setting. A job carries
-/// its setting's index too: two settings may share a name once a preset
-/// caps their lengths (they are then the same setting).
+/// The names of a stage's task settings (their data directories' names,
+/// distinct: [`stage_settings`] keeps each setting once), one per job when
+/// the stage runs as one job per setting.
 pub fn setting_keys(settings: &StageSettings) -> Vec<String> {
     stage_settings(settings)
         .iter()
@@ -513,11 +522,13 @@ pub fn setting_keys(settings: &StageSettings) -> Vec<String> {
 /// Runs task setting `index` of a stage (its whole lr × wd sweep): one job
 /// of a stage split into settings. `key` is the name [`setting_keys`] gave
 /// it, checked so that a job never runs another setting than it was queued
-/// for.
+/// for; where `index` names another setting, the setting named `key` runs
+/// (a job queued before a change of [`stage_settings`] that moved indices,
+/// such as the merging of settings a preset's caps make one).
 ///
 /// # Errors
-/// As [`evaluate`], and [`TrainError::Data`] when `index` and `key` do not
-/// name a setting of `settings`.
+/// As [`evaluate`], and [`TrainError::Data`] when no setting of `settings`
+/// is named `key`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_setting<B: AutodiffBackend>(
     spec: &ArchSpec,
@@ -531,12 +542,17 @@ pub fn evaluate_setting<B: AutodiffBackend>(
 ) -> Result<SettingResult, TrainError> {
     spec.validate_layers()?;
     let keys = setting_keys(settings);
-    if keys.get(index).map(String::as_str) != Some(key) {
-        return Err(TrainError::Data(format!(
-            "the stage has no task setting {index} named {key} (it has {}): was the preset changed?",
-            keys.len()
-        )));
-    }
+    let index = if keys.get(index).map(String::as_str) == Some(key) {
+        index
+    } else {
+        keys.iter().position(|k| k == key).ok_or_else(|| {
+            TrainError::Data(format!(
+                "the stage has no task setting named {key} (job index {index}; the stage has {} \
+                 settings): was the preset changed?",
+                keys.len()
+            ))
+        })?
+    };
     let setting = reseeded(stage_settings(settings), &ctl).swap_remove(index);
     let sweep = sweep(settings);
     let total = sweep.len();
@@ -702,6 +718,41 @@ mod tests {
         assert_eq!(stage_settings(&paper.screen).len(), 6);
     }
 
+    /// Settings the caps make one are kept once, where they first appear,
+    /// and every capped setting of the grid is among them.
+    #[test]
+    fn capped_settings_that_coincide_run_once() {
+        let space = SearchSpace::embedded_default();
+        let cpu = &space.preset("cpu").unwrap().mad;
+        let kept = stage_settings(cpu);
+        let per_task = |t: TaskKind| kept.iter().filter(|s| s.task == t).count();
+        // Recall tasks: the baseline, three vocabularies, 1,600 and 800
+        // examples (lengths 256–1,024 → 64, 6,400 and 3,200 examples →
+        // 3,200: the baseline). Noisy recall adds three noise fractions;
+        // selective copying's 32–96 copied tokens keep their own lengths;
+        // compression's lengths 128 and 256 become its length 64.
+        let counts: Vec<usize> = TaskKind::ALL.iter().map(|&t| per_task(t)).collect();
+        assert_eq!(counts, vec![6, 6, 9, 9, 7, 6]);
+        assert_eq!(kept.len(), 43);
+        let names: std::collections::BTreeSet<String> =
+            kept.iter().map(TaskSetting::reference_dir_name).collect();
+        assert_eq!(names.len(), kept.len(), "names are distinct");
+        assert_eq!(setting_keys(cpu).len(), 43);
+        for &t in TaskKind::ALL {
+            let first = kept.iter().find(|s| s.task == t).unwrap();
+            let base = TaskSetting::baseline(t);
+            assert_eq!(
+                (first.vocab, first.frac_noise),
+                (base.vocab, base.frac_noise)
+            );
+        }
+        let mut uncapped = cpu.clone();
+        uncapped.max_seq_len = None;
+        uncapped.train_examples = None;
+        uncapped.per_task.clear();
+        assert_eq!(stage_settings(&uncapped).len(), 66);
+    }
+
     /// The best run of a sweep and the task scores follow the stage's
     /// metric: where macro and micro disagree, each metric picks its own.
     #[test]
@@ -782,8 +833,22 @@ mod tests {
         for (a, b) in split.per_setting.iter().zip(&whole.per_setting) {
             assert_eq!(a.best, b.best);
         }
-        let wrong =
-            evaluate_setting::<CpuAutodiff>(&spec, settings, 0, &keys[1], 3, &device, ctl, &|_| {});
+        // A job whose index moved runs the setting its key names.
+        let moved =
+            evaluate_setting::<CpuAutodiff>(&spec, settings, 0, &keys[1], 3, &device, ctl, &|_| {})
+                .unwrap();
+        assert_eq!(moved.setting, split.per_setting[1].setting);
+        assert_eq!(moved.best, split.per_setting[1].best);
+        let wrong = evaluate_setting::<CpuAutodiff>(
+            &spec,
+            settings,
+            0,
+            "t-CR_vs-99_no-such-setting",
+            3,
+            &device,
+            ctl,
+            &|_| {},
+        );
         assert!(
             matches!(&wrong, Err(TrainError::Data(m)) if m.contains("preset changed")),
             "{wrong:?}"
