@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::ops::FloatTensor;
 
-use crate::{KernelOps, Kernels, check_gla, check_shapes, check_taps, check_toeplitz};
+use crate::{KernelOps, Kernels, check_gla, check_scan, check_shapes, check_taps, check_toeplitz};
 
 /// One backward step: the output's gradient and the saved state through
 /// `backward` to the `N` inputs' gradients, each registered where its input
@@ -96,7 +96,49 @@ impl<B: KernelOps> Backward<B, 4> for ToeplitzBackward {
     }
 }
 
+/// The scan's backward step; its state is x, Δ, A, B and C.
+#[derive(Debug)]
+struct ScanBackward;
+
+impl<B: KernelOps> Backward<B, 5> for ScanBackward {
+    type State = [FloatTensor<B>; 5];
+
+    fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _: &mut Checkpointer) {
+        step::<B, _, _>(ops, grads, |[x, dt, a, b, c], dy| {
+            B::scan_backward(x, dt, a, b, c, dy)
+        });
+    }
+}
+
 impl<B: KernelOps, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    fn selective_scan(
+        x: Tensor<Self, 3>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 3>,
+        c: Tensor<Self, 3>,
+    ) -> Tensor<Self, 3> {
+        check_scan(&x, &dt, &a, &b, &c);
+        let [x, dt, b, c] = [x, dt, b, c].map(|t| t.into_primitive().tensor());
+        let a = a.into_primitive().tensor();
+        let nodes = [&x, &dt, &a, &b, &c].map(|t| t.node.clone());
+        let y = match ScanBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let inputs = [x, dt, a, b, c].map(|t| t.primitive);
+                let [x, dt, a, b, c] = inputs.clone();
+                prep.finish(inputs, B::scan_forward(x, dt, a, b, c))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::scan_forward(
+                x.primitive,
+                dt.primitive,
+                a.primitive,
+                b.primitive,
+                c.primitive,
+            )),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(y))
+    }
+
     fn toeplitz_mix(
         q: Tensor<Self, 3>,
         k: Tensor<Self, 3>,

@@ -4,7 +4,7 @@
 use burn::tensor::ops::FloatTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use crate::{KernelOps, attention, conv, gla, toeplitz};
+use crate::{KernelOps, attention, conv, gla, scan, toeplitz};
 
 impl<R, F, I, BT> KernelOps for CubeBackend<R, F, I, BT>
 where
@@ -84,5 +84,26 @@ where
         dout: FloatTensor<Self>,
     ) -> [FloatTensor<Self>; 4] {
         toeplitz::backward(q, k, v, taps, dout)
+    }
+
+    fn scan_forward(
+        x: FloatTensor<Self>,
+        dt: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        scan::forward(x, dt, a, b, c)
+    }
+
+    fn scan_backward(
+        x: FloatTensor<Self>,
+        dt: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 5] {
+        scan::backward(x, dt, a, b, c, dy)
     }
 }

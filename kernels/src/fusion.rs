@@ -222,4 +222,40 @@ impl<B: FusionBackend + KernelOps> KernelOps for Fusion<B> {
             |[q, k, v, taps, dout], _| B::toeplitz_backward(q, k, v, taps, dout),
         )
     }
+
+    fn scan_forward(
+        x: FloatTensor<Self>,
+        dt: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let shape = x.shape.clone();
+        let [y] = queue::<B, _, 5, 1>(
+            "mad_scan_forward",
+            [x, dt, a, b, c],
+            [shape],
+            (),
+            |[x, dt, a, b, c], _| [B::scan_forward(x, dt, a, b, c)],
+        );
+        y
+    }
+
+    fn scan_backward(
+        x: FloatTensor<Self>,
+        dt: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 5] {
+        let shapes = [&x, &dt, &a, &b, &c].map(|t| t.shape.clone());
+        queue::<B, _, 6, 5>(
+            "mad_scan_backward",
+            [x, dt, a, b, c, dy],
+            shapes,
+            (),
+            |[x, dt, a, b, c, dy], _| B::scan_backward(x, dt, a, b, c, dy),
+        )
+    }
 }

@@ -11,9 +11,11 @@
 //! log-sum-exp backward), with nothing of size `seq²` in memory; likewise Hyena's long
 //! convolution, [`Kernels::causal_conv`], without a Toeplitz matrix, and
 //! gated linear attention's recurrence, [`Kernels::gated_recurrence`],
-//! without chunk tensors or stored states, and multi-head Hyena's mix,
+//! without chunk tensors or stored states, multi-head Hyena's mix,
 //! [`Kernels::toeplitz_mix`], without its `[heads, seq, seq]` matrix or the
-//! scores.
+//! scores, and Mamba's selective scan, [`Kernels::selective_scan`], with the
+//! state in registers instead of `[batch, seq, d_inner, d_state]` decays
+//! and a log-depth scan over them.
 //!
 //! The layers are generic over the backend, so they reach these kernels
 //! through [`Kernels`], which every CubeCL backend type implements:
@@ -40,6 +42,7 @@ mod fusion;
 mod gla;
 mod launch;
 pub mod reference;
+mod scan;
 mod toeplitz;
 
 /// The kernels' primitive operations, forward and backward, on a backend
@@ -146,6 +149,34 @@ pub trait KernelOps: Backend {
         taps: FloatTensor<Self>,
         dout: FloatTensor<Self>,
     ) -> [FloatTensor<Self>; 4];
+
+    /// Mamba's selective scan per (batch, channel `d`): `h_t = exp(Δ_t
+    /// A[d]) ⊙ h_{t−1} + Δ_t x_t B_t`, `y_t = C_t · h_t`, from `h_0 = 0`.
+    ///
+    /// # Shapes
+    /// - x, dt: `[batch, seq, channels]`; a: `[channels, n]`; b, c: `[batch, seq, n]`
+    ///   → `[batch, seq, channels]`
+    fn scan_forward(
+        x: FloatTensor<Self>,
+        dt: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// The gradients of x, Δ, A, B and C given the output's gradient.
+    ///
+    /// # Shapes
+    /// - x, dt, dy: `[batch, seq, channels]`; a: `[channels, n]`; b, c: `[batch, seq, n]`
+    /// - output: `[dx, ddt, da, db, dc]`, each the shape of its input
+    fn scan_backward(
+        x: FloatTensor<Self>,
+        dt: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 5];
 }
 
 /// The kernels as layers use them: tensors in, tensors out, gradients
@@ -211,6 +242,25 @@ pub trait Kernels: Backend {
         v: Tensor<Self, 3>,
         taps: Tensor<Self, 2>,
     ) -> Tensor<Self, 3>;
+
+    /// Mamba's selective scan without the `D x` skip: per (batch, channel
+    /// `d`), `h_t = exp(Δ_t A[d]) ⊙ h_{t−1} + Δ_t x_t B_t`, `y_t = C_t ·
+    /// h_t`, from `h_0 = 0`.
+    ///
+    /// # Shapes
+    /// - x, dt: `[batch, seq, channels]`; a: `[channels, n]`; b, c: `[batch, seq, n]`
+    ///   → `[batch, seq, channels]`
+    ///
+    /// # Panics
+    /// If the shapes disagree, `channels` or `n` is 0, or the element type
+    /// is not `f32`.
+    fn selective_scan(
+        x: Tensor<Self, 3>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 3>,
+        c: Tensor<Self, 3>,
+    ) -> Tensor<Self, 3>;
 }
 
 /// The forward of a backend without autodiff.
@@ -269,6 +319,48 @@ fn toeplitz_plain<B: KernelOps>(
 }
 
 /// Panics with the shapes when the streams and taps of a mix disagree.
+fn scan_plain<B: KernelOps>(
+    x: Tensor<B, 3>,
+    dt: Tensor<B, 3>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 3>,
+    c: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    check_scan(&x, &dt, &a, &b, &c);
+    let [x, dt, b, c] = [x, dt, b, c].map(|t| t.into_primitive().tensor());
+    let a = a.into_primitive().tensor();
+    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(B::scan_forward(
+        x, dt, a, b, c,
+    )))
+}
+
+fn check_scan<B: Backend>(
+    x: &Tensor<B, 3>,
+    dt: &Tensor<B, 3>,
+    a: &Tensor<B, 2>,
+    b: &Tensor<B, 3>,
+    c: &Tensor<B, 3>,
+) {
+    check_f32(&[x.dtype(), dt.dtype(), a.dtype(), b.dtype(), c.dtype()]);
+    let [batch, seq, channels] = x.dims();
+    let [a_channels, n] = a.dims();
+    assert!(
+        dt.dims() == x.dims()
+            && a_channels == channels
+            && b.dims() == [batch, seq, n]
+            && c.dims() == [batch, seq, n]
+            && channels > 0
+            && n > 0,
+        "selective_scan: x {:?} and dt {:?} must be [batch, seq, channels], A {:?} [channels, n] \
+         and B {:?}, C {:?} [batch, seq, n], channels and n positive",
+        x.dims(),
+        dt.dims(),
+        a.dims(),
+        b.dims(),
+        c.dims()
+    );
+}
+
 fn check_toeplitz<B: Backend>(
     q: &Tensor<B, 3>,
     k: &Tensor<B, 3>,
@@ -384,6 +476,16 @@ where
     ) -> Tensor<Self, 3> {
         toeplitz_plain(q, k, v, taps)
     }
+
+    fn selective_scan(
+        x: Tensor<Self, 3>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 3>,
+        c: Tensor<Self, 3>,
+    ) -> Tensor<Self, 3> {
+        scan_plain(x, dt, a, b, c)
+    }
 }
 
 impl<B: burn_fusion::FusionBackend + KernelOps> Kernels for burn_fusion::Fusion<B> {
@@ -417,5 +519,15 @@ impl<B: burn_fusion::FusionBackend + KernelOps> Kernels for burn_fusion::Fusion<
         taps: Tensor<Self, 2>,
     ) -> Tensor<Self, 3> {
         toeplitz_plain(q, k, v, taps)
+    }
+
+    fn selective_scan(
+        x: Tensor<Self, 3>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 3>,
+        c: Tensor<Self, 3>,
+    ) -> Tensor<Self, 3> {
+        scan_plain(x, dt, a, b, c)
     }
 }

@@ -118,3 +118,47 @@ pub fn toeplitz_mix<B: Backend>(
     let y = (scores * t.unsqueeze_dim::<4>(0).expand([b, heads, seq, seq])).matmul(split(v));
     y.swap_dims(1, 2).reshape([b, seq, d])
 }
+
+/// Mamba's selective scan token by token: `h_t = exp(Δ_t A) ⊙ h_{t−1} +
+/// Δ_t x_t B_t`, `y_t = C_t · h_t` per channel; the same function as
+/// [`crate::Kernels::selective_scan`].
+///
+/// # Shapes
+/// - x, dt: `[batch, seq, channels]`; a: `[channels, n]`; b, c: `[batch, seq, n]`
+///   → `[batch, seq, channels]`
+pub fn selective_scan<B: Backend>(
+    x: Tensor<B, 3>,
+    dt: Tensor<B, 3>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 3>,
+    c: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let [batch, seq, channels] = x.dims();
+    let n = a.dims()[1];
+    let full = [batch, channels, n];
+    let a = a.unsqueeze::<3>().expand(full);
+    let mut h = Tensor::<B, 3>::zeros(full, &x.device());
+    let mut out = Vec::with_capacity(seq);
+    for t in 0..seq {
+        let column = |s: &Tensor<B, 3>| {
+            s.clone()
+                .slice([0..batch, t..t + 1, 0..channels])
+                .reshape([batch, channels, 1])
+                .expand(full)
+        };
+        let row = |s: &Tensor<B, 3>| {
+            s.clone()
+                .slice([0..batch, t..t + 1, 0..n])
+                .reshape([batch, 1, n])
+                .expand(full)
+        };
+        let step = column(&dt);
+        h = (step.clone() * a.clone()).exp() * h + step * column(&x) * row(&b);
+        out.push(
+            (h.clone() * row(&c))
+                .sum_dim(2)
+                .reshape([batch, 1, channels]),
+        );
+    }
+    Tensor::cat(out, 1)
+}

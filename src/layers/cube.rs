@@ -145,3 +145,38 @@ pub(crate) fn toeplitz_mix<B: Backend>(
     }
     Err((q, k, v, taps))
 }
+
+/// The operands of a selective scan, handed back when the backend has no
+/// kernel.
+pub(crate) type Scan<B> = (
+    Tensor<B, 3>,
+    Tensor<B, 3>,
+    Tensor<B, 2>,
+    Tensor<B, 3>,
+    Tensor<B, 3>,
+);
+
+/// Mamba's selective scan without the `D x` skip (`h_t = exp(Δ_t A) ⊙
+/// h_{t−1} + Δ_t x_t B_t`, `y_t = C_t · h_t`) by `mad-kernels`, or the
+/// inputs back when `B` has no kernels.
+///
+/// # Shapes
+/// - x, dt: `[batch, seq, d_inner]`; a: `[d_inner, d_state]`; b, c: `[batch, seq, d_state]`
+///   → `[batch, seq, d_inner]`
+pub(crate) fn selective_scan<B: Backend>(
+    x: Tensor<B, 3>,
+    dt: Tensor<B, 3>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 3>,
+    c: Tensor<B, 3>,
+) -> Result<Tensor<B, 3>, Scan<B>> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        use super::fused::cast;
+        use mad_kernels::Kernels;
+        with_kernels!(B, K => cast::<K, B, 3>(K::selective_scan(
+            cast(x), cast(dt), cast(a), cast(b), cast(c)
+        )));
+    }
+    Err((x, dt, a, b, c))
+}

@@ -5,7 +5,8 @@
 //!
 //! Computed in chunks: within a chunk the masked quadratic form, across
 //! chunks a running `Σ φkᵀ v` state; [`recurrent`] is the token-by-token form
-//! the tests compare against.
+//! the tests compare against. On the CubeCL backends the numerator is
+//! gated linear attention's recurrence kernel with no decay instead.
 
 use burn::nn::Linear;
 use burn::prelude::*;
@@ -91,7 +92,29 @@ impl<B: Backend> LinearAttention<B> {
     /// - x: `[batch, seq, d]` → `[batch, seq, d]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [q, k, v] = self.heads(x);
-        linear(&self.out, merge_heads(chunked(q, k, v, CHUNK)))
+        linear(&self.out, merge_heads(causal(q, k, v)))
+    }
+}
+
+/// Causal linear attention, `y_t = φq_t S_t / (φq_t · z_t + ε)` with
+/// `S_t = Σ_{s≤t} φk_sᵀ v_s`, `z_t = Σ_{s≤t} φk_s`: on a CubeCL backend the
+/// numerator is `mad-kernels`' gated recurrence with zero log-decays (the
+/// state in registers, no chunk tensors), elsewhere [`chunked`].
+///
+/// # Shapes
+/// - as [`chunked`]
+fn causal<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    if super::fused::on_flex::<B>() {
+        return chunked(q, k, v, CHUNK);
+    }
+    let norm = (q.clone() * k.clone().cumsum(2)).sum_dim(3) + EPS;
+    let no_decay = Tensor::zeros(k.dims(), &k.device());
+    match super::cube::gated_recurrence(q, k, v, no_decay) {
+        Ok(y) => {
+            let dims = y.dims();
+            y / fit(norm, dims)
+        }
+        Err((q, k, v, _)) => chunked(q, k, v, CHUNK),
     }
 }
 

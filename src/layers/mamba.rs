@@ -9,8 +9,9 @@
 //! chunks. Only products of decays ≤ 1 are formed, so it is stable for any Δ.
 //! [`recurrent`] is the token-by-token form the tests compare against.
 //! On the CPU backends the layer runs the fused kernel
-//! [`super::fused::scan`] instead (same recurrence, step by step); other
-//! backends (CUDA) run the chunked scan.
+//! [`super::fused::scan`] instead (same recurrence, step by step); on the
+//! CubeCL backends (CUDA, wgpu) `mad-kernels`' scan
+//! ([`super::cube::selective_scan`]); other backends the chunked scan.
 
 use burn::module::Param;
 use burn::nn::Linear;

@@ -370,7 +370,8 @@ fn models_reach_the_kernels_and_equal_flex_with_and_without_fusion() {
     };
     let mut spec = ArchSpec::from_layers_str(
         "mh-attention swiglu hyena swiglu sliding-attention swiglu \
-             mh-gated-linear-attention swiglu mh-hyena swiglu",
+             mh-gated-linear-attention swiglu mh-hyena swiglu mamba swiglu \
+             mh-linear-attention swiglu",
     )
     .unwrap();
     spec.d_model = 32;
@@ -392,9 +393,9 @@ fn models_reach_the_kernels_and_equal_flex_with_and_without_fusion() {
         let name = if fused { "fused" } else { "unfused" };
         assert_eq!(
             super::cube::calls() - before,
-            5,
-            "{name}: two attentions, one long convolution, one gated recurrence and one \
-             Toeplitz mix should run as kernels"
+            7,
+            "{name}: two attentions, one long convolution, two gated recurrences (GLA's and \
+             linear attention's), one Toeplitz mix and one selective scan should run as kernels"
         );
         check(name, got);
     }
@@ -624,6 +625,127 @@ fn the_toeplitz_kernel_runs_without_autodiff() {
         let want = mad_kernels::reference::toeplitz_mix(q, k, v, taps);
         let vals = |t: Tensor<B, 3>| t.into_data().to_vec::<f32>().unwrap();
         assert_close("toeplitz mix without autodiff", &vals(got), &vals(want));
+    }
+    run::<burn::backend::Wgpu>();
+    run::<super::device::WgpuPlain>();
+}
+
+/// The operands of a selective scan: x, Δ (positive, up to `step`), A
+/// (negative), B and C, deterministic, with gradients required.
+fn scan_inputs<B: AutodiffBackend>(
+    [batch, seq, channels]: [usize; 3],
+    n: usize,
+    step: f32,
+    dev: &B::Device,
+) -> super::cube::Scan<B> {
+    let stream =
+        |salt| filled::<B>([1, batch, seq, channels], salt, dev).reshape([batch, seq, channels]);
+    let state = |salt| filled::<B>([1, batch, seq, n], salt, dev).reshape([batch, seq, n]);
+    let x = stream(0.0);
+    // Δ in (0.01, step]: the layer's softplus, from tiny to strong.
+    let dt = stream(1.0).abs() * (step / 2.0) + 0.01;
+    // A in [−2.5, −0.5): S4D-real's −(1..n) at small n, scaled by `filled`.
+    let a = (filled::<B>([1, 1, channels, n], 2.0, dev).abs() + 0.5)
+        .neg()
+        .reshape([channels, n]);
+    let [x, dt, b, c] = [x, dt, state(3.0), state(4.0)].map(|t| t.require_grad());
+    (x, dt, a.require_grad(), b, c)
+}
+
+/// mad-kernels' selective scan on `B` against the token-by-token
+/// recurrence from Burn ops: the output and the gradients of x, Δ, A, B and
+/// C of a weighted sum of it.
+fn scan_kernel_equals_reference<B: AutodiffBackend + mad_kernels::Kernels>() {
+    let dev = B::Device::default();
+    // Mamba's shapes (d_inner 256 and d_state 4 at the screen's width, 64
+    // in small tests), d_state 16, odd sizes, a sequence of one, more units
+    // than one cube holds, and a long sequence with strong decays (Δ·A down
+    // to −10 a step: A's and Δ's gradients sum over it).
+    for (stream, n, step) in [
+        ([2, 21, 16], 4, 2.0),
+        ([1, 1, 8], 4, 2.0),
+        ([3, 17, 5], 16, 2.0),
+        ([2, 64, 256], 4, 1.0),
+        ([1, 300, 8], 4, 4.0),
+    ] {
+        let what = format!("selective scan {stream:?}, d_state {n}, Δ up to {step}");
+        let weights = filled::<B>([1, stream[0], stream[1], stream[2]], 5.0, &dev).reshape(stream);
+        let inputs = || scan_inputs::<B>(stream, n, step, &dev);
+        let (x, dt, a, b, c) = inputs();
+        let y = B::selective_scan(x.clone(), dt.clone(), a.clone(), b.clone(), c.clone());
+        let grads = (y.clone() * weights.clone()).sum().backward();
+        let (rx, rdt, ra, rb, rc) = inputs();
+        let want = mad_kernels::reference::selective_scan(
+            rx.clone(),
+            rdt.clone(),
+            ra.clone(),
+            rb.clone(),
+            rc.clone(),
+        );
+        let want_grads = (want.clone() * weights).sum().backward();
+        let vals = |t: Tensor<B, 3>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        assert_close(&format!("{what}: output"), &vals(y), &vals(want));
+        for (name, (got, want)) in
+            ["x", "dt", "b", "c"]
+                .into_iter()
+                .zip([(x, rx), (dt, rdt), (b, rb), (c, rc)])
+        {
+            assert_close(
+                &format!("{what}: gradient of {name}"),
+                &grad_values(&got, &grads),
+                &grad_values(&want, &want_grads),
+            );
+        }
+        assert_close(
+            &format!("{what}: gradient of A"),
+            &grad_values(&a, &grads),
+            &grad_values(&ra, &want_grads),
+        );
+    }
+}
+
+#[test]
+fn the_scan_kernel_equals_burn_ops_with_fusion() {
+    scan_kernel_equals_reference::<Gpu>();
+}
+
+#[test]
+fn the_scan_kernel_equals_burn_ops_without_fusion() {
+    scan_kernel_equals_reference::<burn::backend::Autodiff<super::device::WgpuPlain>>();
+}
+
+/// The scan's forward on backends without autodiff (fused and not), and
+/// an empty sequence.
+#[test]
+fn the_scan_kernel_runs_without_autodiff() {
+    fn run<B: Backend + mad_kernels::Kernels>() {
+        let dev = Default::default();
+        let stream = |salt, seq| filled::<B>([1, 2, seq, 24], salt, &dev).reshape([2, seq, 24]);
+        let state = |salt, seq| filled::<B>([1, 2, seq, 4], salt, &dev).reshape([2, seq, 4]);
+        let a = (filled::<B>([1, 1, 24, 4], 2.0, &dev).abs() + 0.5)
+            .neg()
+            .reshape([24, 4]);
+        let dt = stream(1.0, 17).abs() + 0.01;
+        let got = B::selective_scan(
+            stream(0.0, 17),
+            dt.clone(),
+            a.clone(),
+            state(3.0, 17),
+            state(4.0, 17),
+        );
+        let want = mad_kernels::reference::selective_scan(
+            stream(0.0, 17),
+            dt,
+            a.clone(),
+            state(3.0, 17),
+            state(4.0, 17),
+        );
+        let vals = |t: Tensor<B, 3>| t.into_data().to_vec::<f32>().unwrap();
+        assert_close("selective scan without autodiff", &vals(got), &vals(want));
+        // (Burn's reshape reads a 0 as "keep this dimension": built directly.)
+        let none = |width: usize| Tensor::<B, 3>::zeros([2, 0, width], &dev);
+        let empty = B::selective_scan(none(24), none(24), a, none(4), none(4));
+        assert_eq!(empty.dims(), [2, 0, 24]);
     }
     run::<burn::backend::Wgpu>();
     run::<super::device::WgpuPlain>();

@@ -23,7 +23,9 @@ use super::corpus::Corpus;
 use crate::genome::{ArchSpec, Backbone, Context};
 use crate::layers::Model;
 use crate::train::checkpoint::{Checkpoint, Progress};
-use crate::train::run::{RunControl, TrainError, adamw, load, save};
+use crate::train::run::{
+    GPU_CHECKPOINT_SECONDS, LOSS_READ_EVERY, RunControl, TrainError, adamw, load, save,
+};
 
 /// Optimiser, schedule and size of one scaling run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,6 +130,42 @@ fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -
         .mean()
 }
 
+/// Reads the pending `(step, loss)` pairs (one device read), in step
+/// order: those of steps from `tail_from` on into the training loss, each
+/// reported as `(steps done, loss)`. At the first NaN or infinite loss,
+/// returns its step and sets `at.steps` to it (the run ends there; the
+/// losses after it are dropped).
+fn read_losses<B: Backend>(
+    pending: &mut Vec<(usize, Tensor<B, 1>)>,
+    at: &mut Progress,
+    tail_from: usize,
+    report: &mut dyn FnMut(usize, f64),
+) -> Option<usize> {
+    if pending.is_empty() {
+        return None;
+    }
+    let (steps, losses): (Vec<usize>, Vec<Tensor<B, 1>>) =
+        std::mem::take(pending).into_iter().unzip();
+    let values: Vec<f32> = Tensor::cat(losses, 0)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("losses are floats");
+    for (step, v) in steps.into_iter().zip(values) {
+        let v = f64::from(v);
+        if !v.is_finite() {
+            at.steps = step;
+            return Some(step);
+        }
+        if step >= tail_from {
+            at.loss_sum += v;
+            at.batch += 1;
+        }
+        report(step + 1, v);
+    }
+    None
+}
+
 /// Validation loss of `model` over the corpus's held-out windows.
 pub fn valid_loss<B: Backend>(
     model: &Model<B>,
@@ -137,13 +175,26 @@ pub fn valid_loss<B: Backend>(
 ) -> f64 {
     let windows = corpus.valid_windows(cfg.seq_len, cfg.valid_windows.max(1));
     let span = cfg.seq_len + 1;
-    let (mut sum, mut count) = (0.0, 0usize);
+    // Each batch's mean stays on the device; one read at the end.
+    let (mut means, mut sizes) = (Vec::new(), Vec::new());
     for chunk in windows.chunks(span * cfg.batch_size.max(1)) {
         let (x, y) = split::<B>(chunk, cfg.seq_len, device);
         let n = y.dims()[0];
         let logits = model.forward(x).reshape([n, corpus.vocab()]);
-        let loss: f64 = cross_entropy(logits, y).into_scalar().elem();
-        sum += loss * n as f64;
+        means.push(cross_entropy(logits, y));
+        sizes.push(n);
+    }
+    if means.is_empty() {
+        return 0.0;
+    }
+    let means: Vec<f32> = Tensor::cat(means, 0)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("losses are floats");
+    let (mut sum, mut count) = (0.0, 0usize);
+    for (mean, n) in means.into_iter().zip(sizes) {
+        sum += f64::from(mean) * n as f64;
         count += n;
     }
     sum / count.max(1) as f64
@@ -243,6 +294,17 @@ pub fn run<B: AutodiffBackend>(
     let tail_from = cfg.steps - cfg.steps.div_ceil(10);
     let mut asked = crate::train::checkpoint::requests();
     let mut diverged_at = None;
+    // As a task run: on a GPU backend the losses are read every
+    // `LOSS_READ_EVERY` steps (one device read each), and periodic
+    // checkpoints (a copy of the model to the host) are kept apart.
+    let gpu = !crate::layers::fused::on_flex::<B>();
+    let read_every = ctl
+        .loss_read_every
+        .unwrap_or(if gpu { LOSS_READ_EVERY } else { 1 })
+        .max(1);
+    let min_gap = if gpu { GPU_CHECKPOINT_SECONDS } else { 0.0 };
+    let mut last_checkpoint = Instant::now();
+    let mut pending: Vec<(usize, Tensor<B::InnerBackend, 1>)> = Vec::new();
     while at.steps < cfg.steps {
         let step = at.steps;
         let mut rng = crate::seed::rng(cfg.seed, &["lm-batch", &step.to_string()]);
@@ -251,28 +313,36 @@ pub fn run<B: AutodiffBackend>(
         let n = cfg.batch_size * cfg.seq_len;
         let logits = model.forward(x).reshape([n, corpus.vocab()]);
         let loss = cross_entropy(logits, y);
-        let value: f64 = loss.clone().into_scalar().elem();
-        if !value.is_finite() {
-            diverged_at = Some(step);
+        pending.push((step, loss.clone().inner()));
+        if pending.len() >= read_every
+            && let Some(s) = read_losses(&mut pending, &mut at, tail_from, report)
+        {
+            diverged_at = Some(s);
             break;
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lm_lr(cfg, step), model, grads);
         at.steps += 1;
-        if step >= tail_from {
-            at.loss_sum += value;
-            at.batch += 1;
-        }
-        report(at.steps, value);
-        if ctl.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-            checkpoint(&at, &model, &optim)?;
-            return Err(TrainError::Interrupted { steps: at.steps });
-        }
+        let stop = ctl.stop.is_some_and(|s| s.load(Ordering::Relaxed));
         let requested = crate::train::checkpoint::requests() != asked;
-        if (at.steps.is_multiple_of(every) || requested) && at.steps < cfg.steps {
+        let due =
+            at.steps.is_multiple_of(every) && last_checkpoint.elapsed().as_secs_f64() >= min_gap;
+        if stop || ((due || requested) && at.steps < cfg.steps) {
+            // A checkpoint holds every step's loss up to its own.
+            if let Some(s) = read_losses(&mut pending, &mut at, tail_from, report) {
+                diverged_at = Some(s);
+                break;
+            }
             asked = crate::train::checkpoint::requests();
             checkpoint(&at, &model, &optim)?;
+            last_checkpoint = Instant::now();
+            if stop {
+                return Err(TrainError::Interrupted { steps: at.steps });
+            }
         }
+    }
+    if diverged_at.is_none() {
+        diverged_at = read_losses(&mut pending, &mut at, tail_from, report);
     }
     let valid = match diverged_at {
         Some(_) => f64::NAN,
@@ -321,6 +391,55 @@ mod tests {
         for s in 4..99 {
             assert!(lm_lr(&c, s + 1) <= lm_lr(&c, s));
         }
+    }
+
+    /// Losses read from the device in batches (a GPU backend's way) give
+    /// the run of losses read every step, the same reports in the same
+    /// order, and the same divergence step.
+    #[test]
+    fn losses_read_in_batches_give_the_same_run_and_the_same_divergence_step() {
+        let spec = ArchSpec::from_layers_str("mh-attention swiglu")
+            .map(|s| crate::scale::family::scaled(&s, 32, 1).unwrap())
+            .unwrap();
+        let corpus = Corpus::embedded();
+        let device = Default::default();
+        let go = |c: &LmConfig, every: Option<usize>| {
+            let mut reports = Vec::new();
+            let r = run::<CpuAutodiff>(
+                &spec,
+                &corpus,
+                c,
+                &device,
+                RunControl {
+                    loss_read_every: every,
+                    ..RunControl::default()
+                },
+                &mut |step, loss| reports.push((step, loss.to_bits())),
+            )
+            .unwrap();
+            (r, reports)
+        };
+        // 23 steps, read 5 at a time: the last read is a partial one, and
+        // the training loss's tail (the last 3 steps) straddles two reads.
+        let c = cfg(23);
+        let (each, each_reports) = go(&c, None);
+        let (batched, batched_reports) = go(&c, Some(5));
+        assert_eq!(batched_reports, each_reports);
+        assert_eq!(
+            each_reports.iter().map(|r| r.0).collect::<Vec<_>>(),
+            (1..=23).collect::<Vec<_>>()
+        );
+        assert_eq!(batched.train_loss.to_bits(), each.train_loss.to_bits());
+        assert_eq!(batched.valid_loss.to_bits(), each.valid_loss.to_bits());
+        assert_eq!((batched.steps, batched.diverged_at), (23, None));
+        // A learning rate that overflows diverges at the same step either way.
+        let wild = LmConfig { lr: 1e30, ..c };
+        let (each, _) = go(&wild, None);
+        let (batched, _) = go(&wild, Some(16));
+        let step = each.diverged_at.expect("lr 1e30 diverges");
+        assert_eq!(batched.diverged_at, Some(step));
+        assert_eq!((batched.steps, each.steps), (step, step));
+        assert!(batched.valid_loss.is_nan() && batched.bits_per_byte.is_none());
     }
 
     #[test]
