@@ -3,8 +3,9 @@
 //! documented layout (src/store/mod.rs). Measures the report through the
 //! control socket (as with a daemon up) and with the daemon down: a fresh
 //! open of the database in-process, and the binary with and without the
-//! status snapshot a clean stop leaves. Then the event log's trim over as
-//! many events as results.
+//! status snapshot a clean stop leaves. Then the dashboard's API (time and
+//! payload of a page's two requests), and the event log's trim over as many
+//! events as results.
 //!
 //! `cargo bench --bench status [-- --candidates N --results M]`
 
@@ -330,7 +331,34 @@ fn main() {
             median(times)
         );
     }
+    dashboard(&store, candidates);
     trim(&store, results);
+}
+
+/// The dashboard's API over the store (what a page load asks for, from
+/// the daemon's side): time to answer and payload size.
+fn dashboard(store: &Store, candidates: usize) {
+    for path in ["/api/status", "/api/points"] {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let reply = mad_search::dashboard::route(store, "GET", path);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(
+                reply.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            bytes = reply.body.len();
+        }
+        println!(
+            "dashboard {path} over {candidates} candidates: {:.1} ms (median of 5), {:.0} kB",
+            median(times),
+            bytes as f64 / 1e3
+        );
+    }
 }
 
 /// The event log's trim (the daemon's, at start and every 64 jobs) over

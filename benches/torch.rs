@@ -63,6 +63,9 @@ struct Args {
     parallel: usize,
     early_stop: bool,
     curves: bool,
+    /// Seed of the weights and the batch order on both sides (`--seed`;
+    /// the data stay the protocol's).
+    seed: Option<u64>,
 }
 
 impl Args {
@@ -89,6 +92,7 @@ fn parse() -> Result<Args, String> {
         parallel: std::thread::available_parallelism().map_or(1, |n| n.get()),
         early_stop: false,
         curves: false,
+        seed: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -114,6 +118,13 @@ fn parse() -> Result<Args, String> {
             "--space" => a.space = Some(PathBuf::from(value("--space")?)),
             "--parallel" => a.parallel = number("--parallel", value("--parallel")?)?,
             "--early-stop" => a.early_stop = true,
+            "--seed" => {
+                let v = value("--seed")?;
+                a.seed = Some(
+                    v.parse()
+                        .map_err(|_| format!("--seed: expected an integer, got {v:?}"))?,
+                );
+            }
             "--curves" => {
                 a.screen = true;
                 a.early_stop = true;
@@ -125,7 +136,7 @@ fn parse() -> Result<Args, String> {
                     "unknown argument {other:?}; expected --threads N, --reps N, --batch N, \
                      --seq N, --quick, --only NAME, --python PATH, --models (architectures only), \
                      --layers (primitives only), --screen [--space FILE --preset NAME --parallel N --early-stop], \
-                     --curves [--space FILE --preset NAME --parallel N]"
+                     --curves [--space FILE --preset NAME --parallel N --seed S]"
                 ));
             }
         }
@@ -402,6 +413,7 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
         }));
     }
     let defaults = RunConfig::default();
+    let seed = a.seed.unwrap_or(defaults.seed);
     println!(
         "screen of preset `{}`: {} task settings, {} epochs (unless a task says otherwise) of \
          batch {}, early stop {}, {} runs side by side with 1 thread each, on both sides",
@@ -439,7 +451,7 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
             &spec,
             StageName::Screen,
             &settings,
-            defaults.seed,
+            seed,
             &Default::default(),
             ctl,
             &|p| {
@@ -466,7 +478,7 @@ fn screen(a: &Args, py: &Path) -> Result<(), String> {
                 "min_lr": defaults.min_lr, "weight_decay": wd, "betas": settings.betas,
                 "epsilon": defaults.epsilon, "embedding_std": settings.embedding_std,
                 "batch": settings.batch_size,
-                "early_stop": settings.early_stop, "seed": defaults.seed,
+                "early_stop": settings.early_stop, "seed": seed,
                 "metric": settings.metric.name(),
                 "parallel": a.parallel,
             },

@@ -17,6 +17,8 @@ pub mod cli;
 #[cfg(feature = "models")]
 pub mod daemon;
 #[cfg(feature = "models")]
+pub mod dashboard;
+#[cfg(feature = "models")]
 pub mod exec;
 #[cfg(feature = "models")]
 pub mod export;

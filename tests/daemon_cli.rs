@@ -547,3 +547,85 @@ fn the_event_log_keeps_the_newest() {
     // What was kept is the newest of what was there.
     assert_eq!(kept[..4], all[all.len() - 4..]);
 }
+
+/// `dashboard` over a running daemon: the page and the API through the
+/// control socket (the daemon's `points`), a bad id answered 400 with the
+/// server serving on, Ctrl-C ends it cleanly; a non-loopback address
+/// without `--public` and a missing search are refused with the reason.
+#[test]
+fn the_dashboard_serves_a_running_search_and_refuses_bad_input() {
+    use std::io::{BufRead, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("search");
+    let refused = run(&["dashboard", "--state", s(&state), "--bind", "0.0.0.0:0"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("not a loopback address")
+            && text(&refused.stderr).contains("--public"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let missing = run(&["dashboard", "--state", s(&state), "--bind", "127.0.0.1:0"]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("no search in"),
+        "{}",
+        text(&missing.stderr)
+    );
+    start(&state, &["--budget", "screen=400"]);
+    wait_until("one finished evaluation", 120, || {
+        done(&status_json(&state)) >= 1
+    });
+    let mut server = bin()
+        .args(["dashboard", "--state", s(&state), "--bind", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    let get = |path: &str| {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        write!(c, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        (head.to_string(), body.to_string())
+    };
+    let (head, page) = get("/");
+    assert!(
+        head.contains(" 200 ") && page.contains("<title>mad-search</title>"),
+        "{head}"
+    );
+    let (head, body) = get("/api/points");
+    assert!(head.contains(" 200 "), "{head}\n{body}");
+    let points: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(points["schema"], "mad-search.points/1");
+    assert!(
+        points["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["scores"]["screen"].is_number()),
+        "a screened candidate: {body}"
+    );
+    let (head, _) = get("/api/candidate/not-hex");
+    assert!(head.contains(" 400 "), "{head}");
+    let (head, status) = get("/api/status");
+    assert!(head.contains(" 200 "), "{head}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["daemon"]["pid"].as_i64(), pid(&state).map(i64::from));
+    // Ctrl-C (SIGINT) ends it with success.
+    unsafe { libc::kill(server.id() as i32, libc::SIGINT) };
+    let code = server.wait().unwrap();
+    assert!(code.success(), "{code:?}");
+    stop(&state);
+}

@@ -5,6 +5,8 @@
 #[cfg(feature = "models")]
 mod calibrate;
 #[cfg(feature = "models")]
+mod dashboard;
+#[cfg(feature = "models")]
 mod eval;
 #[cfg(feature = "models")]
 mod export;
@@ -66,6 +68,9 @@ pub enum Command {
     /// Write the best candidates as genome files, layer strings or model cards.
     #[cfg(feature = "models")]
     Export(export::ExportArgs),
+    /// The search in a browser: funnel, leaderboard, Pareto fronts, scaling fits, proxy validity.
+    #[cfg(feature = "models")]
+    Dashboard(dashboard::DashboardArgs),
     /// Run one job from a spec file and write its result (what the daemon's
     /// executors start; not for everyday use).
     #[cfg(feature = "models")]
@@ -93,6 +98,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Show(args) => show::run(args),
         #[cfg(feature = "models")]
         Command::Export(args) => export::run(args),
+        #[cfg(feature = "models")]
+        Command::Dashboard(args) => dashboard::run(args),
         #[cfg(feature = "models")]
         Command::Worker(args) => worker::run(args),
     };

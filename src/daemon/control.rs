@@ -55,6 +55,9 @@ pub enum Request {
         /// The key.
         id: String,
     },
+    /// Every candidate as a point, and the scaled ones' fits (the
+    /// dashboard's plots).
+    Points,
     /// Candidates for `export`.
     Select {
         /// Which.
@@ -82,6 +85,11 @@ pub enum Answer {
     Show {
         /// The report.
         report: Box<CandidateReport>,
+    },
+    /// To `points`.
+    Points {
+        /// Every candidate.
+        points: Box<crate::dashboard::Points>,
     },
     /// To `select`.
     Selected {

@@ -142,6 +142,12 @@ impl Shared {
                 },
                 Err(e) => err(&e),
             },
+            Request::Points => match crate::dashboard::points(&self.store) {
+                Ok(p) => Answer::Points {
+                    points: Box::new(p),
+                },
+                Err(e) => err(&e),
+            },
             Request::Select { selection } => match report::select(&self.store, selection) {
                 Ok(candidates) => Answer::Selected { candidates },
                 Err(e) => err(&e),
