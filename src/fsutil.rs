@@ -27,12 +27,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let tmp = path.with_file_name(name);
-    {
+    let written = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // Names are unique per call: a failure (a full disk) must not
+        // leave one file behind each time.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
     if let Some(dir) = dir {
         // Persist the rename; not all platforms can open a directory.
         if let Ok(d) = File::open(dir) {

@@ -576,14 +576,27 @@ fn the_dashboard_serves_a_running_search_and_refuses_bad_input() {
     wait_until("one finished evaluation", 120, || {
         done(&status_json(&state)) >= 1
     });
-    let mut server = bin()
-        .args(["dashboard", "--state", s(&state), "--bind", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Killed however the test ends (a failed assertion must not leave it
+    // serving), and the daemon stopped.
+    struct Cleanup<'a>(std::process::Child, &'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            stop(self.1);
+        }
+    }
+    let mut server = Cleanup(
+        bin()
+            .args(["dashboard", "--state", s(&state), "--bind", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        &state,
+    );
     let mut line = String::new();
-    std::io::BufReader::new(server.stdout.take().unwrap())
+    std::io::BufReader::new(server.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let addr = line
@@ -624,8 +637,7 @@ fn the_dashboard_serves_a_running_search_and_refuses_bad_input() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["daemon"]["pid"].as_i64(), pid(&state).map(i64::from));
     // Ctrl-C (SIGINT) ends it with success.
-    unsafe { libc::kill(server.id() as i32, libc::SIGINT) };
-    let code = server.wait().unwrap();
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGINT) };
+    let code = server.0.wait().unwrap();
     assert!(code.success(), "{code:?}");
-    stop(&state);
 }

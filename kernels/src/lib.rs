@@ -318,7 +318,7 @@ fn toeplitz_plain<B: KernelOps>(
     )))
 }
 
-/// Panics with the shapes when the streams and taps of a mix disagree.
+/// The scan's forward on a backend without autodiff.
 fn scan_plain<B: KernelOps>(
     x: Tensor<B, 3>,
     dt: Tensor<B, 3>,
@@ -334,6 +334,7 @@ fn scan_plain<B: KernelOps>(
     )))
 }
 
+/// Panics with the shapes when the scan's operands disagree.
 fn check_scan<B: Backend>(
     x: &Tensor<B, 3>,
     dt: &Tensor<B, 3>,
@@ -361,6 +362,7 @@ fn check_scan<B: Backend>(
     );
 }
 
+/// Panics with the shapes when the streams and taps of a mix disagree.
 fn check_toeplitz<B: Backend>(
     q: &Tensor<B, 3>,
     k: &Tensor<B, 3>,

@@ -1,21 +1,24 @@
 //! `mad-search dashboard`: serves the search's page and JSON API
 //! ([`crate::dashboard`]) until Ctrl-C, reading through the daemon when it
-//! runs and from the database (opened per request and closed at once, so
-//! that a `start` meanwhile finds it free) when it does not.
+//! runs and from the database when it does not (opened per request and
+//! closed at once, so that a `start` meanwhile finds it free; what a page
+//! polls is kept until the database's files change).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use super::state::{Reach, StateArgs, reach};
+use super::state::{StateArgs, ask_daemon, open_for_reading};
 use crate::daemon::control::{Answer, Request};
+use crate::daemon::report::{StatusReport, status};
 use crate::daemon::snapshot;
-use crate::dashboard::{Source, answer_from_store, serve};
+use crate::dashboard::{Points, STATUS_TOP, Source, answer_from_store, points, serve};
 
 /// Arguments of `dashboard`.
 #[derive(Debug, Args)]
@@ -34,28 +37,109 @@ pub struct DashboardArgs {
     pub open: bool,
 }
 
-/// The search in a state dir, reached per request.
-struct StateDir(PathBuf);
+/// The search in a state dir, reached per request: the daemon's answer
+/// when it runs; else the database's, opened and closed per request, with
+/// the status and the points kept until the database's files change (a
+/// page polls both; at 10,000 candidates the status alone takes most of a
+/// second to build).
+struct StateDir {
+    dir: PathBuf,
+    cache: Mutex<Option<Cached>>,
+}
+
+/// Answers built from the database while its files had `files`.
+struct Cached {
+    files: Vec<u8>,
+    status: StatusReport,
+    points: Points,
+}
+
+impl StateDir {
+    fn new(dir: PathBuf) -> StateDir {
+        StateDir {
+            dir,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// Status (`top` rows) or points from the cache, rebuilt from the
+    /// database when its files changed.
+    fn cached(&self, req: &Request) -> anyhow::Result<Answer> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let files = snapshot::db_fingerprint(&self.dir);
+        if cache.as_ref().map(|c| Some(&c.files)) != Some(files.as_ref()) {
+            let store = open_for_reading(&self.dir)?;
+            let built = (|| -> anyhow::Result<(StatusReport, Points)> {
+                Ok((status(&store, None, STATUS_TOP)?, points(&store)?))
+            })();
+            // Closed, not forgotten: a long-lived process must let go of
+            // the database's lock.
+            drop(store);
+            let (status, points) = built?;
+            let Some(files) = snapshot::db_fingerprint(&self.dir) else {
+                // Files unreadable: answer this once, cache nothing.
+                *cache = None;
+                return Ok(match req {
+                    Request::Points => Answer::Points {
+                        points: Box::new(points),
+                    },
+                    _ => Answer::Status {
+                        report: Box::new(status),
+                    },
+                });
+            };
+            *cache = Some(Cached {
+                files,
+                status,
+                points,
+            });
+        }
+        let c = cache.as_ref().expect("filled above");
+        Ok(match req {
+            Request::Points => Answer::Points {
+                points: Box::new(c.points.clone()),
+            },
+            Request::Status { top } => {
+                let mut report = c.status.clone();
+                report.leaderboard.truncate(*top);
+                Answer::Status {
+                    report: Box::new(report),
+                }
+            }
+            other => answer_from_store_unreachable(other),
+        })
+    }
+}
+
+/// What a request the cache does not hold gets (none reaches it).
+fn answer_from_store_unreachable(req: &Request) -> Answer {
+    Answer::Error {
+        message: format!("the dashboard does not cache {req:?}"),
+    }
+}
 
 impl Source for StateDir {
     fn ask(&self, req: &Request) -> anyhow::Result<Answer> {
-        // A daemon that is not running leaves its last status snapshot,
-        // which spares the database.
-        if let Request::Status { top } = req
-            && super::state::daemon_pid(&self.0).is_none()
-            && let Some(report) = snapshot::read(&self.0, *top)
-        {
-            return Ok(Answer::Status {
-                report: Box::new(report),
-            });
+        if let Some(answer) = ask_daemon(&self.dir, req)? {
+            return Ok(answer);
         }
-        match reach(&self.0, req)? {
-            Reach::Daemon(answer) => Ok(answer),
-            Reach::Store(store) => {
+        match req {
+            Request::Status { top } if *top <= STATUS_TOP => self.cached(req),
+            Request::Points => self.cached(req),
+            _ => {
+                // Holding the cache's lock keeps its files' fingerprint
+                // true: this open and close are the only change.
+                let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+                let before = snapshot::db_fingerprint(&self.dir);
+                let store = open_for_reading(&self.dir)?;
                 let answer = answer_from_store(&store, req);
-                // Closed, not forgotten: a long-lived process must let go
-                // of the database's lock.
                 drop(store);
+                if let Some(c) = cache.as_mut() {
+                    match (before, snapshot::db_fingerprint(&self.dir)) {
+                        (Some(b), Some(after)) if b == c.files => c.files = after,
+                        _ => *cache = None,
+                    }
+                }
                 Ok(answer)
             }
         }
@@ -78,7 +162,8 @@ pub fn run(args: DashboardArgs) -> anyhow::Result<ExitCode> {
     }
     let state = args.at.dir();
     // Fail now, not on the first page load, when there is no search.
-    StateDir(state.clone())
+    let source = Arc::new(StateDir::new(state.clone()));
+    source
         .ask(&Request::Status { top: 1 })
         .with_context(|| format!("reading the search in {}", state.display()))?;
     let server = tiny_http::Server::http(args.bind)
@@ -111,6 +196,6 @@ pub fn run(args: DashboardArgs) -> anyhow::Result<ExitCode> {
         ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
             .context("installing the Ctrl-C handler")?;
     }
-    serve(&server, &StateDir(state), &stop)?;
+    serve(&server, source, &stop, args.public)?;
     Ok(ExitCode::SUCCESS)
 }

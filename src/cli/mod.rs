@@ -11,6 +11,8 @@ mod eval;
 #[cfg(feature = "models")]
 mod export;
 #[cfg(feature = "models")]
+mod kernel_check;
+#[cfg(feature = "models")]
 mod show;
 mod space;
 #[cfg(feature = "models")]
@@ -71,6 +73,9 @@ pub enum Command {
     /// The search in a browser: funnel, leaderboard, Pareto fronts, scaling fits, proxy validity.
     #[cfg(feature = "models")]
     Dashboard(dashboard::DashboardArgs),
+    /// Check the GPU kernels against the same functions from Burn ops on a device (cuda or wgpu).
+    #[cfg(feature = "models")]
+    KernelCheck(kernel_check::KernelCheckArgs),
     /// Run one job from a spec file and write its result (what the daemon's
     /// executors start; not for everyday use).
     #[cfg(feature = "models")]
@@ -100,6 +105,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => export::run(args),
         #[cfg(feature = "models")]
         Command::Dashboard(args) => dashboard::run(args),
+        #[cfg(feature = "models")]
+        Command::KernelCheck(args) => kernel_check::run(args),
         #[cfg(feature = "models")]
         Command::Worker(args) => worker::run(args),
     };

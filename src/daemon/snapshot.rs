@@ -69,6 +69,13 @@ fn db_files(state: &Path) -> std::io::Result<Vec<DbFile>> {
     Ok(files)
 }
 
+/// The database files' names, sizes and modification times, as bytes to
+/// compare: equal fingerprints mean nothing wrote the database in between
+/// (a reader's own open and close may change them too).
+pub fn db_fingerprint(state: &Path) -> Option<Vec<u8>> {
+    serde_json::to_vec(&db_files(state).ok()?).ok()
+}
+
 /// Writes the snapshot of `report`, computed with leaderboard size `top`.
 /// Call only while holding the database's lock, with the daemon down (its
 /// `daemon` field is cleared).

@@ -17,6 +17,8 @@
 //! HEAD) gets a 4xx answer and the server goes on.
 
 use std::io::Cursor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context as _;
 
@@ -37,7 +39,7 @@ pub const STATUS_TOP: usize = 50;
 
 /// Where the dashboard reads the search: a daemon's control socket or a
 /// store, behind one question-and-answer interface.
-pub trait Source: Sync {
+pub trait Source: Send + Sync {
     /// The answer to `req` (one of `Status`, `Show`, `Points`).
     ///
     /// # Errors
@@ -150,7 +152,9 @@ fn candidate(source: &dyn Source, id: &str) -> Result<CandidateReport, Reply> {
             } else if message.contains("matches several candidates") {
                 409
             } else {
-                500
+                // The daemon busy, or the database unreadable: the search
+                // cannot answer now.
+                503
             };
             Err(Reply::error(status, &message))
         }
@@ -173,13 +177,14 @@ pub fn route(source: &dyn Source, method: &str, url: &str) -> Reply {
         [] | ["index.html"] => Reply::new(200, "text/html; charset=utf-8", PAGE),
         ["api", "status"] => match source.ask(&Request::Status { top: STATUS_TOP }) {
             Ok(Answer::Status { report }) => Reply::json(&report),
-            Ok(other) => Reply::error(500, &format!("{other:?}")),
+            Ok(Answer::Error { message }) => Reply::error(503, &message),
+            Ok(other) => Reply::error(500, &format!("unexpected answer: {other:?}")),
             Err(e) => Reply::error(503, &crate::cli::error_text(&e)),
         },
         ["api", "points"] => match source.ask(&Request::Points) {
             Ok(Answer::Points { points }) => Reply::json(&points),
-            Ok(Answer::Error { message }) => Reply::error(500, &message),
-            Ok(other) => Reply::error(500, &format!("{other:?}")),
+            Ok(Answer::Error { message }) => Reply::error(503, &message),
+            Ok(other) => Reply::error(500, &format!("unexpected answer: {other:?}")),
             Err(e) => Reply::error(503, &crate::cli::error_text(&e)),
         },
         ["api", "candidate", id] if is_id(id) => match candidate(source, id) {
@@ -207,6 +212,10 @@ pub fn route(source: &dyn Source, method: &str, url: &str) -> Reply {
                 Err(reply) => reply,
             }
         }
+        ["api", "candidate", id, ..] if is_id(id) => Reply::error(
+            404,
+            "no such page: a candidate has /export/json|toml|layers|card",
+        ),
         ["api", "candidate", id, ..] => Reply::error(
             400,
             &format!(
@@ -218,16 +227,91 @@ pub fn route(source: &dyn Source, method: &str, url: &str) -> Reply {
     }
 }
 
-/// Serves `source` on `server` until `stop` is set (checked twice a second).
+/// Requests answered at once; one more is told to come back (503). A
+/// client that never reads its answer holds its thread (tiny_http writes
+/// without a timeout), so this also bounds what stalled clients can hold.
+pub const MAX_CONCURRENT: usize = 8;
+
+/// Whether a request's `Host` header names this machine's loopback
+/// (`localhost`, `127.0.0.1`, `[::1]`, any port). A loopback-only server
+/// answers nothing else: a web page whose name rebinds to 127.0.0.1 would
+/// otherwise read the search through the visitor's browser.
+pub fn loopback_host(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        // HTTP/1.0 clients (curl -0, scripts) may send none.
+        return true;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "localhost" | "127.0.0.1" | "::1"
+    )
+}
+
+/// Answers `request` from `source` (`Host` checked unless `public`).
+fn respond(request: tiny_http::Request, source: &dyn Source, public: bool) {
+    let host = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Host"))
+        .map(|h| h.value.as_str().to_string());
+    let reply = if !public && !loopback_host(host.as_deref()) {
+        Reply::error(
+            403,
+            "this dashboard serves loopback only: open it as http://127.0.0.1:PORT/ or \
+             http://localhost:PORT/ (start it with --public to serve other names)",
+        )
+    } else {
+        route(source, request.method().as_str(), request.url())
+    };
+    send(request, reply);
+}
+
+/// Sends `reply`; a client that went away is its own business.
+fn send(request: tiny_http::Request, reply: Reply) {
+    // tiny_http leaves the body out of an answer to HEAD itself.
+    let length = reply.body.len();
+    let mut response = tiny_http::Response::new(
+        tiny_http::StatusCode(reply.status),
+        Vec::new(),
+        Cursor::new(reply.body),
+        Some(length),
+        None,
+    );
+    let header = |k: &str, v: &str| {
+        tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("ASCII header")
+    };
+    response.add_header(header("Content-Type", reply.content_type));
+    response.add_header(header("Cache-Control", "no-store"));
+    response.add_header(header("X-Content-Type-Options", "nosniff"));
+    if let Some(name) = &reply.attachment {
+        response.add_header(header(
+            "Content-Disposition",
+            &format!("attachment; filename=\"{name}\""),
+        ));
+    }
+    let _ = request.respond(response);
+}
+
+/// Serves `source` on `server` until `stop` is set (checked twice a
+/// second), each request on its own thread, at most [`MAX_CONCURRENT`] at
+/// once; `public`: answer any `Host` (else loopback names only). Returns
+/// without waiting for requests in flight (a stalled client's thread ends
+/// with the process).
 ///
 /// # Errors
 /// The server's socket fails.
 pub fn serve(
     server: &tiny_http::Server,
-    source: &dyn Source,
+    source: Arc<dyn Source>,
     stop: &std::sync::atomic::AtomicBool,
+    public: bool,
 ) -> anyhow::Result<()> {
-    use std::sync::atomic::Ordering;
+    let busy = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         let Some(request) = server
             .recv_timeout(std::time::Duration::from_millis(500))
@@ -235,30 +319,22 @@ pub fn serve(
         else {
             continue;
         };
-        let reply = route(source, request.method().as_str(), request.url());
-        // tiny_http leaves the body out of an answer to HEAD itself.
-        let length = reply.body.len();
-        let mut response = tiny_http::Response::new(
-            tiny_http::StatusCode(reply.status),
-            Vec::new(),
-            Cursor::new(reply.body),
-            Some(length),
-            None,
-        );
-        let header = |k: &str, v: &str| {
-            tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("ASCII header")
-        };
-        response.add_header(header("Content-Type", reply.content_type));
-        response.add_header(header("Cache-Control", "no-store"));
-        response.add_header(header("X-Content-Type-Options", "nosniff"));
-        if let Some(name) = &reply.attachment {
-            response.add_header(header(
-                "Content-Disposition",
-                &format!("attachment; filename=\"{name}\""),
-            ));
+        if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT {
+            busy.fetch_sub(1, Ordering::AcqRel);
+            send(
+                request,
+                Reply::error(
+                    503,
+                    "the dashboard is answering too many requests; try again",
+                ),
+            );
+            continue;
         }
-        // A client that went away is its own business.
-        let _ = request.respond(response);
+        let (busy, source) = (Arc::clone(&busy), Arc::clone(&source));
+        std::thread::spawn(move || {
+            respond(request, &*source, public);
+            busy.fetch_sub(1, Ordering::AcqRel);
+        });
     }
     Ok(())
 }

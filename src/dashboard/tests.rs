@@ -253,42 +253,83 @@ fn an_unreachable_search_answers_503_with_the_reason() {
 }
 
 /// The server end to end on a free port: real HTTP, the page, the API, a
-/// bad request, and a clean stop.
+/// bad request, a foreign `Host` refused, and a clean stop.
 #[test]
 fn the_server_answers_over_http_and_stops() {
     use std::io::{Read, Write};
+    use std::sync::atomic::AtomicBool;
     let (_dir, s, _) = store();
+    let first = s.candidates().unwrap()[0].id;
+    let source: Arc<dyn Source> = Arc::new(s);
     let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let addr = server.server_addr().to_ip().unwrap();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let get = |path: &str| {
+    let stop = Arc::new(AtomicBool::new(false));
+    // Stops the server however the test ends, so a failed assertion fails
+    // the test instead of hanging it.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let serving = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || serve(&server, source, &stop, false))
+    };
+    let guard = Stop(Arc::clone(&stop));
+    let get = |path: &str, host: &str| {
         let mut c = std::net::TcpStream::connect(addr).unwrap();
-        write!(c, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut answer = String::new();
         c.read_to_string(&mut answer).unwrap();
         answer
     };
-    std::thread::scope(|scope| {
-        let serving = scope.spawn(|| serve(&server, &s, &stop));
-        let page = get("/");
-        assert!(
-            page.starts_with("HTTP/1.0 200") || page.starts_with("HTTP/1.1 200"),
-            "{page:.100}"
-        );
-        assert!(page.contains("Content-Type: text/html"));
-        let points = get("/api/points");
-        assert!(points.contains("200 OK") && points.contains(POINTS_SCHEMA));
-        let bad = get("/api/candidate/..%2f..");
-        assert!(bad.contains(" 400 "), "{bad:.100}");
-        let export = get(&format!(
-            "/api/candidate/{}/export/card",
-            s.candidates().unwrap()[0].id
-        ));
-        assert!(export.contains("Content-Disposition: attachment; filename="));
-        assert!(get("/api/status").contains("200 OK"), "still serving");
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        serving.join().unwrap().unwrap();
-    });
+    let local = "127.0.0.1:9";
+    let page = get("/", local);
+    assert!(page.starts_with("HTTP/1.1 200"), "{page:.100}");
+    assert!(page.contains("Content-Type: text/html"));
+    let points = get("/api/points", "localhost:8484");
+    assert!(points.contains("200 OK") && points.contains(POINTS_SCHEMA));
+    let bad = get("/api/candidate/..%2f..", local);
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad:.100}");
+    let export = get(&format!("/api/candidate/{first}/export/card"), "[::1]:80");
+    assert!(export.contains("Content-Disposition: attachment; filename="));
+    let rebound = get("/api/points", "attacker.example:8484");
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound:.100}");
+    assert!(
+        get("/api/status", local).contains("200 OK"),
+        "still serving"
+    );
+    drop(guard);
+    serving.join().unwrap().unwrap();
+}
+
+#[test]
+fn only_loopback_names_pass_the_host_check() {
+    for ok in [
+        None,
+        Some("localhost"),
+        Some("LOCALHOST:8484"),
+        Some("127.0.0.1:1"),
+        Some("[::1]:8484"),
+        Some("[::1]"),
+    ] {
+        assert!(loopback_host(ok), "{ok:?}");
+    }
+    for bad in [
+        Some("attacker.example"),
+        Some("localhost.attacker.example:80"),
+        Some("127.0.0.2:80"),
+        Some("[::2]:80"),
+        Some(""),
+        Some("0.0.0.0:8484"),
+    ] {
+        assert!(!loopback_host(bad), "{bad:?}");
+    }
 }
 
 /// A candidate that finished `scale` (a real tiny scaling stage) is a

@@ -24,6 +24,7 @@ pub mod hyena;
 pub mod hyena_experts;
 pub mod hyena_filter;
 mod init;
+pub mod kernel_check;
 pub mod linear_attention;
 pub mod long_conv;
 pub mod mamba;

@@ -750,3 +750,18 @@ fn the_scan_kernel_runs_without_autodiff() {
     run::<burn::backend::Wgpu>();
     run::<super::device::WgpuPlain>();
 }
+
+/// `kernel-check`'s cases pass on wgpu with and without fusion (the same
+/// run the CUDA machine gets from the release binary).
+#[test]
+fn the_runtime_kernel_check_passes() {
+    let dev = Default::default();
+    let fused = super::kernel_check::run::<Gpu>(&dev);
+    let plain = super::kernel_check::run::<burn::backend::Autodiff<super::device::WgpuPlain>>(&dev);
+    assert_eq!(fused.len(), 16);
+    for (variant, checks) in [("fused", &fused), ("unfused", &plain)] {
+        for c in checks {
+            assert!(c.passed(), "{variant}: {c:?}");
+        }
+    }
+}

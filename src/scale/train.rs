@@ -144,15 +144,7 @@ fn read_losses<B: Backend>(
     if pending.is_empty() {
         return None;
     }
-    let (steps, losses): (Vec<usize>, Vec<Tensor<B, 1>>) =
-        std::mem::take(pending).into_iter().unzip();
-    let values: Vec<f32> = Tensor::cat(losses, 0)
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("losses are floats");
-    for (step, v) in steps.into_iter().zip(values) {
-        let v = f64::from(v);
+    for (step, v) in crate::train::feed::take_losses(pending) {
         if !v.is_finite() {
             at.steps = step;
             return Some(step);
@@ -419,11 +411,12 @@ mod tests {
             .unwrap();
             (r, reports)
         };
-        // 23 steps, read 5 at a time: the last read is a partial one, and
-        // the training loss's tail (the last 3 steps) straddles two reads.
+        // 23 steps, read 7 at a time (steps 0–6, 7–13, 14–20, 21–22): the
+        // last read is a partial one, and the training loss's tail (steps
+        // 20–22) straddles two reads.
         let c = cfg(23);
         let (each, each_reports) = go(&c, None);
-        let (batched, batched_reports) = go(&c, Some(5));
+        let (batched, batched_reports) = go(&c, Some(7));
         assert_eq!(batched_reports, each_reports);
         assert_eq!(
             each_reports.iter().map(|r| r.0).collect::<Vec<_>>(),
@@ -440,6 +433,68 @@ mod tests {
         assert_eq!(batched.diverged_at, Some(step));
         assert_eq!((batched.steps, each.steps), (step, step));
         assert!(batched.valid_loss.is_nan() && batched.bits_per_byte.is_none());
+    }
+
+    /// Losses read 4 at a time through a stop and a resume: the checkpoint
+    /// holds every loss up to its step, and the resumed run ends where the
+    /// uninterrupted one does, bit for bit.
+    #[test]
+    fn a_run_reading_losses_in_batches_resumes_exactly() {
+        let spec = ArchSpec::from_layers_str("hyena swiglu")
+            .map(|s| crate::scale::family::scaled(&s, 32, 1).unwrap())
+            .unwrap();
+        let corpus = Corpus::embedded();
+        let device = Default::default();
+        let c = cfg(30);
+        let ctl = |path, stop| RunControl {
+            checkpoint: Some((path, 5)),
+            stop,
+            loss_read_every: Some(4),
+        };
+        let whole = run::<CpuAutodiff>(
+            &spec,
+            &corpus,
+            &c,
+            &device,
+            RunControl::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lm.ckpt");
+        let stop = AtomicBool::new(false);
+        // Losses are read at the checkpoint after step 10 and then four at
+        // a time: the stop is seen when step 13's loss is read (steps
+        // 10–13), so the run stops after 14 steps.
+        let r = run::<CpuAutodiff>(
+            &spec,
+            &corpus,
+            &c,
+            &device,
+            ctl(&path, Some(&stop)),
+            &mut |step, _| {
+                if step == 13 {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            },
+        );
+        assert!(
+            matches!(r, Err(TrainError::Interrupted { steps: 14 })),
+            "{r:?}"
+        );
+        stop.store(false, Ordering::Relaxed);
+        let resumed = run::<CpuAutodiff>(
+            &spec,
+            &corpus,
+            &c,
+            &device,
+            ctl(&path, Some(&stop)),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(resumed.steps, 30);
+        assert_eq!(resumed.valid_loss.to_bits(), whole.valid_loss.to_bits());
+        assert_eq!(resumed.train_loss.to_bits(), whole.train_loss.to_bits());
     }
 
     #[test]

@@ -668,9 +668,14 @@ pub fn evaluate<B: AutodiffBackend>(
 pub fn assemble(
     stage: StageName,
     settings: &StageSettings,
-    per_setting: Vec<SettingResult>,
+    mut per_setting: Vec<SettingResult>,
     seconds: f64,
 ) -> StageResult {
+    // Each setting counts once: a stage split into jobs before
+    // [`stage_settings`] merged the settings a preset's caps make one has
+    // a job (and a result) per copy.
+    let mut seen = std::collections::HashSet::new();
+    per_setting.retain(|s| seen.insert(s.setting.reference_dir_name()));
     let mut by_task: BTreeMap<TaskKind, Vec<f64>> = BTreeMap::new();
     for s in &per_setting {
         by_task
@@ -790,6 +795,24 @@ mod tests {
                 .contains(r#""metric":"micro""#)
         );
         settings.tasks = vec![TaskKind::NoisyInContextRecall];
+        // A setting twice (a job per copy, queued before copies merged)
+        // counts once in its task's mean.
+        let other = TaskSetting {
+            vocab: 48,
+            ..setting.clone()
+        };
+        let split = assemble(
+            StageName::Mad,
+            &settings,
+            vec![
+                best_of(setting.clone(), vec![run(1e-3, 0.2, 0.2)], Metric::Macro),
+                best_of(other.clone(), vec![run(1e-3, 0.8, 0.8)], Metric::Macro),
+                best_of(setting.clone(), vec![run(1e-3, 0.2, 0.2)], Metric::Macro),
+            ],
+            0.0,
+        );
+        assert_eq!(split.per_setting.len(), 2);
+        assert!((split.per_task[&TaskKind::NoisyInContextRecall] - 0.5).abs() < 1e-12);
         for (metric, best, score) in [(Metric::Macro, 0.90, 0.90), (Metric::Micro, 0.95, 0.95)] {
             settings.metric = metric;
             let r = best_of(setting.clone(), runs.clone(), metric);

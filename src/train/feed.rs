@@ -74,16 +74,13 @@ pub(crate) fn batch<B: Backend>(
     )
 }
 
-/// Reads the pending losses (one device read) into `at.loss_sum`, in step
-/// order. At the first NaN or infinite loss, returns its step, sets
-/// `at.steps` to it (the steps after it do not count: the run ends there)
-/// and drops the rest.
-pub(crate) fn read_losses<B: Backend>(
+/// The pending `(step, loss)` pairs read from the device at once (none
+/// when there are none), in step order; `pending` is left empty.
+pub(crate) fn take_losses<B: Backend>(
     pending: &mut Vec<(usize, Tensor<B, 1>)>,
-    at: &mut Progress,
-) -> Option<usize> {
+) -> Vec<(usize, f64)> {
     if pending.is_empty() {
-        return None;
+        return Vec::new();
     }
     let (steps, losses): (Vec<usize>, Vec<Tensor<B, 1>>) =
         std::mem::take(pending).into_iter().unzip();
@@ -92,8 +89,21 @@ pub(crate) fn read_losses<B: Backend>(
         .convert::<f32>()
         .to_vec()
         .expect("losses are floats");
-    for (step, v) in steps.into_iter().zip(values) {
-        let v = f64::from(v);
+    steps
+        .into_iter()
+        .zip(values.into_iter().map(f64::from))
+        .collect()
+}
+
+/// Reads the pending losses (one device read) into `at.loss_sum`, in step
+/// order. At the first NaN or infinite loss, returns its step, sets
+/// `at.steps` to it (the steps after it do not count: the run ends there)
+/// and drops the rest.
+pub(crate) fn read_losses<B: Backend>(
+    pending: &mut Vec<(usize, Tensor<B, 1>)>,
+    at: &mut Progress,
+) -> Option<usize> {
+    for (step, v) in take_losses(pending) {
         if !v.is_finite() {
             at.steps = step;
             return Some(step);

@@ -3,7 +3,7 @@
 //! killed run resume with identical results.
 
 pub mod checkpoint;
-mod feed;
+pub(crate) mod feed;
 pub mod loss;
 pub mod metrics;
 pub mod run;

@@ -245,7 +245,7 @@ pub struct RunControl<'a> {
     /// Steps whose losses are read from the device at once (`None`: the
     /// backend's own, 1 on flex and [`LOSS_READ_EVERY`] on GPU backends).
     /// Training is the same either way; a NaN ends the run at its own step.
-    /// (The scale stage's language-model runs read every step.)
+    /// (The scale stage's language-model runs take the same setting.)
     pub loss_read_every: Option<usize>,
 }
 

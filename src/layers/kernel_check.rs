@@ -1,0 +1,346 @@
+//! `mad-search kernel-check`: every `mad-kernels` kernel on the device at
+//! hand against the same function composed from Burn ops
+//! ([`mad_kernels::reference`]) on flex, the CPU, at run time (the CPU side
+//! shares no code with the GPU backend, so a fault in the backend's own ops
+//! cannot hide in both): the output and every input's gradient of a
+//! weighted sum. The GPU machine has no Rust toolchain, so the CUDA path's
+//! equality checks travel in the release binary (`scripts/gpu-check` runs
+//! this first); CI runs the same on wgpu (lavapipe). The cases are the
+//! layers' shapes at small width plus the edges the kernels' indexing has
+//! (a sequence of one, odd sizes, more units than one cube holds).
+
+#![cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::backend::AutodiffBackend;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use mad_kernels::{Kernels, reference};
+
+/// The reference's backend: flex, the CPU, with gradients.
+type Flex = crate::layers::CpuAutodiff;
+
+/// Largest error allowed, relative to the reference's largest magnitude
+/// (at least 1): the kernels sum in another order than Burn's ops.
+pub const TOLERANCE: f32 = 2e-3;
+
+/// One kernel on one shape against its reference.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Check {
+    /// The kernel.
+    pub kernel: &'static str,
+    /// The case, in words (shapes and parameters).
+    pub case: String,
+    /// The largest relative error over the output and every gradient.
+    pub worst: f32,
+    /// Which of them it is (`output`, `gradient of q`, …).
+    pub worst_of: String,
+    /// Whether every value the kernel gave is finite.
+    pub finite: bool,
+}
+
+impl Check {
+    /// Within [`TOLERANCE`] and finite.
+    pub fn passed(&self) -> bool {
+        self.finite && self.worst <= TOLERANCE
+    }
+}
+
+/// `dims` of deterministic values in (−2, 2).
+fn filled<B: Backend, const D: usize>(
+    dims: [usize; D],
+    salt: f32,
+    dev: &B::Device,
+) -> Tensor<B, D> {
+    let n = dims.iter().product::<usize>();
+    let values = (0..n)
+        .map(|i| 2.0 * ((i as f32) * 0.37 + salt).sin() * ((i as f32) * 0.011).cos())
+        .collect::<Vec<f32>>();
+    Tensor::from_data(TensorData::new(values, dims), dev)
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+fn grad<B: AutodiffBackend, const D: usize>(t: &Tensor<B, D>, grads: &B::Gradients) -> Vec<f32> {
+    t.grad(grads).map(values).unwrap_or_default()
+}
+
+/// Compares `pairs` of (what, kernel's values, reference's values).
+fn check(kernel: &'static str, case: String, pairs: Vec<(String, Vec<f32>, Vec<f32>)>) -> Check {
+    let mut out = Check {
+        kernel,
+        case,
+        worst: 0.0,
+        worst_of: "output".into(),
+        finite: true,
+    };
+    for (what, got, want) in pairs {
+        out.finite &= got.iter().all(|v| v.is_finite());
+        let error = if got.len() != want.len() {
+            f32::INFINITY
+        } else {
+            let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+            got.iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+                / scale
+        };
+        if error.is_nan() || error > out.worst {
+            out.worst = error;
+            out.worst_of = what;
+        }
+    }
+    out
+}
+
+/// Runs `kernel` on `a` (backend `B`) and `reference` on `b` (the same
+/// inputs on flex, the CPU: a reference independent of the GPU backend's
+/// own ops), each through the same weighted sum and its backward, and
+/// compares the outputs and every input's gradient.
+#[allow(clippy::too_many_arguments)]
+fn compare<B: AutodiffBackend, I, J, const D: usize>(
+    name: &'static str,
+    case: String,
+    names: &[&str],
+    (a, b): (I, J),
+    leaves: impl Fn(&I, &B::Gradients) -> Vec<Vec<f32>>,
+    cpu_leaves: impl Fn(&J, &<Flex as AutodiffBackend>::Gradients) -> Vec<Vec<f32>>,
+    kernel: impl Fn(&I) -> Tensor<B, D>,
+    reference: impl Fn(&J) -> Tensor<Flex, D>,
+) -> Check {
+    let (y, want) = (kernel(&a), reference(&b));
+    let ga = (y.clone() * filled::<B, D>(y.dims(), 3.0, &y.device()))
+        .sum()
+        .backward();
+    let gb = (want.clone() * filled::<Flex, D>(want.dims(), 3.0, &want.device()))
+        .sum()
+        .backward();
+    let mut pairs = vec![("output".to_string(), values(y), values(want))];
+    for ((n, got), want) in names.iter().zip(leaves(&a, &ga)).zip(cpu_leaves(&b, &gb)) {
+        pairs.push((format!("gradient of {n}"), got, want));
+    }
+    check(name, case, pairs)
+}
+
+/// Attention's inputs on any backend.
+fn qkv<B: AutodiffBackend>(dims: [usize; 4], dev: &B::Device) -> [Tensor<B, 4>; 3] {
+    [0.0, 1.0, 2.0].map(|s| filled::<B, 4>(dims, s, dev).require_grad())
+}
+
+/// The long convolution's inputs.
+fn conv_inputs<B: AutodiffBackend>(
+    [batch, seq, channels]: [usize; 3],
+    dev: &B::Device,
+) -> (Tensor<B, 3>, Tensor<B, 2>) {
+    (
+        filled::<B, 3>([batch, seq, channels], 0.0, dev).require_grad(),
+        filled::<B, 2>([seq, channels], 1.0, dev).require_grad(),
+    )
+}
+
+/// The gated recurrence's inputs (log-decays in (−2, 0]).
+fn gla_inputs<B: AutodiffBackend>(
+    key: [usize; 4],
+    value: [usize; 4],
+    dev: &B::Device,
+) -> [Tensor<B, 4>; 4] {
+    [
+        filled::<B, 4>(key, 0.0, dev) * 0.5,
+        filled::<B, 4>(key, 1.0, dev) * 0.5,
+        filled::<B, 4>(value, 2.0, dev),
+        filled::<B, 4>(key, 4.0, dev).abs().neg(),
+    ]
+    .map(|t| t.require_grad())
+}
+
+/// The Toeplitz mix's inputs.
+type MixInputs<B> = ([Tensor<B, 3>; 3], Tensor<B, 2>);
+
+fn mix_inputs<B: AutodiffBackend>(
+    stream: [usize; 3],
+    heads: usize,
+    dev: &B::Device,
+) -> MixInputs<B> {
+    (
+        [0.0, 1.0, 2.0].map(|s| filled::<B, 3>(stream, s, dev).require_grad()),
+        filled::<B, 2>([heads, stream[1]], 4.0, dev).require_grad(),
+    )
+}
+
+/// The selective scan's inputs (Δ > 0, A < 0).
+type ScanInputs<B> = (
+    Tensor<B, 3>,
+    Tensor<B, 3>,
+    Tensor<B, 2>,
+    Tensor<B, 3>,
+    Tensor<B, 3>,
+);
+
+fn scan_inputs<B: AutodiffBackend>(
+    [batch, seq, channels]: [usize; 3],
+    n: usize,
+    dev: &B::Device,
+) -> ScanInputs<B> {
+    let stream = |s| filled::<B, 3>([batch, seq, channels], s, dev);
+    let state = |s| filled::<B, 3>([batch, seq, n], s, dev).require_grad();
+    (
+        stream(0.0).require_grad(),
+        (stream(1.0).abs() + 0.01).require_grad(),
+        (filled::<B, 2>([channels, n], 2.0, dev).abs() + 0.5)
+            .neg()
+            .require_grad(),
+        state(3.0),
+        state(4.0),
+    )
+}
+
+/// Every kernel on its cases, on backend `B` and `dev`, each against its
+/// reference on flex (the CPU).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub fn run<B: AutodiffBackend + Kernels>(dev: &B::Device) -> Vec<Check> {
+    let cpu = Default::default();
+    let mut out = Vec::new();
+    for (dims, window) in [
+        ([2, 4, 37, 16], 0),
+        ([1, 2, 20, 8], 5),
+        ([2, 1, 1, 4], 0),
+        ([2, 4, 70, 32], 0),
+    ] {
+        let scale = 1.0 / (dims[3] as f32).sqrt();
+        out.push(compare::<B, _, _, 4>(
+            "causal attention",
+            format!("[batch, heads, seq, hd] {dims:?}, window {window}"),
+            &["q", "k", "v"],
+            (qkv::<B>(dims, dev), qkv::<Flex>(dims, &cpu)),
+            |t, g| t.iter().map(|t| grad(t, g)).collect(),
+            |t, g| t.iter().map(|t| grad(t, g)).collect(),
+            |[q, k, v]| B::causal_attention(q.clone(), k.clone(), v.clone(), scale, window),
+            |[q, k, v]| reference::causal_attention(q.clone(), k.clone(), v.clone(), scale, window),
+        ));
+    }
+    for stream in [[2, 24, 32], [1, 1, 3], [3, 64, 40]] {
+        out.push(compare::<B, _, _, 3>(
+            "long convolution",
+            format!("[batch, seq, channels] {stream:?}"),
+            &["v", "taps"],
+            (
+                conv_inputs::<B>(stream, dev),
+                conv_inputs::<Flex>(stream, &cpu),
+            ),
+            |(v, taps), g| vec![grad(v, g), grad(taps, g)],
+            |(v, taps), g| vec![grad(v, g), grad(taps, g)],
+            |(v, taps)| B::causal_conv(v.clone(), taps.clone()),
+            |(v, taps)| reference::causal_conv(v.clone(), taps.clone()),
+        ));
+    }
+    for (key, dv) in [
+        ([2, 3, 21, 16], 16),
+        ([1, 2, 9, 4], 7),
+        ([2, 2, 65, 32], 32),
+    ] {
+        let value = [key[0], key[1], key[2], dv];
+        out.push(compare::<B, _, _, 4>(
+            "gated recurrence",
+            format!("q, k, g {key:?}, v {value:?}"),
+            &["q", "k", "v", "g"],
+            (
+                gla_inputs::<B>(key, value, dev),
+                gla_inputs::<Flex>(key, value, &cpu),
+            ),
+            |t, g| t.iter().map(|t| grad(t, g)).collect(),
+            |t, g| t.iter().map(|t| grad(t, g)).collect(),
+            |[q, k, v, g]| B::gated_recurrence(q.clone(), k.clone(), v.clone(), g.clone()),
+            |[q, k, v, g]| reference::gated_recurrence(q.clone(), k.clone(), v.clone(), g.clone()),
+        ));
+    }
+    for (stream, heads) in [([2, 33, 32], 4), ([1, 1, 8], 1), ([2, 40, 64], 16)] {
+        out.push(compare::<B, _, _, 3>(
+            "toeplitz mix",
+            format!("[batch, seq, d] {stream:?}, {heads} heads"),
+            &["q", "k", "v", "taps"],
+            (
+                mix_inputs::<B>(stream, heads, dev),
+                mix_inputs::<Flex>(stream, heads, &cpu),
+            ),
+            |([q, k, v], taps), g| vec![grad(q, g), grad(k, g), grad(v, g), grad(taps, g)],
+            |([q, k, v], taps), g| vec![grad(q, g), grad(k, g), grad(v, g), grad(taps, g)],
+            |([q, k, v], taps)| B::toeplitz_mix(q.clone(), k.clone(), v.clone(), taps.clone()),
+            |([q, k, v], taps)| {
+                reference::toeplitz_mix(q.clone(), k.clone(), v.clone(), taps.clone())
+            },
+        ));
+    }
+    for (stream, n) in [([2, 21, 16], 4), ([1, 1, 8], 4), ([2, 40, 256], 16)] {
+        out.push(compare::<B, _, _, 3>(
+            "selective scan",
+            format!("[batch, seq, d_inner] {stream:?}, d_state {n}"),
+            &["x", "dt", "A", "B", "C"],
+            (
+                scan_inputs::<B>(stream, n, dev),
+                scan_inputs::<Flex>(stream, n, &cpu),
+            ),
+            |(x, dt, a, b, c), g| vec![grad(x, g), grad(dt, g), grad(a, g), grad(b, g), grad(c, g)],
+            |(x, dt, a, b, c), g| vec![grad(x, g), grad(dt, g), grad(a, g), grad(b, g), grad(c, g)],
+            |(x, dt, a, b, c)| {
+                B::selective_scan(x.clone(), dt.clone(), a.clone(), b.clone(), c.clone())
+            },
+            |(x, dt, a, b, c)| {
+                reference::selective_scan(x.clone(), dt.clone(), a.clone(), b.clone(), c.clone())
+            },
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The comparison fails where it should: a value off by more than the
+    /// tolerance, a non-finite value, a missing gradient (lengths differ).
+    #[test]
+    fn the_comparison_catches_disagreement() {
+        let pair = |what: &str, got: Vec<f32>, want: Vec<f32>| (what.to_string(), got, want);
+        let agree = check(
+            "k",
+            "c".into(),
+            vec![pair("output", vec![1.0, 2.0], vec![1.0, 2.0 + 1e-4])],
+        );
+        assert!(agree.passed(), "{agree:?}");
+        // Relative to the reference's largest magnitude (at least 1).
+        let big = check(
+            "k",
+            "c".into(),
+            vec![pair("output", vec![1000.0, 1.0], vec![1000.5, 1.0])],
+        );
+        assert!(big.passed(), "{big:?}");
+        let off = check(
+            "k",
+            "c".into(),
+            vec![
+                pair("output", vec![1.0], vec![1.0]),
+                pair("gradient of q", vec![0.5, 0.0], vec![0.5, 0.01]),
+            ],
+        );
+        assert!(!off.passed());
+        assert_eq!(off.worst_of, "gradient of q");
+        let nan = check(
+            "k",
+            "c".into(),
+            vec![pair("output", vec![f32::NAN], vec![0.0])],
+        );
+        assert!(!nan.passed() && !nan.finite);
+        let missing = check(
+            "k",
+            "c".into(),
+            vec![pair("gradient of v", vec![], vec![1.0])],
+        );
+        assert!(!missing.passed());
+    }
+}
