@@ -293,10 +293,17 @@ fn the_scale_stage_runs_in_the_daemon_and_resumes_after_kill_dash_nine() {
     // Uninterrupted, for reference.
     let calm = dir.path().join("calm");
     start_with(&calm, s(&space), &budget);
-    wait_until("the uninterrupted search to finish", 240, || down(&calm));
+    wait_until("the uninterrupted search to finish", 300, || down(&calm));
     let want = scale_results(&calm);
     assert_eq!(want.len(), 1, "one candidate promoted to scale");
     assert_eq!(want[0].1.len(), 9, "three budgets × three sizes");
+    // The scale board's best (overtrain_top = 1) went on to the overtrained
+    // runs: 1×, 2× and 3× the tokens of 8e9's compute-optimal size.
+    let want_over = overtrain_results(&calm);
+    assert_eq!(want_over.len(), 1, "{want_over:?}");
+    assert_eq!(want_over[0].0, want[0].0);
+    let multiples: Vec<f64> = want_over[0].1.iter().map(|p| p.0).collect();
+    assert_eq!(multiples, vec![1.0, 2.0, 3.0]);
     // The same search, killed while a scaling run has a checkpoint and
     // another has finished (each run is a job of its own).
     let state = dir.path().join("killed");
@@ -345,7 +352,42 @@ fn the_scale_stage_runs_in_the_daemon_and_resumes_after_kill_dash_nine() {
     assert!(!done_at_kill.is_empty());
     let results_at_kill = finished(&state);
     start_with(&state, s(&space), &[]);
-    wait_until("the resumed search to finish", 240, || down(&state));
+    // Killed again among the overtrained runs: one finished, another with
+    // a checkpoint.
+    let p = pid(&state).unwrap();
+    let over_checkpoints = || -> Vec<String> {
+        std::fs::read_dir(&runs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with("-overtrain"))
+            .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".ckpt"))
+            .collect()
+    };
+    wait_until(
+        "an overtrained run with a checkpoint after a finished one",
+        300,
+        || log_text().contains("overtrain run x") && !over_checkpoints().is_empty(),
+    );
+    // SAFETY: the daemon's pid, read from its pid file.
+    unsafe {
+        libc::kill(p, libc::SIGKILL);
+    }
+    wait_until("the killed daemon to go", 20, || !alive(p));
+    no_orphan_workers(&state);
+    let over_at_kill = finished(&state);
+    start_with(&state, s(&space), &[]);
+    wait_until("the resumed search to finish", 300, || down(&state));
+    for (job, r) in &over_at_kill {
+        assert_eq!(finished(&state).get(job), Some(r), "job {job} changed");
+    }
+    assert_eq!(
+        overtrain_results(&state),
+        want_over,
+        "the same overtrained losses, bit for bit"
+    );
     // Runs finished before the kill were not trained again: same stored
     // results, one lease each; the interrupted one resumed from its
     // checkpoint.
@@ -370,9 +412,43 @@ fn the_scale_stage_runs_in_the_daemon_and_resumes_after_kill_dash_nine() {
     // Status ranks the scaled candidate first, by its predicted loss, and
     // reports the stage correlations; the card exports with its plot.
     let v = status_json(&state);
+    assert_eq!(v["schema"], "mad-search.status/3");
     let top = &v["leaderboard"][0];
-    assert_eq!(top["stage"], "scale", "{v}");
+    assert_eq!(top["stage"], "overtrain", "{v}");
     assert!(top["predicted_loss"].as_f64().unwrap() > 0.0);
+    // The three regimes of the scaled candidate.
+    let reg = &v["regimes"][0];
+    assert_eq!(reg["arch"].as_str(), Some(want[0].0.as_str()), "{v}");
+    assert!(reg["predicted_loss"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(reg["state_opt"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(reg["state_front"], true, "{v}");
+    assert_eq!(reg["overtrain_multiple"].as_f64(), Some(3.0), "{v}");
+    assert!(reg["overtrained_loss"].as_f64().unwrap() > 0.0, "{v}");
+    let out = run(&["status", "--state", s(&state)]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("scaling regimes") && shown.contains("at 3×"),
+        "{shown}"
+    );
+    // export --pareto --view: each regime's front holds the one candidate.
+    for view in ["compute", "overtrained", "state"] {
+        let out = run(&[
+            "export",
+            "--state",
+            s(&state),
+            "--pareto",
+            "--view",
+            view,
+            "--format",
+            "layers",
+            "--out",
+            s(&dir.path().join(view)),
+        ]);
+        assert!(out.status.success(), "{view}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).lines().count(), 1, "{view}");
+    }
+    let out = run(&["export", "--state", s(&state), "--view", "state"]);
+    assert!(!out.status.success(), "--view without --pareto");
     let corr = v["correlations"].as_array().unwrap();
     assert!(
         corr.iter()
@@ -405,10 +481,24 @@ fn the_scale_stage_runs_in_the_daemon_and_resumes_after_kill_dash_nine() {
         .expect("a plot");
     let svg_text = std::fs::read_to_string(svg).unwrap();
     assert!(svg_text.starts_with("<svg") && svg_text.contains("circle"));
+    for kind in [".state.svg", ".overtrain.svg"] {
+        let svg = listed.lines().find(|l| l.ends_with(kind)).expect(kind);
+        let svg_text = std::fs::read_to_string(svg).unwrap();
+        assert!(
+            svg_text.starts_with("<svg") && svg_text.contains("circle"),
+            "{kind}"
+        );
+    }
     let card = listed.lines().find(|l| l.ends_with(".md")).unwrap();
     let card_text = std::fs::read_to_string(card).unwrap();
     assert!(
         card_text.contains("Scaling runs and fit") && card_text.contains(".scaling.svg"),
+        "{card_text}"
+    );
+    assert!(
+        card_text.contains("State-optimal view")
+            && card_text.contains("Overtrained runs and fit")
+            && card_text.contains(".overtrain.svg"),
         "{card_text}"
     );
     assert!(card_text.contains("; by macro accuracy)"), "{card_text}");
@@ -439,7 +529,7 @@ fn a_diverging_scaling_run_is_recorded_and_the_fit_goes_on() {
         "--seed",
         "7",
         "--budget",
-        "screen=4,mad=2,scale=1",
+        "screen=4,mad=2,scale=1,overtrain=0",
         "--foreground",
     ];
     let out = bin()

@@ -188,6 +188,7 @@ fn long_spec(dir: &Path, wall_seconds: Option<f64>) -> mad_search::exec::spec::J
             created: 0.0,
         },
         genome,
+        scale: None,
         space_file: DEFAULT_SPACE_NAME.into(),
         space_text: DEFAULT_SPACE.into(),
         preset: "cpu".into(),

@@ -29,6 +29,11 @@ pub enum StageArg {
     Mad,
     /// Language-model scaling runs on the corpus and the scaling-law fit.
     Scale,
+    /// The scale stage, then its compute-optimal size of one budget
+    /// trained on multiples of that budget's tokens (the overtrained
+    /// regime); with --checkpoints DIR, the two stages keep their runs in
+    /// DIR/scale and DIR/overtrain.
+    Overtrain,
 }
 
 /// Arguments of `eval`.
@@ -170,6 +175,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         StageArg::Screen => StageName::Screen,
         StageArg::Mad => StageName::Mad,
         StageArg::Scale => StageName::Scale,
+        StageArg::Overtrain => StageName::Overtrain,
     };
     let device: DeviceSpec = args.device.parse()?;
     device.check()?;
@@ -181,12 +187,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--data {}: no such directory", dir.display());
     }
-    if args.corpus.is_some() && stage != StageName::Scale {
-        bail!("--corpus is for --stage scale");
+    if args.corpus.is_some() && !matches!(stage, StageName::Scale | StageName::Overtrain) {
+        bail!("--corpus is for --stage scale and --stage overtrain");
     }
     let stop = stop_on_ctrl_c()?;
     let Some(settings) = preset.tasks(stage) else {
-        return run_scale(&args, &spec, &preset.scale, device, stop);
+        return run_scale(&args, &spec, &preset.scale, device, stop, stage);
     };
     let settings = settings.clone();
     let total_runs = crate::stages::stage_settings(&settings).len()
@@ -245,30 +251,114 @@ fn finished<T>(result: Result<T, TrainError>, args: &EvalArgs) -> anyhow::Result
     }
 }
 
-/// `eval --stage scale`.
+/// `eval --stage scale` and `--stage overtrain` (which runs `scale` first).
 fn run_scale(
     args: &EvalArgs,
     spec: &ArchSpec,
     settings: &ScaleSettings,
     device: DeviceSpec,
     stop: &'static AtomicBool,
+    stage: StageName,
 ) -> anyhow::Result<ExitCode> {
     let corpus = match &args.corpus {
         Some(path) => Corpus::load(path).context("--corpus")?,
         None => Corpus::embedded(),
     };
-    let planned = plan(spec, settings, corpus.vocab())?;
-    let (parallel, threads) = lanes(planned.len(), args.parallel, args.threads);
-    let ctl = ScaleControl {
-        dir: args.checkpoints.as_deref(),
-        checkpoint_every: args.checkpoint_every,
-        stop: Some(stop),
-        parallel,
-        threads: Some(threads),
+    let overtrain = stage == StageName::Overtrain;
+    let sub = |name: &str| -> anyhow::Result<Option<PathBuf>> {
+        let Some(dir) = &args.checkpoints else {
+            return Ok(None);
+        };
+        if !overtrain {
+            return Ok(Some(dir.clone()));
+        }
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        Ok(Some(d))
     };
-    let total_steps: usize = planned.iter().map(|p| p.steps).sum();
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(total_steps as u64);
+    let scale_dir = sub("scale")?;
+    let planned = plan(spec, settings, corpus.vocab())?;
+    let Some(result) = scale_runs(
+        args,
+        spec,
+        settings,
+        &corpus,
+        device,
+        stop,
+        scale_dir.as_deref(),
+        &planned,
+    )?
+    else {
+        return Ok(ExitCode::from(130));
+    };
+    let (text, value) = if overtrain {
+        let (to_train, _) =
+            crate::stages::overtrain::planned_runs(spec, settings, &corpus, &result)?;
+        let dir = sub("overtrain")?;
+        let (parallel, threads) = lanes(to_train.len(), args.parallel, args.threads);
+        let ctl = ScaleControl {
+            dir: dir.as_deref(),
+            checkpoint_every: args.checkpoint_every,
+            stop: Some(stop),
+            parallel,
+            threads: Some(threads),
+        };
+        let total: usize = to_train.iter().map(|r| r.planned.steps).sum();
+        let bar = bar(total);
+        let report = |p: &ScaleProgress<'_>| show_progress(bar.as_ref(), p);
+        let over = on_device!(device, B, dev => crate::stages::overtrain::evaluate::<B>(
+            spec, settings, &corpus, &result, args.seed, &dev, ctl, &report,
+        ));
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        let Some(over) = finished(over, args)? else {
+            return Ok(ExitCode::from(130));
+        };
+        (
+            format!(
+                "{} — stages scale and overtrain (preset {}, corpus {}), {:.1} s\n{}\n{}",
+                spec.compact_string(),
+                args.preset,
+                result.corpus,
+                result.seconds + over.seconds,
+                result.text(),
+                over.text()
+            ),
+            serde_json::json!({ "scale": &result, "overtrain": &over }),
+        )
+    } else {
+        (
+            format!(
+                "{} — stage scale (preset {}, corpus {}), {:.1} s\n{}",
+                spec.compact_string(),
+                args.preset,
+                result.corpus,
+                result.seconds,
+                result.text()
+            ),
+            serde_json::to_value(&result)?,
+        )
+    };
+    if args.json {
+        let value = serde_json::json!({
+            "arch": spec.layers_string(),
+            "arch_id": spec.arch_id().to_string(),
+            "genome": spec,
+            "preset": &args.preset,
+            "result": value,
+        });
+        out(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
+    } else {
+        out(&text)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar of `total` steps on a terminal.
+fn bar(total: usize) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(total as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{elapsed_precise} [{bar:30}] {pos}/{len} steps (eta {eta}) {msg}",
@@ -277,52 +367,56 @@ fn run_scale(
             .progress_chars("=> "),
         );
         bar
-    });
-    let report = |p: &ScaleProgress<'_>| {
-        let line = p.line();
-        match &bar {
-            Some(bar) => {
-                bar.inc(1);
-                bar.set_message(line);
-            }
-            // One line per tenth of a run.
-            None if p.step.is_multiple_of(p.planned.steps.div_ceil(10).max(1))
-                || p.step == p.planned.steps =>
-            {
-                eprintln!("{line}")
-            }
-            None => {}
+    })
+}
+
+/// One step of a scaling run: on the bar, else one line per tenth of a run.
+fn show_progress(bar: Option<&indicatif::ProgressBar>, p: &ScaleProgress<'_>) {
+    let line = p.line();
+    match bar {
+        Some(bar) => {
+            bar.inc(1);
+            bar.set_message(line);
         }
+        None if p.step.is_multiple_of(p.planned.steps.div_ceil(10).max(1))
+            || p.step == p.planned.steps =>
+        {
+            eprintln!("{line}")
+        }
+        None => {}
+    }
+}
+
+/// The `scale` stage's runs and fit; `None` after an interruption.
+#[allow(clippy::too_many_arguments)]
+fn scale_runs(
+    args: &EvalArgs,
+    spec: &ArchSpec,
+    settings: &ScaleSettings,
+    corpus: &Corpus,
+    device: DeviceSpec,
+    stop: &'static AtomicBool,
+    dir: Option<&Path>,
+    planned: &[crate::scale::plan::PlannedRun],
+) -> anyhow::Result<Option<crate::stages::scale::ScaleResult>> {
+    let (parallel, threads) = lanes(planned.len(), args.parallel, args.threads);
+    let ctl = ScaleControl {
+        dir,
+        checkpoint_every: args.checkpoint_every,
+        stop: Some(stop),
+        parallel,
+        threads: Some(threads),
     };
+    let total_steps: usize = planned.iter().map(|p| p.steps).sum();
+    let bar = bar(total_steps);
+    let report = |p: &ScaleProgress<'_>| show_progress(bar.as_ref(), p);
     let result = on_device!(device, B, dev => scale_evaluate::<B>(
-        spec, settings, &corpus, args.seed, &dev, ctl, &report,
+        spec, settings, corpus, args.seed, &dev, ctl, &report,
     ));
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let Some(result) = finished(result, args)? else {
-        return Ok(ExitCode::from(130));
-    };
-    if args.json {
-        let value = serde_json::json!({
-            "arch": spec.layers_string(),
-            "arch_id": spec.arch_id().to_string(),
-            "genome": spec,
-            "preset": &args.preset,
-            "result": &result,
-        });
-        out(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
-    } else {
-        out(&format!(
-            "{} — stage scale (preset {}, corpus {}), {:.1} s\n{}",
-            spec.compact_string(),
-            args.preset,
-            result.corpus,
-            result.seconds,
-            result.text()
-        ))?;
-    }
-    Ok(ExitCode::SUCCESS)
+    finished(result, args)
 }
 
 /// The per-task table: each task's score by the preset's `metric` and,

@@ -8,8 +8,8 @@ use clap::Args;
 
 use super::state::{Reach, StateArgs, close_read_only, reach, unexpected};
 use crate::daemon::control::{Answer, Request};
-use crate::daemon::report::{Selection, select};
-use crate::export::{Format, plot_file, render, scaling_plot, write};
+use crate::daemon::report::{Regime, Selection, select};
+use crate::export::{Format, plots, render, write};
 
 /// Arguments of `export`.
 #[derive(Debug, Args)]
@@ -22,6 +22,11 @@ pub struct ExportArgs {
     /// The Pareto front of the most advanced stage instead.
     #[arg(long)]
     pub pareto: bool,
+    /// With --pareto: the front of one scaling regime instead (compute:
+    /// the scale stage's; overtrained: the overtrain stage's; state:
+    /// compute-optimal loss against state).
+    #[arg(long, value_enum, requires = "pareto")]
+    pub view: Option<Regime>,
     /// What to write.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
@@ -36,7 +41,9 @@ pub struct ExportArgs {
 /// No search, a damaged database, or a file that cannot be written.
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let state = args.at.dir();
-    let selection = if args.pareto {
+    let selection = if let Some(view) = args.view {
+        Selection::Regime(view)
+    } else if args.pareto {
         Selection::Pareto
     } else {
         Selection::Top(args.top)
@@ -64,11 +71,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         );
         let path = write(&out, &file, &render(r, args.format))?;
         println!("{}", path.display());
-        if args.format == Format::Card
-            && let Some(svg) = scaling_plot(r)
-        {
-            let plot = write(&out, &plot_file(r), &svg)?;
-            println!("{}", plot.display());
+        if args.format == Format::Card {
+            for (file, svg) in plots(r) {
+                let plot = write(&out, &file, &svg)?;
+                println!("{}", plot.display());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

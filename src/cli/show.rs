@@ -95,17 +95,22 @@ pub fn render(r: &CandidateReport) -> String {
             let _ = writeln!(s, "  {:<26} {v:.4}", task.name());
         }
         if let Some(l) = summary.predicted_loss {
-            let _ = writeln!(
-                s,
-                "  predicted loss at the target compute: {l:.4} nats/token"
-            );
+            let what = if *stage == crate::space::StageName::Overtrain {
+                "loss at the largest token multiple"
+            } else {
+                "predicted loss at the target compute"
+            };
+            let _ = writeln!(s, "  {what}: {l:.4} nats/token");
         }
-        if *stage == crate::space::StageName::Scale
-            && let Some(sr) = crate::export::scale_result(r)
-        {
-            for line in sr.text().lines() {
-                let _ = writeln!(s, "  {line}");
+        let text = match stage {
+            crate::space::StageName::Scale => crate::export::scale_result(r).map(|x| x.text()),
+            crate::space::StageName::Overtrain => {
+                crate::export::overtrain_result(r).map(|x| x.text())
             }
+            _ => None,
+        };
+        for line in text.iter().flat_map(|t| t.lines()) {
+            let _ = writeln!(s, "  {line}");
         }
     }
     for (stage, why) in &c.failed {

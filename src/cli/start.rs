@@ -36,7 +36,8 @@ pub struct StartArgs {
     /// State of the Union addresses (corpora/sotu/).
     #[arg(long, value_name = "PATH")]
     pub corpus: Option<PathBuf>,
-    /// Limits, comma-separated: `hours=H`, `screen=N`, `mad=N`, `scale=N`
+    /// Limits, comma-separated: `hours=H`, `screen=N`, `mad=N`, `scale=N`,
+    /// `overtrain=N`
     /// (evaluations per stage). Replaces the stored budget when given.
     #[arg(long)]
     pub budget: Option<String>,
@@ -110,7 +111,7 @@ fn corpus_path(path: &Path) -> anyhow::Result<(String, String)> {
     Ok((abs.display().to_string(), corpus.fingerprint()))
 }
 
-/// Parses `hours=H,screen=N,mad=N,scale=N`.
+/// Parses `hours=H,screen=N,mad=N,scale=N,overtrain=N`.
 fn parse_budget(text: &str) -> anyhow::Result<SearchBudget> {
     let mut b = SearchBudget::default();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -119,7 +120,7 @@ fn parse_budget(text: &str) -> anyhow::Result<SearchBudget> {
             .with_context(|| format!("--budget `{part}`: expected KEY=VALUE"))?;
         let bad = || {
             format!(
-                "--budget `{part}`: expected a positive number (keys: hours, screen, mad, scale)"
+                "--budget `{part}`: expected a positive number (keys: hours, screen, mad, scale, overtrain)"
             )
         };
         match key.trim() {
@@ -132,7 +133,7 @@ fn parse_budget(text: &str) -> anyhow::Result<SearchBudget> {
                     .with_context(bad)?;
                 b.hours = Some(h);
             }
-            name @ ("screen" | "mad" | "scale") => {
+            name @ ("screen" | "mad" | "scale" | "overtrain") => {
                 let n: u64 = value.trim().parse().with_context(bad)?;
                 let stage = StageName::ALL
                     .iter()
@@ -142,7 +143,9 @@ fn parse_budget(text: &str) -> anyhow::Result<SearchBudget> {
                 b.evaluations.insert(stage, n);
             }
             other => {
-                bail!("--budget: unknown key `{other}`; expected hours, screen, mad or scale")
+                bail!(
+                    "--budget: unknown key `{other}`; expected hours, screen, mad, scale or overtrain"
+                )
             }
         }
     }

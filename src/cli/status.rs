@@ -1,5 +1,5 @@
 //! `mad-search status`: the search at a glance (text), or as JSON
-//! (schema `mad-search.status/2`).
+//! (schema `mad-search.status/3`).
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -110,6 +110,7 @@ fn hours(h: f64) -> String {
 
 fn score(r: &Row) -> String {
     match (r.predicted_loss, r.score, r.stage) {
+        (Some(l), _, Some(StageName::Overtrain)) => format!("L {l:.3} over"),
         (Some(l), _, _) => format!("L̂ {l:.3} scale"),
         (None, Some(s), Some(st)) => format!("{s:.3} {}", st.name()),
         _ => "-".into(),
@@ -226,7 +227,7 @@ pub fn render(r: &StatusReport) -> String {
     let _ = writeln!(s, "candidates: {}", r.candidates);
     let _ = writeln!(
         s,
-        "jobs:   {:<7} {:>7} {:>7} {:>7} {:>7}   evaluations {:>5} {:>5} {:>6}",
+        "jobs:   {:<9} {:>7} {:>7} {:>7} {:>7}   evaluations {:>5} {:>5} {:>6}",
         "stage", "queued", "running", "done", "failed", "open", "done", "failed"
     );
     for stage in StageName::ALL {
@@ -234,7 +235,7 @@ pub fn render(r: &StatusReport) -> String {
         let e = r.evaluations.get(stage).copied().unwrap_or_default();
         let _ = writeln!(
             s,
-            "        {:<7} {:>7} {:>7} {:>7} {:>7}               {:>5} {:>5} {:>6}",
+            "        {:<9} {:>7} {:>7} {:>7} {:>7}               {:>5} {:>5} {:>6}",
             stage.name(),
             c.queued,
             c.running,
@@ -278,6 +279,7 @@ pub fn render(r: &StatusReport) -> String {
         "baselines (the paper's architectures)",
         &r.baselines,
     );
+    regimes(&mut s, &r.regimes);
     if !r.correlations.is_empty() {
         let _ = writeln!(
             s,
@@ -317,4 +319,48 @@ pub fn render(r: &StatusReport) -> String {
         }
     }
     s
+}
+
+/// The scaled candidates in the paper's three regimes.
+fn regimes(s: &mut String, rows: &[crate::daemon::report::RegimeRow]) {
+    let Some(first) = rows.first() else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "\nscaling regimes (compute-optimal: L̂ at C={:.0e}; L* and state of the compute-optimal \
+         model at C={:.0e}, KV cache at context {}; overtrained: loss at the largest token \
+         multiple; * on the (L*, state) front)",
+        first.target_compute, first.budget, first.state_context
+    );
+    let _ = writeln!(
+        s,
+        "  {:<12}  {:>15}  {:>7}  {:>9}  {:>16}  {:>15}  layers",
+        "id", "L̂ ± se", "L*", "state", "L* ∝ M^c", "overtrained"
+    );
+    for r in rows {
+        let name = r.baseline.clone().unwrap_or_else(|| r.arch.short());
+        let _ = writeln!(
+            s,
+            "  {:<12}  {:>15}  {:>7.4}  {:>8.0}{}  {:>16}  {:>15}  {}",
+            name.chars().take(12).collect::<String>(),
+            match r.predicted_se {
+                Some(e) => format!("{:.4} ± {e:.4}", r.predicted_loss),
+                None => format!("{:.4}", r.predicted_loss),
+            },
+            r.loss_opt,
+            r.state_opt,
+            if r.state_front { "*" } else { " " },
+            match (r.state_exponent, r.state_exponent_se) {
+                (Some(c), Some(e)) => format!("{c:+.3} ± {e:.3}"),
+                (Some(c), None) => format!("{c:+.3}"),
+                _ => "-".into(),
+            },
+            match (r.overtrained_loss, r.overtrain_multiple) {
+                (Some(l), Some(m)) => format!("{l:.4} at {m}×"),
+                _ => "-".into(),
+            },
+            r.layers
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! socket and a direct read of the database.
 //!
 //! The JSON form of [`StatusReport`] is `mad-search status --json`'s output
-//! (schema `mad-search.status/2`, documented in the README).
+//! (schema `mad-search.status/3`, documented in the README).
 
 use std::collections::BTreeMap;
 
@@ -15,7 +15,7 @@ use crate::stats::Interval;
 use crate::store::{Candidate, Counts, Evaluations, Job, JobId, Store, StoreError};
 
 /// Identifies the status schema.
-pub const STATUS_SCHEMA: &str = "mad-search.status/2";
+pub const STATUS_SCHEMA: &str = "mad-search.status/3";
 
 /// A job in progress, as the daemon sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,8 +83,9 @@ pub struct Row {
     pub score: Option<f64>,
     /// Per-task scores at that stage.
     pub per_task: BTreeMap<String, f64>,
-    /// At `scale`: the loss predicted at the preset's target compute
-    /// (`score` is `exp(−predicted_loss)`).
+    /// At `scale`: the loss predicted at the preset's target compute; at
+    /// `overtrain`: the loss at the largest token multiple (`score` is
+    /// `exp(−predicted_loss)` at both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicted_loss: Option<f64>,
     /// Non-embedding parameters.
@@ -149,6 +150,113 @@ pub struct StatusReport {
     /// cheap synthetic scores predict scaling, re-tested on this search.
     #[serde(default)]
     pub correlations: Vec<Correlation>,
+    /// Every candidate through `scale`, in the paper's three regimes
+    /// (compute-optimal, overtrained, state-optimal), by predicted loss.
+    #[serde(default)]
+    pub regimes: Vec<RegimeRow>,
+}
+
+/// One scaled candidate in the paper's three regimes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegimeRow {
+    /// Candidate id.
+    pub arch: ArchId,
+    /// Reference layers string.
+    pub layers: String,
+    /// Baseline name, if one.
+    pub baseline: Option<String>,
+    /// Compute-optimal: the loss the power law predicts at `target_compute`.
+    pub predicted_loss: f64,
+    /// Its standard error, where the fit has residual degrees of freedom.
+    pub predicted_se: Option<f64>,
+    /// The preset's target compute, FLOPs.
+    pub target_compute: f64,
+    /// The largest budget the IsoFLOP fits reached, FLOPs.
+    pub budget: f64,
+    /// The compute-optimal loss there (the IsoFLOP minimum).
+    pub loss_opt: f64,
+    /// The compute-optimal size there, non-embedding parameters.
+    pub n_opt: f64,
+    /// State-optimal: the recurrent state of the compute-optimal model at
+    /// `budget` (fixed state plus the KV cache of `state_context` tokens).
+    pub state_opt: f64,
+    /// The context length the state counts attention's cache at.
+    pub state_context: usize,
+    /// `c` of `L* ∝ M^c` across the budgets (state `M` of each budget's
+    /// compute-optimal model).
+    pub state_exponent: Option<f64>,
+    /// Its standard error.
+    pub state_exponent_se: Option<f64>,
+    /// Whether (`loss_opt`, `state_opt`) is on the front of the scaled
+    /// candidates (no other has both lower loss and less state).
+    pub state_front: bool,
+    /// Overtrained: the validation loss at the largest token multiple.
+    pub overtrained_loss: Option<f64>,
+    /// That multiple of the compute-optimal tokens.
+    pub overtrain_multiple: Option<f64>,
+    /// Training tokens per parameter there.
+    pub overtrain_tokens_per_param: Option<f64>,
+}
+
+/// The regimes of every candidate through `scale`, by predicted loss, and
+/// which of them are on the (loss, state) front.
+fn regimes(store: &Store) -> Result<Vec<RegimeRow>, StoreError> {
+    use crate::stages::overtrain::OvertrainResult;
+    use crate::stages::scale::ScaleResult;
+    let n = store.board_len(StageName::Scale)?;
+    let mut rows = Vec::new();
+    for c in store.top(StageName::Scale, n)? {
+        let Some(scale) = store
+            .stage_result(c.id, StageName::Scale)?
+            .and_then(|v| serde_json::from_value::<ScaleResult>(v).ok())
+        else {
+            continue;
+        };
+        let Some(last) = scale
+            .optima
+            .iter()
+            .max_by(|a, b| a.fit.compute.total_cmp(&b.fit.compute))
+        else {
+            continue;
+        };
+        let over = store
+            .stage_result(c.id, StageName::Overtrain)?
+            .and_then(|v| serde_json::from_value::<OvertrainResult>(v).ok());
+        let top = over.as_ref().and_then(|o| o.points.last());
+        rows.push(RegimeRow {
+            arch: c.id,
+            layers: c.genome.layers_string(),
+            baseline: c.baseline.clone(),
+            predicted_loss: scale.predicted_loss,
+            predicted_se: scale.predicted_se,
+            target_compute: scale.settings.target_compute,
+            budget: last.fit.compute,
+            loss_opt: last.fit.loss_opt,
+            n_opt: last.fit.n_opt,
+            state_opt: last.state,
+            state_context: scale.settings.seq_len,
+            state_exponent: scale.state_law.as_ref().map(|l| l.exponent),
+            state_exponent_se: scale.state_law.as_ref().and_then(|l| l.exponent_se),
+            state_front: false,
+            overtrained_loss: over.as_ref().map(|o| o.loss),
+            overtrain_multiple: top.map(|p| p.multiple),
+            overtrain_tokens_per_param: top.map(|p| p.tokens_per_param),
+        });
+    }
+    let points: Vec<(f64, f64)> = rows.iter().map(|r| (r.loss_opt, r.state_opt)).collect();
+    for (i, r) in rows.iter_mut().enumerate() {
+        r.state_front = on_front(&points, i);
+    }
+    Ok(rows)
+}
+
+/// Whether `points[i]` is dominated by no other point (both coordinates
+/// minimised; equal points do not dominate each other).
+pub fn on_front(points: &[(f64, f64)], i: usize) -> bool {
+    let (a, b) = points[i];
+    !points
+        .iter()
+        .any(|&(x, y)| x <= a && y <= b && (x < a || y < b))
 }
 
 fn row(c: &Candidate, rank: usize, stage: Option<StageName>) -> Row {
@@ -334,6 +442,7 @@ pub fn status(store: &Store, live: Option<Live>, top: usize) -> Result<StatusRep
         pareto,
         baselines,
         correlations: correlations(store)?,
+        regimes: regimes(store)?,
     })
 }
 
@@ -378,10 +487,10 @@ pub struct CandidateReport {
 impl CandidateReport {
     /// What the score of `stage` measures, from its stage result: "micro
     /// accuracy" or "macro accuracy" (the protocol's, and that of results
-    /// from before presets chose), or `None` for `scale` (a predicted loss)
-    /// or a stage without a full result.
+    /// from before presets chose), or `None` for `scale` and `overtrain`
+    /// (losses) or a stage without a full result.
     pub fn scored_by(&self, stage: StageName) -> Option<String> {
-        if stage == StageName::Scale {
+        if matches!(stage, StageName::Scale | StageName::Overtrain) {
             return None;
         }
         let settings = self.stage_results.get(&stage)?.get("settings")?;
@@ -513,6 +622,28 @@ pub enum Selection {
     Top(usize),
     /// The Pareto front of the most advanced stage with results.
     Pareto,
+    /// The front of one of the paper's scaling regimes.
+    Regime(Regime),
+}
+
+/// The paper's three views of scaling, for `export --pareto --view`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Regime {
+    /// Compute-optimal: the `scale` stage's front (predicted loss ↓,
+    /// parameters ↓, state ↓).
+    Compute,
+    /// Overtrained: the `overtrain` stage's front (loss at the largest
+    /// multiple ↓, parameters ↓, state ↓).
+    Overtrained,
+    /// State-optimal: compute-optimal loss ↓ against the state of the
+    /// compute-optimal model ↓, at the largest budget.
+    State,
+}
+
+/// The ids on `stage`'s Pareto front.
+fn front_ids(store: &Store, stage: StageName) -> Result<Vec<ArchId>, StoreError> {
+    Ok(store.front(stage)?.iter().map(|p| p.arch).collect())
 }
 
 /// The candidates of `selection`, best first.
@@ -526,6 +657,16 @@ pub fn select(store: &Store, selection: Selection) -> Result<Vec<CandidateReport
             .iter()
             .map(|r| r.arch)
             .collect(),
+        Selection::Regime(Regime::Compute) => front_ids(store, StageName::Scale)?,
+        Selection::Regime(Regime::Overtrained) => front_ids(store, StageName::Overtrain)?,
+        Selection::Regime(Regime::State) => {
+            let mut rows: Vec<RegimeRow> = regimes(store)?
+                .into_iter()
+                .filter(|r| r.state_front)
+                .collect();
+            rows.sort_by(|a, b| a.loss_opt.total_cmp(&b.loss_opt));
+            rows.iter().map(|r| r.arch).collect()
+        }
         Selection::Pareto => {
             let mut ids = Vec::new();
             for &stage in StageName::ALL.iter().rev() {
@@ -545,4 +686,25 @@ pub fn select(store: &Store, selection: Selection) -> Result<Vec<CandidateReport
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_front;
+
+    #[test]
+    fn the_state_front_keeps_the_undominated() {
+        // (loss, state): b dominates d; a and c trade loss for state; e
+        // equals a (neither dominates the other).
+        let pts = [
+            (2.0, 100.0),
+            (2.5, 50.0),
+            (3.0, 10.0),
+            (2.6, 60.0),
+            (2.0, 100.0),
+        ];
+        let front: Vec<bool> = (0..pts.len()).map(|i| on_front(&pts, i)).collect();
+        assert_eq!(front, vec![true, true, true, false, true]);
+        assert!(on_front(&[(1.0, 1.0)], 0));
+    }
 }

@@ -77,10 +77,27 @@ fn parts_of(
     let Some(c) = store.candidate(arch)? else {
         return Ok(Vec::new());
     };
+    let scale = prior_scale(store, arch, stage)?;
     Ok(
-        crate::stages::stage_parts(stage, &wcfg.preset, &c.genome, &wcfg.corpus)
+        crate::stages::stage_parts(stage, &wcfg.preset, &c.genome, &wcfg.corpus, scale.as_ref())
             .unwrap_or_default(),
     )
+}
+
+/// The candidate's `scale` result, for a stage that starts from it
+/// (`overtrain`); `None` for the others, or when it is missing or
+/// unreadable (the stage's job then fails saying so).
+fn prior_scale(
+    store: &Store,
+    arch: crate::genome::ArchId,
+    stage: StageName,
+) -> anyhow::Result<Option<crate::stages::scale::ScaleResult>> {
+    if stage != StageName::Overtrain {
+        return Ok(None);
+    }
+    Ok(store
+        .stage_result(arch, StageName::Scale)?
+        .and_then(|v| serde_json::from_value(v).ok()))
 }
 
 /// What the scheduler holds between its steps: free workers, jobs in
@@ -128,6 +145,7 @@ impl Schedule {
         work_tx: &crossbeam_channel::Sender<WorkItem>,
     ) -> anyhow::Result<()> {
         let stop = Arc::new(AtomicBool::new(false));
+        let scale = prior_scale(&shared.store, job.arch, job.stage)?.map(Box::new);
         shared
             .running
             .lock()
@@ -163,6 +181,7 @@ impl Schedule {
             .send(WorkItem {
                 job,
                 genome,
+                scale,
                 worker,
                 stop,
             })
@@ -293,6 +312,7 @@ pub(super) fn schedule(
                             &wcfg.preset,
                             &c.genome,
                             &wcfg.corpus,
+                            None,
                         )
                         .unwrap_or_default();
                         if let Some(j) = store.add_candidate(&c, StageName::Screen, &parts)? {
@@ -509,6 +529,28 @@ fn assemble_split(
                 serde_json::to_value(&r)?,
             )
         }
+        Evaluation::Run(r) if done.stage == StageName::Overtrain => {
+            let runs = match collect(&jobs, values, r) {
+                Ok(x) => x,
+                Err(e) => return Ok(Err(e)),
+            };
+            let seconds = runs.iter().map(|r| r.result.seconds).sum();
+            let Some(scale) = prior_scale(store, done.arch, done.stage)? else {
+                return Ok(Err(
+                    "the candidate's scale result is missing or unreadable".into()
+                ));
+            };
+            match crate::stages::overtrain::assemble(&preset.scale, corpus, &scale, runs, seconds) {
+                Ok(r) => (
+                    r.score,
+                    Default::default(),
+                    Some(r.loss),
+                    seconds,
+                    serde_json::to_value(&r)?,
+                ),
+                Err(e) => return Ok(Err(e.to_string())),
+            }
+        }
         Evaluation::Run(r) => {
             let runs = match collect(&jobs, values, r) {
                 Ok(x) => x,
@@ -526,7 +568,7 @@ fn assemble_split(
                 Err(e) => return Ok(Err(e.to_string())),
             }
         }
-        Evaluation::Tasks(_) | Evaluation::Scale(_) => {
+        Evaluation::Tasks(_) | Evaluation::Scale(_) | Evaluation::Overtrain(_) => {
             return Ok(Err("a whole-stage result among split runs".into()));
         }
     };
@@ -585,7 +627,7 @@ fn settle_outcome(
             let diverged = match result {
                 Evaluation::Tasks(r) => r.per_setting.iter().find_map(divergence),
                 Evaluation::Setting(r) => divergence(r),
-                Evaluation::Scale(_) | Evaluation::Run(_) => None,
+                Evaluation::Scale(_) | Evaluation::Overtrain(_) | Evaluation::Run(_) => None,
             };
             if let Some(why) = diverged {
                 fail(why)?;
@@ -611,6 +653,13 @@ fn settle_outcome(
                         None,
                         Some((
                             summary(r.score, Default::default(), Some(r.predicted_loss)),
+                            serde_json::to_value(r)?,
+                        )),
+                    ),
+                    Evaluation::Overtrain(r) => (
+                        None,
+                        Some((
+                            summary(r.score, Default::default(), Some(r.loss)),
                             serde_json::to_value(r)?,
                         )),
                     ),

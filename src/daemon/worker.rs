@@ -52,6 +52,8 @@ const WALL_SHARE: f64 = 0.95;
 pub(crate) struct WorkItem {
     pub job: Job,
     pub genome: ArchSpec,
+    /// The candidate's `scale` result, for a stage that starts from it.
+    pub scale: Option<Box<crate::stages::scale::ScaleResult>>,
     pub worker: usize,
     pub stop: Arc<AtomicBool>,
 }
@@ -108,6 +110,7 @@ pub(crate) fn work(
                 let a = Assignment {
                     job,
                     genome: &item.genome,
+                    scale: item.scale.as_deref(),
                     preset: &cfg.preset,
                     corpus: &cfg.corpus,
                     seed: cfg.record.seed,
@@ -123,6 +126,7 @@ pub(crate) fn work(
                     format: crate::exec::spec::FORMAT,
                     job: job.clone(),
                     genome: item.genome.clone(),
+                    scale: item.scale.clone(),
                     space_file: cfg.record.space_file.clone(),
                     space_text: cfg.record.space_text.clone(),
                     preset: cfg.record.preset.clone(),

@@ -16,6 +16,7 @@ use crate::genome::{ArchId, ArchSpec};
 use crate::layers::device::{DeviceSpec, on_device};
 use crate::scale::corpus::Corpus;
 use crate::space::{Preset, ScaleSettings, StageName};
+use crate::stages::overtrain::OvertrainResult;
 use crate::stages::scale::{ScaleControl, ScaleProgress, ScaleResult, ScaleRun};
 use crate::stages::{SettingResult, StageControl, StageProgress, StageResult, evaluate};
 use crate::store::Job;
@@ -29,9 +30,12 @@ pub enum Evaluation {
     Tasks(StageResult),
     /// A whole `scale` stage (queued whole).
     Scale(ScaleResult),
+    /// A whole `overtrain` stage (queued whole: its plan failed, or every
+    /// run is the `scale` stage's).
+    Overtrain(OvertrainResult),
     /// One task setting of a `mad` stage split into settings.
     Setting(SettingResult),
-    /// One training run of a `scale` stage split into runs.
+    /// One training run of a `scale` or `overtrain` stage split into runs.
     Run(ScaleRun),
 }
 
@@ -41,6 +45,7 @@ impl Evaluation {
         match self {
             Evaluation::Tasks(r) => r.seconds,
             Evaluation::Scale(r) => r.seconds,
+            Evaluation::Overtrain(r) => r.seconds,
             Evaluation::Setting(r) => r.runs.iter().map(|x| x.result.seconds).sum(),
             Evaluation::Run(r) => r.result.seconds,
         }
@@ -96,6 +101,9 @@ pub struct Assignment<'a> {
     pub job: &'a Job,
     /// Its candidate's genome.
     pub genome: &'a ArchSpec,
+    /// Its candidate's `scale` result, for a stage that starts from it
+    /// (`overtrain`).
+    pub scale: Option<&'a ScaleResult>,
     /// The search's stage settings.
     pub preset: &'a Preset,
     /// The `scale` stage's corpus.
@@ -179,40 +187,71 @@ pub fn execute(
                     threads: None,
                 };
                 let settings = &a.preset.scale;
+                let overtrain = match job.stage {
+                    StageName::Overtrain => Some(a.scale.ok_or_else(|| {
+                        TrainError::Data(
+                            "the overtrain stage starts from the candidate's scale result, and \
+                             the job came without one"
+                                .into(),
+                        )
+                    })?),
+                    _ => None,
+                };
                 match &job.part {
                     None => {
                         let progress = |p: &ScaleProgress<'_>| show(p.line());
-                        on_device!(slot, B, device =>
-                        crate::stages::scale::evaluate::<B>(
-                            a.genome, settings, a.corpus, seed, &device, ctl, &progress,
-                        ))
-                        .map(Evaluation::Scale)
+                        match overtrain {
+                            Some(scale) => on_device!(slot, B, device =>
+                            crate::stages::overtrain::evaluate::<B>(
+                                a.genome, settings, a.corpus, scale, seed, &device, ctl,
+                                &progress,
+                            ))
+                            .map(Evaluation::Overtrain),
+                            None => on_device!(slot, B, device =>
+                            crate::stages::scale::evaluate::<B>(
+                                a.genome, settings, a.corpus, seed, &device, ctl, &progress,
+                            ))
+                            .map(Evaluation::Scale),
+                        }
                     }
                     Some(part) => {
-                        let planned =
-                            crate::stages::scale::planned_runs(a.genome, settings, a.corpus)?;
-                        let Some(p) = planned
-                            .get(part.index as usize)
-                            .filter(|p| p.key() == part.key)
-                        else {
-                            return Err(TrainError::Data(format!(
-                                "the scaling plan has no run {} named {} (it has {}): was the \
-                                 preset changed?",
-                                part.index,
-                                part.key,
-                                planned.len()
-                            )));
+                        let owned;
+                        let p = match overtrain {
+                            Some(scale) => {
+                                owned = crate::stages::overtrain::planned_run(
+                                    a.genome, settings, a.corpus, scale, &part.key,
+                                )?
+                                .planned;
+                                &owned
+                            }
+                            None => {
+                                owned = crate::stages::scale::planned_runs(
+                                    a.genome, settings, a.corpus,
+                                )?
+                                .into_iter()
+                                .nth(part.index as usize)
+                                .filter(|p| p.key() == part.key)
+                                .ok_or_else(|| {
+                                    TrainError::Data(format!(
+                                        "the scaling plan has no run {} named {}: was the \
+                                         preset changed?",
+                                        part.index, part.key,
+                                    ))
+                                })?;
+                                &owned
+                            }
                         };
                         let diverging;
-                        let settings = if hooks::scale_run_diverges(part.index) {
-                            diverging = ScaleSettings {
-                                lr: hooks::DIVERGING_LR,
-                                ..settings.clone()
+                        let settings =
+                            if overtrain.is_none() && hooks::scale_run_diverges(part.index) {
+                                diverging = ScaleSettings {
+                                    lr: hooks::DIVERGING_LR,
+                                    ..settings.clone()
+                                };
+                                &diverging
+                            } else {
+                                settings
                             };
-                            &diverging
-                        } else {
-                            settings
-                        };
                         let ckpt = dir.join(format!("{}.ckpt", part.key));
                         let run = (part.index as usize + 1, part.of as usize);
                         let mut first = true;

@@ -34,6 +34,10 @@ pub struct JobSpec {
     pub job: Job,
     /// Its candidate's genome.
     pub genome: ArchSpec,
+    /// Its candidate's `scale` result, for a stage that starts from it
+    /// (`overtrain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<Box<crate::stages::scale::ScaleResult>>,
     /// The search space's file name (for messages) and text.
     pub space_file: String,
     /// The search space as the search stored it.

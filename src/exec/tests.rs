@@ -33,6 +33,7 @@ fn spec(dir: &Path) -> JobSpec {
             created: 0.0,
         },
         genome,
+        scale: None,
         space_file: "default.toml".into(),
         space_text: crate::space::DEFAULT_SPACE.into(),
         preset: "tiny".into(),

@@ -152,6 +152,7 @@ pub fn run(spec_path: &Path, out: &Path, runs: Option<&Path>) -> Result<u8, Work
     let assignment = Assignment {
         job: &spec.job,
         genome: &spec.genome,
+        scale: spec.scale.as_deref(),
         preset: &preset,
         corpus: &corpus,
         seed: spec.seed,

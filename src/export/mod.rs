@@ -11,6 +11,7 @@ mod plot;
 
 use crate::daemon::report::CandidateReport;
 use crate::space::StageName;
+use crate::stages::overtrain::OvertrainResult;
 use crate::stages::scale::ScaleResult;
 
 /// Output formats.
@@ -152,7 +153,33 @@ fn card(r: &CandidateReport) -> String {
             "\n### Scaling runs and fit (corpus {})\n\n```text\n{}```\n\n![loss against compute]({})",
             sr.corpus,
             sr.text(),
-            plot_file(r)
+            plot_file(r, "scaling")
+        );
+        let _ = writeln!(
+            s,
+            "\n### State-optimal view\n\nEach run's validation loss against its recurrent state \
+             (fixed state plus attention's KV cache at context {}), the compute-optimal points, \
+             and {}.\n\n![loss against state]({})",
+            sr.settings.seq_len,
+            sr.state_law.as_ref().map_or(
+                "no fit (the optima's states do not differ)".to_string(),
+                |l| format!(
+                    "the fit L* ∝ M^{:.3}{}",
+                    l.exponent,
+                    l.exponent_se
+                        .map_or(String::new(), |e| format!(" ± {e:.3}"))
+                )
+            ),
+            plot_file(r, "state")
+        );
+    }
+    if let Some(or) = overtrain_result(r) {
+        let _ = writeln!(
+            s,
+            "\n### Overtrained runs and fit (corpus {})\n\n```text\n{}```\n\n![loss against tokens]({})",
+            or.corpus,
+            or.text(),
+            plot_file(r, "overtrain")
         );
     }
     for (stage, why) in &c.failed {
@@ -166,19 +193,35 @@ pub fn scale_result(r: &CandidateReport) -> Option<ScaleResult> {
     serde_json::from_value(r.stage_results.get(&StageName::Scale)?.clone()).ok()
 }
 
-/// The file name of the candidate's scaling plot (beside its card).
-pub fn plot_file(r: &CandidateReport) -> String {
-    format!("{}.scaling.svg", r.candidate.id.short())
+/// The candidate's `overtrain` result, if it finished that stage.
+pub fn overtrain_result(r: &CandidateReport) -> Option<OvertrainResult> {
+    serde_json::from_value(r.stage_results.get(&StageName::Overtrain)?.clone()).ok()
 }
 
-/// The scaling plot's SVG, if the candidate finished `scale`.
-pub fn scaling_plot(r: &CandidateReport) -> Option<String> {
+/// The file name of one of the candidate's plots (beside its card):
+/// `<id>.<kind>.svg`.
+pub fn plot_file(r: &CandidateReport, kind: &str) -> String {
+    format!("{}.{kind}.svg", r.candidate.id.short())
+}
+
+/// The card's plots as (file name, SVG): the scaling plot and the
+/// state-optimal view once the candidate finished `scale`, the overtrained
+/// curve once it finished `overtrain`.
+pub fn plots(r: &CandidateReport) -> Vec<(String, String)> {
     let title = r
         .candidate
         .baseline
         .clone()
         .unwrap_or_else(|| r.layers.clone());
-    scale_result(r).map(|sr| plot::svg(&sr, &title))
+    let mut out = Vec::new();
+    if let Some(sr) = scale_result(r) {
+        out.push((plot_file(r, "scaling"), plot::svg(&sr, &title)));
+        out.push((plot_file(r, "state"), plot::state_svg(&sr, &title)));
+    }
+    if let Some(or) = overtrain_result(r) {
+        out.push((plot_file(r, "overtrain"), plot::overtrain_svg(&or, &title)));
+    }
+    out
 }
 
 /// Writes `r` as `<out>/<file>` and returns the path. Refuses a target that

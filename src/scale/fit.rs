@@ -512,6 +512,26 @@ mod tests {
     }
 
     #[test]
+    fn the_state_line_matches_a_hand_computed_fit() {
+        // ln M = 0, 1, 2 and ln L = 0, 1, 1: slope 1/2, intercept 1/6,
+        // residuals −1/6, 1/3, −1/6, so SSE = 1/6 and
+        // se = √(SSE / (n − 2) / Sxx) = √(1/6 / 1 / 2) = 1/√12.
+        let e = std::f64::consts::E;
+        let f = loglog(&[(1.0, 1.0), (e, e), (e * e, e)]).unwrap();
+        assert!((f.exponent - 0.5).abs() < 1e-12, "{f:?}");
+        assert!((f.log_coef - 1.0 / 6.0).abs() < 1e-12, "{f:?}");
+        assert!((f.exponent_se.unwrap() - 1.0 / 12f64.sqrt()).abs() < 1e-12);
+        // Two points: a line, no standard error; one state: no line.
+        assert!(
+            loglog(&[(1.0, 2.0), (e, 3.0)])
+                .unwrap()
+                .exponent_se
+                .is_none()
+        );
+        assert!(loglog(&[(5.0, 2.0), (5.0, 3.0)]).is_err());
+    }
+
+    #[test]
     fn the_state_exponent_is_recovered() {
         // P* ∝ M^−0.28 (the paper's state-optimal exponent).
         let noise = Normal::new(0.0, 0.01).unwrap();

@@ -6,6 +6,7 @@
 pub mod corpus;
 pub mod family;
 pub mod fit;
+pub mod overtrain;
 pub mod plan;
 #[cfg(feature = "models")]
 pub mod train;

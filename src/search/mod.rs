@@ -2,7 +2,8 @@
 //!
 //! In order: a queued job (the scheduler takes those first); a promotion of
 //! a candidate in the top 1/η of its stage (asynchronous successive halving:
-//! one promotion as soon as one qualifies); the next paper baseline (warm
+//! one promotion as soon as one qualifies; to `overtrain`, the `scale`
+//! board's best `overtrain_top` by predicted loss); the next paper baseline (warm
 //! start); a child of tournament-chosen parents from the aging population
 //! (the most recent `population` screened candidates), by mutation or
 //! crossover, ranked on (score up, parameters down, state down) by
@@ -160,7 +161,8 @@ impl Policy {
         ))
     }
 
-    /// A candidate of `from` in its stage's top 1/η not yet queued for `to`.
+    /// A candidate of `from` in its stage's top 1/η (for `overtrain`: the
+    /// `scale` board's best `overtrain_top`) not yet queued for `to`.
     fn promotable(
         &self,
         store: &Store,
@@ -168,7 +170,10 @@ impl Policy {
         to: StageName,
     ) -> Result<Option<ArchId>, StoreError> {
         let finished = store.board_len(from)?;
-        let quota = finished / self.space.search.eta;
+        let quota = match to {
+            StageName::Overtrain => finished.min(self.space.search.overtrain_top),
+            _ => finished / self.space.search.eta,
+        };
         for c in store.top(from, quota)? {
             if !c.queued.contains(&to) {
                 return Ok(Some(c.id));

@@ -96,6 +96,9 @@ pub struct SearchSettings {
     pub crossover: f64,
     /// Seed every search with the paper's architectures (warm start).
     pub baselines: bool,
+    /// How many of the `scale` board's best (by predicted loss) get the
+    /// `overtrain` stage's runs.
+    pub overtrain_top: usize,
 }
 
 /// Which settings of a task a stage runs.
@@ -323,11 +326,19 @@ pub enum StageName {
     Mad,
     /// Small language-model scaling runs and the scaling-law fit.
     Scale,
+    /// The compute-optimal size of one budget trained on multiples of its
+    /// compute-optimal tokens (the overtrained regime).
+    Overtrain,
 }
 
 impl StageName {
     /// Every stage, cheapest first (the promotion ladder).
-    pub const ALL: &'static [StageName] = &[StageName::Screen, StageName::Mad, StageName::Scale];
+    pub const ALL: &'static [StageName] = &[
+        StageName::Screen,
+        StageName::Mad,
+        StageName::Scale,
+        StageName::Overtrain,
+    ];
 
     /// The file name of this stage.
     pub fn name(self) -> &'static str {
@@ -335,6 +346,7 @@ impl StageName {
             StageName::Screen => "screen",
             StageName::Mad => "mad",
             StageName::Scale => "scale",
+            StageName::Overtrain => "overtrain",
         }
     }
 
@@ -343,7 +355,8 @@ impl StageName {
         match self {
             StageName::Screen => Some(StageName::Mad),
             StageName::Mad => Some(StageName::Scale),
-            StageName::Scale => None,
+            StageName::Scale => Some(StageName::Overtrain),
+            StageName::Overtrain => None,
         }
     }
 }
@@ -383,6 +396,27 @@ pub struct ScaleSettings {
     pub max_repeats: usize,
     /// Validation windows per run.
     pub valid_windows: usize,
+    /// The `overtrain` stage's token multiples: the compute-optimal size of
+    /// [`ScaleSettings::overtrain_budget`] trained on each multiple (> 1) of
+    /// that budget's tokens, beside its compute-optimal run (multiple 1).
+    #[serde(default = "default_overtrain")]
+    pub overtrain: Vec<f64>,
+    /// The budget whose compute-optimal size is overtrained (one of
+    /// `budgets`); `None`: the largest.
+    #[serde(default)]
+    pub overtrain_budget: Option<f64>,
+}
+
+fn default_overtrain() -> Vec<f64> {
+    vec![4.0, 8.0]
+}
+
+impl ScaleSettings {
+    /// The budget the `overtrain` stage starts from.
+    pub fn overtrain_base(&self) -> f64 {
+        self.overtrain_budget
+            .unwrap_or_else(|| self.budgets.iter().copied().fold(0.0, f64::max))
+    }
 }
 
 impl Default for ScaleSettings {
@@ -403,6 +437,8 @@ impl Default for ScaleSettings {
             max_width: 512,
             max_repeats: 8,
             valid_windows: 256,
+            overtrain: default_overtrain(),
+            overtrain_budget: Some(6e10),
         }
     }
 }
@@ -425,7 +461,7 @@ impl Preset {
         match stage {
             StageName::Screen => Some(&self.screen),
             StageName::Mad => Some(&self.mad),
-            StageName::Scale => None,
+            StageName::Scale | StageName::Overtrain => None,
         }
     }
 }

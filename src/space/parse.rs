@@ -77,6 +77,7 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<SearchSpace, SpaceError> 
             mutation: 0.5,
             crossover: 0.25,
             baselines: true,
+            overtrain_top: 3,
         },
     };
     let presets = match top.val("presets") {
@@ -377,6 +378,7 @@ fn parse_search(t: &Table<'_, '_>) -> R<SearchSettings> {
         "mutation",
         "crossover",
         "baselines",
+        "overtrain_top",
     ])?;
     let s = SearchSettings {
         eta: t.get("eta", |v| v.positive())?.unwrap_or(3),
@@ -385,6 +387,11 @@ fn parse_search(t: &Table<'_, '_>) -> R<SearchSettings> {
         mutation: t.get("mutation", |v| v.number())?.unwrap_or(0.5),
         crossover: t.get("crossover", |v| v.number())?.unwrap_or(0.25),
         baselines: t.get("baselines", |v| v.boolean())?.unwrap_or(true),
+        overtrain_top: t
+            .get("overtrain_top", |v| {
+                usize::try_from(v.uint()?).map_err(|_| v.error("too large"))
+            })?
+            .unwrap_or(3),
     };
     let at = |key: &str, msg: String| t.doc.error(&t.span_of(key), &t.child_path(key), msg);
     if s.eta < 2 {
@@ -635,6 +642,8 @@ fn parse_scale(t: &Table<'_, '_>) -> R<ScaleSettings> {
         "max_width",
         "max_repeats",
         "valid_windows",
+        "overtrain",
+        "overtrain_budget",
     ])?;
     let base = ScaleSettings::default();
     let positive = |v: &Val<'_, '_>| -> R<f64> {
@@ -718,7 +727,41 @@ fn parse_scale(t: &Table<'_, '_>) -> R<ScaleSettings> {
         valid_windows: t
             .get("valid_windows", |v| v.positive())?
             .unwrap_or(base.valid_windows),
+        overtrain: t
+            .get("overtrain", |v| {
+                let m = v.list(|x| {
+                    let m = x.number()?;
+                    if !(m > 1.0 && m.is_finite()) {
+                        return Err(x.error(format!(
+                            "expected a multiple of the compute-optimal tokens above 1, found {m}"
+                        )));
+                    }
+                    Ok(m)
+                })?;
+                if m.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(v.error("expected increasing multiples, e.g. [4, 16]"));
+                }
+                Ok(m)
+            })?
+            .unwrap_or(base.overtrain),
+        overtrain_budget: t.get("overtrain_budget", positive)?,
     };
+    if let Some(b) = s.overtrain_budget
+        && !s.budgets.contains(&b)
+    {
+        return Err(t.doc.error(
+            &t.span_of("overtrain_budget"),
+            &t.child_path("overtrain_budget"),
+            format!(
+                "expected one of budgets ({}), found {b:e}: the overtrained size is a budget's compute-optimal one",
+                s.budgets
+                    .iter()
+                    .map(|b| format!("{b:e}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
     if s.min_lr > s.lr {
         return Err(t.error(format!(
             "min_lr ({}) exceeds lr ({}); the cosine decays from lr to min_lr",

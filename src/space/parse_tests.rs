@@ -20,6 +20,21 @@ fn scale_settings_parse_and_bad_ones_are_named() {
     assert_eq!((tiny.seq_len, tiny.batch_size), (32, 8));
     assert_eq!(s.presets["cpu"].scale.target_compute, 1e13);
     assert_eq!(s.presets["paper"].scale, ScaleSettings::default());
+    assert_eq!(tiny.overtrain, vec![2.0, 4.0]);
+    assert_eq!(tiny.overtrain_base(), 2e9);
+    let cpu = &s.presets["cpu"].scale;
+    assert_eq!(
+        (cpu.overtrain.clone(), cpu.overtrain_base()),
+        (vec![4.0, 8.0], 6e10)
+    );
+    // Without overtrain_budget, the largest budget's size is overtrained.
+    let text = format!(
+        "{}\n[presets.extra.scale]\nbudgets = [1e9, 3e9, 2e9]\n",
+        crate::space::DEFAULT_SPACE
+    );
+    let extra = SearchSpace::parse(std::path::Path::new("x.toml"), &text).unwrap();
+    assert_eq!(extra.presets["extra"].scale.overtrain_base(), 3e9);
+    assert_eq!(s.search.overtrain_top, 3);
     let base = crate::space::DEFAULT_SPACE;
     for (bad, says) in [
         ("budgets = [1e9, 1e9, 2e9]", "three distinct"),
@@ -28,6 +43,13 @@ fn scale_settings_parse_and_bad_ones_are_named() {
         ("lr = 1e-4\nmin_lr = 1e-3", "exceeds lr"),
         ("warmup = 1.5", "[0, 1)"),
         ("epochs = 3", "epochs"),
+        ("overtrain = [1.0, 4]", "above 1"),
+        ("overtrain = [8, 4]", "increasing multiples"),
+        (
+            "overtrain_budget = 1e10",
+            "expected one of budgets (6e10, 2e11, 6e11)",
+        ),
+        ("overtrain = \"lots\"", "overtrain"),
     ] {
         let text = format!("{base}\n[presets.extra.scale]\n{bad}\n");
         let e = SearchSpace::parse(std::path::Path::new("x.toml"), &text).unwrap_err();

@@ -6,6 +6,7 @@
 //! are accuracies by the preset's `metric` (macro, the reference's, unless
 //! the preset says micro); both are kept.
 
+pub mod overtrain;
 pub mod scale;
 
 use std::collections::BTreeMap;
@@ -407,7 +408,8 @@ pub(crate) fn side_by_side<T: Send>(
 /// The jobs a candidate's evaluation at `stage` is split into, by name:
 /// none for `screen` (one job: minutes, and the bulk of a search), one per
 /// task setting for `mad` (66 in the full grid, each with its lr × wd
-/// sweep), one per training run for `scale` (budgets × sizes). Split stages
+/// sweep), one per training run for `scale` (budgets × sizes) and for
+/// `overtrain` (its multiples, from the candidate's `scale` result). Split stages
 /// spread one candidate over every free worker, and a retry, a lapsed lease
 /// or a kill costs one run, not the stage.
 ///
@@ -420,6 +422,7 @@ pub fn stage_parts(
     preset: &crate::space::Preset,
     spec: &ArchSpec,
     corpus: &crate::scale::corpus::Corpus,
+    scale_result: Option<&scale::ScaleResult>,
 ) -> Result<Vec<String>, TrainError> {
     match stage {
         StageName::Screen => Ok(Vec::new()),
@@ -428,6 +431,13 @@ pub fn stage_parts(
             .iter()
             .map(|p| p.key())
             .collect()),
+        StageName::Overtrain => match scale_result {
+            Some(r) => overtrain::parts(spec, &preset.scale, corpus, r),
+            None => Err(TrainError::Data(
+                "the overtrain stage starts from the candidate's scale result, and it has none"
+                    .into(),
+            )),
+        },
     }
 }
 

@@ -132,7 +132,7 @@ fn settings_run_one_by_one_assemble_to_the_whole_stage() {
     let whole =
         evaluate::<CpuAutodiff>(&spec, StageName::Mad, settings, 3, &device, ctl, &|_| {}).unwrap();
     let corpus = crate::scale::corpus::Corpus::embedded();
-    let keys = stage_parts(StageName::Mad, preset, &spec, &corpus).unwrap();
+    let keys = stage_parts(StageName::Mad, preset, &spec, &corpus, None).unwrap();
     assert_eq!(keys, setting_keys(settings));
     assert_eq!(keys.len(), whole.per_setting.len());
     let parts: Vec<SettingResult> = keys
@@ -170,10 +170,10 @@ fn settings_run_one_by_one_assemble_to_the_whole_stage() {
         "{wrong:?}"
     );
     assert!(
-        stage_parts(StageName::Screen, preset, &spec, &corpus)
+        stage_parts(StageName::Screen, preset, &spec, &corpus, None)
             .unwrap()
             .is_empty()
     );
-    let scale = stage_parts(StageName::Scale, preset, &spec, &corpus).unwrap();
+    let scale = stage_parts(StageName::Scale, preset, &spec, &corpus, None).unwrap();
     assert_eq!(scale.len(), 9, "three budgets × three sizes: {scale:?}");
 }

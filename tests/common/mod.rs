@@ -234,7 +234,15 @@ pub fn scale_results(state: &Path) -> Vec<(String, Vec<u64>)> {
                 .stage_result(c.id, mad_search::space::StageName::Scale)
                 .unwrap()
                 .unwrap();
-            assert_eq!(summary.job, *c.jobs.last().unwrap(), "the last run ends it");
+            let last_scale_job = c
+                .jobs
+                .iter()
+                .rev()
+                .find(|j| {
+                    store.job(**j).unwrap().unwrap().stage == mad_search::space::StageName::Scale
+                })
+                .unwrap();
+            assert_eq!(summary.job, *last_scale_job, "the last run ends it");
             let losses = full["runs"]
                 .as_array()
                 .unwrap()
@@ -242,6 +250,36 @@ pub fn scale_results(state: &Path) -> Vec<(String, Vec<u64>)> {
                 .map(|r| r["result"]["valid_loss"].as_f64().unwrap().to_bits())
                 .collect();
             out.push((c.id.to_string(), losses));
+        }
+    }
+    out
+}
+
+/// Every candidate's `overtrain` result: id, then each point's multiple
+/// and validation-loss bits.
+pub fn overtrain_results(state: &Path) -> Vec<(String, Vec<(f64, u64)>)> {
+    let store = open(state);
+    let mut out = Vec::new();
+    for c in store.candidates().unwrap() {
+        if c.stages
+            .contains_key(&mad_search::space::StageName::Overtrain)
+        {
+            let full = store
+                .stage_result(c.id, mad_search::space::StageName::Overtrain)
+                .unwrap()
+                .unwrap();
+            let points = full["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["multiple"].as_f64().unwrap(),
+                        p["run"]["result"]["valid_loss"].as_f64().unwrap().to_bits(),
+                    )
+                })
+                .collect();
+            out.push((c.id.to_string(), points));
         }
     }
     out
