@@ -40,7 +40,7 @@ fn start_status_stop_resume_export() {
         done(&status_json(&state)) >= 3
     });
     let v = status_json(&state);
-    assert_eq!(v["schema"], "mad-search.status/2");
+    assert_eq!(v["schema"], "mad-search.status/3");
     assert_eq!(v["daemon"]["pid"].as_i64().unwrap(), i64::from(p));
     assert!(!v["leaderboard"].as_array().unwrap().is_empty());
     let human = text(&run(&["status", "--state", s(&state)]).stdout);
@@ -298,7 +298,7 @@ fn the_scale_stage_runs_in_the_daemon_and_resumes_after_kill_dash_nine() {
     assert_eq!(want.len(), 1, "one candidate promoted to scale");
     assert_eq!(want[0].1.len(), 9, "three budgets × three sizes");
     // The scale board's best (overtrain_top = 1) went on to the overtrained
-    // runs: 1×, 2× and 3× the tokens of 8e9's compute-optimal size.
+    // runs: 1×, 2× and 3× the tokens of 4e9's compute-optimal size.
     let want_over = overtrain_results(&calm);
     assert_eq!(want_over.len(), 1, "{want_over:?}");
     assert_eq!(want_over[0].0, want[0].0);

@@ -58,7 +58,18 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if reports.is_empty() {
-        eprintln!("nothing to export yet: no candidate has finished a stage");
+        match args.view {
+            Some(view) => eprintln!(
+                "nothing to export: the {} front is empty (no candidate has finished {} yet)",
+                format!("{view:?}").to_lowercase(),
+                if view == Regime::Overtrained {
+                    "overtrain"
+                } else {
+                    "scale"
+                }
+            ),
+            None => eprintln!("nothing to export yet: no candidate has finished a stage"),
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let out = args.out.unwrap_or_else(|| state.join("exports"));

@@ -330,8 +330,13 @@ fn regimes(s: &mut String, rows: &[crate::daemon::report::RegimeRow]) {
         s,
         "\nscaling regimes (compute-optimal: L̂ at C={:.0e}; L* and state of the compute-optimal \
          model at C={:.0e}, KV cache at context {}; overtrained: loss at the largest token \
-         multiple; * on the (L*, state) front)",
-        first.target_compute, first.budget, first.state_context
+         multiple of {}'s compute-optimal size; * on the (L*, state) front)",
+        first.target_compute,
+        first.budget,
+        first.state_context,
+        rows.iter()
+            .find_map(|r| r.overtrain_budget)
+            .map_or("a budget".to_string(), |b| format!("C={b:.0e}"))
     );
     let _ = writeln!(
         s,
@@ -342,14 +347,14 @@ fn regimes(s: &mut String, rows: &[crate::daemon::report::RegimeRow]) {
         let name = r.baseline.clone().unwrap_or_else(|| r.arch.short());
         let _ = writeln!(
             s,
-            "  {:<12}  {:>15}  {:>7.4}  {:>8.0}{}  {:>16}  {:>15}  {}",
+            "  {:<12}  {:>15}  {:>7}  {:>8}{}  {:>16}  {:>15}  {}",
             name.chars().take(12).collect::<String>(),
             match r.predicted_se {
                 Some(e) => format!("{:.4} ± {e:.4}", r.predicted_loss),
                 None => format!("{:.4}", r.predicted_loss),
             },
-            r.loss_opt,
-            r.state_opt,
+            r.loss_opt.map_or("-".into(), |l| format!("{l:.4}")),
+            r.state_opt.map_or("-".into(), |m| format!("{m:.0}")),
             if r.state_front { "*" } else { " " },
             match (r.state_exponent, r.state_exponent_se) {
                 (Some(c), Some(e)) => format!("{c:+.3} ± {e:.3}"),

@@ -171,15 +171,16 @@ pub struct RegimeRow {
     pub predicted_se: Option<f64>,
     /// The preset's target compute, FLOPs.
     pub target_compute: f64,
-    /// The largest budget the IsoFLOP fits reached, FLOPs.
+    /// The preset's largest budget, FLOPs.
     pub budget: f64,
-    /// The compute-optimal loss there (the IsoFLOP minimum).
-    pub loss_opt: f64,
+    /// The compute-optimal loss there (the IsoFLOP minimum); `None` where
+    /// the candidate's fit left that budget out (diverged runs).
+    pub loss_opt: Option<f64>,
     /// The compute-optimal size there, non-embedding parameters.
-    pub n_opt: f64,
+    pub n_opt: Option<f64>,
     /// State-optimal: the recurrent state of the compute-optimal model at
     /// `budget` (fixed state plus the KV cache of `state_context` tokens).
-    pub state_opt: f64,
+    pub state_opt: Option<f64>,
     /// The context length the state counts attention's cache at.
     pub state_context: usize,
     /// `c` of `L* ∝ M^c` across the budgets (state `M` of each budget's
@@ -188,12 +189,17 @@ pub struct RegimeRow {
     /// Its standard error.
     pub state_exponent_se: Option<f64>,
     /// Whether (`loss_opt`, `state_opt`) is on the front of the scaled
-    /// candidates (no other has both lower loss and less state).
+    /// candidates that have them (no other is at least as good on both and
+    /// better on one).
     pub state_front: bool,
     /// Overtrained: the validation loss at the largest token multiple.
     pub overtrained_loss: Option<f64>,
     /// That multiple of the compute-optimal tokens.
     pub overtrain_multiple: Option<f64>,
+    /// The budget whose compute-optimal size was overtrained, FLOPs.
+    pub overtrain_budget: Option<f64>,
+    /// The overtrained model's non-embedding parameters.
+    pub overtrain_params: Option<u64>,
     /// Training tokens per parameter there.
     pub overtrain_tokens_per_param: Option<f64>,
 }
@@ -212,13 +218,8 @@ fn regimes(store: &Store) -> Result<Vec<RegimeRow>, StoreError> {
         else {
             continue;
         };
-        let Some(last) = scale
-            .optima
-            .iter()
-            .max_by(|a, b| a.fit.compute.total_cmp(&b.fit.compute))
-        else {
-            continue;
-        };
+        let budget = scale.settings.budgets.iter().copied().fold(0.0, f64::max);
+        let last = scale.optima.iter().find(|o| o.fit.compute == budget);
         let over = store
             .stage_result(c.id, StageName::Overtrain)?
             .and_then(|v| serde_json::from_value::<OvertrainResult>(v).ok());
@@ -230,22 +231,37 @@ fn regimes(store: &Store) -> Result<Vec<RegimeRow>, StoreError> {
             predicted_loss: scale.predicted_loss,
             predicted_se: scale.predicted_se,
             target_compute: scale.settings.target_compute,
-            budget: last.fit.compute,
-            loss_opt: last.fit.loss_opt,
-            n_opt: last.fit.n_opt,
-            state_opt: last.state,
+            budget,
+            loss_opt: last.map(|o| o.fit.loss_opt),
+            n_opt: last.map(|o| o.fit.n_opt),
+            state_opt: last.map(|o| o.state),
             state_context: scale.settings.seq_len,
             state_exponent: scale.state_law.as_ref().map(|l| l.exponent),
             state_exponent_se: scale.state_law.as_ref().and_then(|l| l.exponent_se),
             state_front: false,
             overtrained_loss: over.as_ref().map(|o| o.loss),
             overtrain_multiple: top.map(|p| p.multiple),
+            overtrain_budget: over.as_ref().map(|o| o.base_budget),
+            overtrain_params: top.map(|p| p.run.planned.member.params),
             overtrain_tokens_per_param: top.map(|p| p.tokens_per_param),
         });
     }
-    let points: Vec<(f64, f64)> = rows.iter().map(|r| (r.loss_opt, r.state_opt)).collect();
-    for (i, r) in rows.iter_mut().enumerate() {
-        r.state_front = on_front(&points, i);
+    // The front over the candidates measured at that budget (all of one
+    // search share the preset's budgets).
+    let measured: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].loss_opt.is_some() && rows[i].state_opt.is_some())
+        .collect();
+    let points: Vec<(f64, f64)> = measured
+        .iter()
+        .map(|&i| {
+            (
+                rows[i].loss_opt.unwrap_or(0.0),
+                rows[i].state_opt.unwrap_or(0.0),
+            )
+        })
+        .collect();
+    for (k, &i) in measured.iter().enumerate() {
+        rows[i].state_front = on_front(&points, k);
     }
     Ok(rows)
 }
@@ -664,7 +680,11 @@ pub fn select(store: &Store, selection: Selection) -> Result<Vec<CandidateReport
                 .into_iter()
                 .filter(|r| r.state_front)
                 .collect();
-            rows.sort_by(|a, b| a.loss_opt.total_cmp(&b.loss_opt));
+            rows.sort_by(|a, b| {
+                a.loss_opt
+                    .unwrap_or(f64::INFINITY)
+                    .total_cmp(&b.loss_opt.unwrap_or(f64::INFINITY))
+            });
             rows.iter().map(|r| r.arch).collect()
         }
         Selection::Pareto => {

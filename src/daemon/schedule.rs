@@ -86,7 +86,7 @@ fn parts_of(
 
 /// The candidate's `scale` result, for a stage that starts from it
 /// (`overtrain`); `None` for the others, or when it is missing or
-/// unreadable (the stage's job then fails saying so).
+/// unreadable (said in the log; the stage's job then fails saying so).
 fn prior_scale(
     store: &Store,
     arch: crate::genome::ArchId,
@@ -95,9 +95,20 @@ fn prior_scale(
     if stage != StageName::Overtrain {
         return Ok(None);
     }
-    Ok(store
-        .stage_result(arch, StageName::Scale)?
-        .and_then(|v| serde_json::from_value(v).ok()))
+    let Some(v) = store.stage_result(arch, StageName::Scale)? else {
+        log(format!("{}: no stored scale result", arch.short()));
+        return Ok(None);
+    };
+    match serde_json::from_value(v) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => {
+            log(format!(
+                "{}: its stored scale result is unreadable: {e}",
+                arch.short()
+            ));
+            Ok(None)
+        }
+    }
 }
 
 /// What the scheduler holds between its steps: free workers, jobs in
@@ -678,6 +689,9 @@ fn settle_outcome(
                     },
                 };
                 let recorded = store.finish(job, f.attempt, seconds, part.as_ref(), &end)?;
+                // On disk before the log says so: a kill -9 after the line
+                // below never loses what it reports.
+                store.flush()?;
                 if recorded {
                     match &end {
                         StageEnd::Done { summary, .. } => {

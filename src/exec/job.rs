@@ -30,8 +30,8 @@ pub enum Evaluation {
     Tasks(StageResult),
     /// A whole `scale` stage (queued whole).
     Scale(ScaleResult),
-    /// A whole `overtrain` stage (queued whole: its plan failed, or every
-    /// run is the `scale` stage's).
+    /// A whole `overtrain` stage (queued whole when its plan failed: the job
+    /// then fails with the plan's error).
     Overtrain(OvertrainResult),
     /// One task setting of a `mad` stage split into settings.
     Setting(SettingResult),

@@ -96,8 +96,10 @@ pub struct SearchSettings {
     pub crossover: f64,
     /// Seed every search with the paper's architectures (warm start).
     pub baselines: bool,
-    /// How many of the `scale` board's best (by predicted loss) get the
-    /// `overtrain` stage's runs.
+    /// A candidate among this many of the `scale` board's best (by
+    /// predicted loss) gets the `overtrain` stage's runs (asynchronously,
+    /// like η: one that enters the top k later is promoted too; the
+    /// stage's budget caps the total). 0: none.
     pub overtrain_top: usize,
 }
 
@@ -402,7 +404,9 @@ pub struct ScaleSettings {
     #[serde(default = "default_overtrain")]
     pub overtrain: Vec<f64>,
     /// The budget whose compute-optimal size is overtrained (one of
-    /// `budgets`); `None`: the largest.
+    /// `budgets`); `None`: the smallest, whose multiples up to
+    /// `largest / smallest` need no more tokens than the `scale` stage's
+    /// largest runs (so a corpus that holds the `scale` stage holds them).
     #[serde(default)]
     pub overtrain_budget: Option<f64>,
 }
@@ -415,7 +419,7 @@ impl ScaleSettings {
     /// The budget the `overtrain` stage starts from.
     pub fn overtrain_base(&self) -> f64 {
         self.overtrain_budget
-            .unwrap_or_else(|| self.budgets.iter().copied().fold(0.0, f64::max))
+            .unwrap_or_else(|| self.budgets.iter().copied().fold(f64::INFINITY, f64::min))
     }
 }
 

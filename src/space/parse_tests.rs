@@ -27,13 +27,13 @@ fn scale_settings_parse_and_bad_ones_are_named() {
         (cpu.overtrain.clone(), cpu.overtrain_base()),
         (vec![4.0, 8.0], 6e10)
     );
-    // Without overtrain_budget, the largest budget's size is overtrained.
+    // Without overtrain_budget, the smallest budget's size is overtrained.
     let text = format!(
         "{}\n[presets.extra.scale]\nbudgets = [1e9, 3e9, 2e9]\n",
         crate::space::DEFAULT_SPACE
     );
     let extra = SearchSpace::parse(std::path::Path::new("x.toml"), &text).unwrap();
-    assert_eq!(extra.presets["extra"].scale.overtrain_base(), 3e9);
+    assert_eq!(extra.presets["extra"].scale.overtrain_base(), 1e9);
     assert_eq!(s.search.overtrain_top, 3);
     let base = crate::space::DEFAULT_SPACE;
     for (bad, says) in [

@@ -16,13 +16,12 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-use super::scale::{ScaleControl, ScaleProgress, ScaleResult, ScaleRun, lm_config, train_run};
-use super::{read_done, side_by_side, write_done};
+use super::scale::{ScaleControl, ScaleProgress, ScaleResult, ScaleRun, runs_in_dir, train_run};
 use crate::genome::ArchSpec;
 use crate::scale::corpus::Corpus;
 use crate::scale::fit::{PowerLaw, power_law};
 use crate::scale::overtrain::{OvertrainRun, plan_overtrain};
-use crate::scale::train::fingerprint;
+use crate::scale::plan::PlannedRun;
 use crate::space::ScaleSettings;
 use crate::train::TrainError;
 
@@ -150,8 +149,9 @@ pub fn basis(settings: &ScaleSettings, scale: &ScaleResult) -> Result<(f64, f64)
         .map(|o| (o.fit.n_opt, o.fit.loss_opt))
         .ok_or_else(|| {
             TrainError::Fit(format!(
-                "the scale stage has no compute-optimal point at C={base:e} (its runs there \
-                 diverged, or the preset's budgets changed since): nothing to overtrain"
+                "the scale stage has no compute-optimal point at C={base:e} (runs there diverged \
+                 and left too few for its fit, or the preset's budgets changed since): nothing \
+                 to overtrain"
             ))
         })
 }
@@ -362,43 +362,8 @@ pub fn evaluate<B: AutodiffBackend>(
 ) -> Result<OvertrainResult, TrainError> {
     let start = Instant::now();
     let (planned, _) = planned_runs(spec, settings, corpus, scale)?;
-    let total = planned.len();
-    let one = |index: usize| -> Result<ScaleRun, TrainError> {
-        let r = &planned[index];
-        let p = &r.planned;
-        let print = fingerprint(&p.member.spec, corpus, &lm_config(settings, p, seed));
-        let key = r.key();
-        let done_path = ctl.dir.map(|d| d.join(format!("{key}.done.json")));
-        if let Some(done) = done_path
-            .as_deref()
-            .and_then(|path| read_done(path, &print))
-        {
-            return Ok(done);
-        }
-        let ckpt = ctl.dir.map(|d| d.join(format!("{key}.ckpt")));
-        let done = train_part::<B>(
-            r,
-            settings,
-            corpus,
-            seed,
-            device,
-            ckpt.as_deref(),
-            ctl,
-            &mut |step, loss| {
-                progress(&ScaleProgress {
-                    planned: p,
-                    run: (index + 1, total),
-                    step,
-                    loss,
-                })
-            },
-        )?;
-        if let (Some(path), Some(ckpt)) = (&done_path, &ckpt) {
-            write_done(path, ckpt, print, &done)?;
-        }
-        Ok(done)
-    };
-    let runs = side_by_side(total, ctl.parallel, ctl.threads, one)?;
+    let keyed: Vec<(&PlannedRun, String)> = planned.iter().map(|r| (&r.planned, r.key())).collect();
+    let runs = runs_in_dir::<B>(&keyed, settings, corpus, seed, device, ctl, progress)?;
     assemble(
         settings,
         corpus.name(),

@@ -424,11 +424,30 @@ pub fn evaluate<B: AutodiffBackend>(
 ) -> Result<ScaleResult, TrainError> {
     let start = Instant::now();
     let planned = planned_runs(spec, settings, corpus)?;
-    let total = planned.len();
+    let keyed: Vec<(&PlannedRun, String)> = planned.iter().map(|p| (p, p.key())).collect();
+    let runs = runs_in_dir::<B>(&keyed, settings, corpus, seed, device, ctl, progress)?;
+    assemble(settings, corpus.name(), runs, start.elapsed().as_secs_f64())
+}
+
+/// Every run of `runs` (each with its file stem in `ctl.dir`), side by
+/// side: read back from its finished-run file when there is one, else
+/// trained (resuming from its checkpoint) and recorded. In `runs`' order.
+///
+/// # Errors
+/// As [`train_run`], or a file that cannot be written.
+pub(crate) fn runs_in_dir<B: AutodiffBackend>(
+    runs: &[(&PlannedRun, String)],
+    settings: &ScaleSettings,
+    corpus: &Corpus,
+    seed: u64,
+    device: &B::Device,
+    ctl: ScaleControl<'_>,
+    progress: &(dyn Fn(&ScaleProgress<'_>) + Sync),
+) -> Result<Vec<ScaleRun>, TrainError> {
+    let total = runs.len();
     let one = |index: usize| -> Result<ScaleRun, TrainError> {
-        let p = &planned[index];
+        let (p, key) = &runs[index];
         let print = fingerprint(&p.member.spec, corpus, &lm_config(settings, p, seed));
-        let key = p.key();
         let done_path = ctl.dir.map(|d| d.join(format!("{key}.done.json")));
         if let Some(done) = done_path
             .as_deref()
@@ -459,8 +478,7 @@ pub fn evaluate<B: AutodiffBackend>(
         }
         Ok(done)
     };
-    let runs = side_by_side(total, ctl.parallel, ctl.threads, one)?;
-    assemble(settings, corpus.name(), runs, start.elapsed().as_secs_f64())
+    side_by_side(total, ctl.parallel, ctl.threads, one)
 }
 
 #[cfg(test)]
