@@ -57,6 +57,16 @@ fn script(dir: &Path, body: &str) -> PathBuf {
 }
 
 fn run(exe: &Path, state: &Path, stop: &AtomicBool, grace: Duration) -> local::ChildEnd {
+    // A script just written can be "busy" (ETXTBSY, os error 26) for a
+    // moment: another test's thread that forked while its file was open
+    // for writing holds the descriptor until that child execs. Try again.
+    for _ in 0..20 {
+        let end = local::run(exe, state, &spec(state), stop, grace, &|_| {}, &|_| {});
+        if !format!("{:?}", end.outcome).contains("os error 26") {
+            return end;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     local::run(exe, state, &spec(state), stop, grace, &|_| {}, &|_| {})
 }
 
