@@ -10,13 +10,12 @@
 //! the same member at the same budget (same steps, tokens and schedule);
 //! otherwise it is one of this stage's runs.
 
-use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-use super::scale::{ScaleControl, ScaleProgress, ScaleResult, ScaleRun, runs_in_dir, train_run};
+use super::scale::{ScaleControl, ScaleProgress, ScaleResult, ScaleRun, runs_in_dir};
 use crate::genome::ArchSpec;
 use crate::scale::corpus::Corpus;
 use crate::scale::fit::{PowerLaw, power_law};
@@ -320,26 +319,6 @@ pub fn assemble(
         score: (-loss).exp(),
         seconds,
     })
-}
-
-/// Trains the run `r`, checkpointing to `ckpt` and resuming from it.
-///
-/// # Errors
-/// As [`train_run`].
-#[allow(clippy::too_many_arguments)]
-pub fn train_part<B: AutodiffBackend>(
-    r: &OvertrainRun,
-    settings: &ScaleSettings,
-    corpus: &Corpus,
-    seed: u64,
-    device: &B::Device,
-    ckpt: Option<&Path>,
-    ctl: ScaleControl<'_>,
-    progress: &mut dyn FnMut(usize, f64),
-) -> Result<ScaleRun, TrainError> {
-    train_run::<B>(
-        &r.planned, settings, corpus, seed, device, ckpt, ctl, progress,
-    )
 }
 
 /// Runs the `overtrain` stage on `spec` from its `scale` result, every run
