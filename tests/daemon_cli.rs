@@ -310,17 +310,19 @@ fn the_scale_stage_runs_in_the_daemon_and_resumes_after_kill_dash_nine() {
     start_with(&state, s(&space), &budget);
     let p = pid(&state).unwrap();
     let runs = state.join("runs");
-    let checkpoints = || -> Vec<String> {
+    // The checkpoints in the runs directories of one stage.
+    let checkpoints_of = |stage: &str| -> Vec<String> {
         std::fs::read_dir(&runs)
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with("-scale"))
+            .filter(|e| e.file_name().to_string_lossy().ends_with(stage))
             .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".ckpt"))
             .collect()
     };
+    let checkpoints = || checkpoints_of("-scale");
     let log_text = || std::fs::read_to_string(state.join("daemon.log")).unwrap_or_default();
     wait_until(
         "a scaling run with a checkpoint after a finished one",
@@ -355,17 +357,7 @@ fn the_scale_stage_runs_in_the_daemon_and_resumes_after_kill_dash_nine() {
     // Killed again among the overtrained runs: one finished, another with
     // a checkpoint.
     let p = pid(&state).unwrap();
-    let over_checkpoints = || -> Vec<String> {
-        std::fs::read_dir(&runs)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with("-overtrain"))
-            .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".ckpt"))
-            .collect()
-    };
+    let over_checkpoints = || checkpoints_of("-overtrain");
     wait_until(
         "an overtrained run with a checkpoint after a finished one",
         300,

@@ -4,9 +4,9 @@
 //! ([`ScaleSettings::overtrain_base`]), trained on `m · D` tokens for each
 //! multiple `m` of [`ScaleSettings::overtrain`] and for `m = 1`, where
 //! `D = C / (3 · F)` is that member's compute-optimal token count at `C`
-//! (`F` its forward FLOPs per token). Steps round as in [`super::plan`], so
-//! the run at `m = 1` is exactly the `scale` stage's run of that member at
-//! `C` when it made one.
+//! (`F` its forward FLOPs per token). Steps round by
+//! [`PlannedRun::spending`], as in `scale`, so the run at `m = 1` is exactly
+//! the `scale` stage's run of that member at `C` when it made one.
 
 use serde::{Deserialize, Serialize};
 
@@ -69,25 +69,12 @@ pub fn plan_overtrain(
         });
     };
     let base = settings.overtrain_base();
-    let per_step = (settings.batch_size * settings.seq_len) as f64;
-    let per_token = 3.0 * member.flops_per_token as f64;
     let runs = std::iter::once(1.0)
         .chain(settings.overtrain.iter().copied())
-        .map(|multiple| {
-            let budget = multiple * base;
-            let steps = ((budget / per_token / per_step).round() as usize).max(1);
-            let tokens = (steps as f64 * per_step) as u64;
-            OvertrainRun {
-                multiple,
-                base_budget: base,
-                planned: PlannedRun {
-                    budget,
-                    member: member.clone(),
-                    steps,
-                    tokens,
-                    compute: per_token * tokens as f64,
-                },
-            }
+        .map(|multiple| OvertrainRun {
+            multiple,
+            base_budget: base,
+            planned: PlannedRun::spending(multiple * base, member, settings),
         })
         .collect();
     Ok((member.clone(), runs))

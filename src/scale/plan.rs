@@ -32,6 +32,22 @@ pub struct PlannedRun {
 }
 
 impl PlannedRun {
+    /// The run of `member` spending `budget`: `budget / (3 · F)` tokens
+    /// rounded to whole steps of `batch_size · seq_len` (at least one).
+    pub fn spending(budget: f64, member: &Member, settings: &ScaleSettings) -> PlannedRun {
+        let per_step = (settings.batch_size * settings.seq_len) as f64;
+        let per_token = 3.0 * member.flops_per_token as f64;
+        let steps = ((budget / per_token / per_step).round() as usize).max(1);
+        let tokens = (steps as f64 * per_step) as u64;
+        PlannedRun {
+            budget,
+            member: member.clone(),
+            steps,
+            tokens,
+            compute: per_token * tokens as f64,
+        }
+    }
+
     /// The file stem of this run in a stage directory.
     pub fn key(&self) -> String {
         format!(
@@ -89,7 +105,6 @@ pub fn plan(
             max_repeats: settings.max_repeats,
         });
     }
-    let per_step = (settings.batch_size * settings.seq_len) as f64;
     let mut runs = Vec::new();
     for &budget in &settings.budgets {
         let centre = (budget / (6.0 * settings.tokens_per_param)).sqrt();
@@ -102,18 +117,11 @@ pub fn plan(
             chosen.push(member);
         }
         chosen.sort_by_key(|m| (m.params, m.width));
-        for member in chosen {
-            let per_token = 3.0 * member.flops_per_token as f64;
-            let steps = ((budget / per_token / per_step).round() as usize).max(1);
-            let tokens = (steps as f64 * per_step) as u64;
-            runs.push(PlannedRun {
-                budget,
-                member: member.clone(),
-                steps,
-                tokens,
-                compute: per_token * tokens as f64,
-            });
-        }
+        runs.extend(
+            chosen
+                .into_iter()
+                .map(|member| PlannedRun::spending(budget, member, settings)),
+        );
     }
     Ok(runs)
 }
