@@ -158,6 +158,11 @@ fn replay_matches_the_store(state: &Path) -> usize {
 /// end: the search drained to its budget by itself (nothing queued or
 /// leased, no evaluation open, the screen budget spent), no candidate
 /// finished a stage twice, and the event log replays to the store's counts.
+/// A kill lands this long after a start at the earliest …
+const MIN_WAIT: Duration = Duration::from_secs(2);
+/// … and at the latest.
+const MAX_WAIT: Duration = Duration::from_secs(12);
+
 #[test]
 fn soak_kill_dash_nine() {
     let kills: usize = env_or("MAD_SEARCH_SOAK_KILLS", 12);
@@ -182,11 +187,14 @@ fn soak_kill_dash_nine() {
     );
     let space = dir.path().join("space.toml");
     std::fs::write(&space, space_text).unwrap();
-    // Enough work that the kills all land before the search is done: two
-    // workers on two cores finish about one screen evaluation every two
-    // seconds, and the budget is raised at a restart (as a user would) when
-    // what is left runs low for the kills to come.
+    // Enough work that the kills all land before the search is done: the
+    // budget is raised at a restart (as a user would) when what is left runs
+    // low for the kills to come. "Low" is measured, not assumed: two workers
+    // on two cores here finish about one screen evaluation every two
+    // seconds, a faster machine several, so what is left must cover twice
+    // the longest wait at the rate seen so far.
     let mut screen = 4 * kills as u64 + 6;
+    let mut up = Duration::ZERO;
     let budget_of = |screen: u64| format!("screen={screen},mad={},scale=1", kills / 4 + 2);
     let seed_text = seed.to_string();
     let mut lcg = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -207,8 +215,12 @@ fn soak_kill_dash_nine() {
                 .map_or(0, |e| e.committed()),
         };
         let to_come = (kills - round) as u64;
-        if round == 0 || screen < committed + 2 * to_come + 4 {
-            screen = screen.max(committed + 4 * to_come + 6);
+        let per_wait = match up.as_secs_f64() {
+            0.0 => 0,
+            t => (2.0 * committed as f64 / t * MAX_WAIT.as_secs_f64()).ceil() as u64,
+        };
+        if round == 0 || screen < committed + 2 * to_come + 4 + per_wait {
+            screen = screen.max(committed + 4 * to_come + 6 + per_wait);
         }
         let budget = budget_of(screen);
         args.extend(["--budget", &budget]);
@@ -220,11 +232,14 @@ fn soak_kill_dash_nine() {
         lcg = lcg
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let wait = Duration::from_millis(2_000 + (lcg >> 33) % 10_000);
-        let deadline = Instant::now() + wait;
+        let wait = MIN_WAIT
+            + Duration::from_millis((lcg >> 33) % (MAX_WAIT - MIN_WAIT).as_millis() as u64);
+        let started = Instant::now();
+        let deadline = started + wait;
         while Instant::now() < deadline && alive(p) {
             std::thread::sleep(Duration::from_millis(20));
         }
+        up += started.elapsed();
         if !alive(p) {
             // The search finished before this kill.
             by_itself = true;
