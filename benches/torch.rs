@@ -46,7 +46,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use common::{ARCHITECTURES, Shape, layer_step, model_step};
-use mad_search::genome::{ArchSpec, Layer, Primitive};
+use mad_search::genome::{ArchSpec, Layer, ParamValue, Primitive};
 use mad_search::space::Metric;
 use mad_search::train::Scores;
 
@@ -266,6 +266,15 @@ fn main() {
                 row(p.name(), t.as_secs_f64() * 1e3, true);
             }
         }
+        // Grouped-query attention is a hyper-parameter, not a primitive:
+        // 16 query heads sharing 4 key/value heads.
+        if wanted("mh-attention-kv4") {
+            let mut gqa = Layer::default_for(Primitive::MhAttention);
+            gqa.set_param("kv_heads", ParamValue::Int(4))
+                .expect("attention has kv_heads");
+            let t = layer_step(&gqa, &s);
+            row("mh-attention-kv4", t.as_secs_f64() * 1e3, true);
+        }
     }
     if a.models {
         println!(
@@ -278,6 +287,18 @@ fn main() {
                 let t = model_step(&spec, &s);
                 row(layers, t.as_secs_f64() * 1e3, false);
             }
+        }
+        // Transformer++ with grouped-query attention (4 key/value heads).
+        let gqa = "mh-attention-kv4 swiglu mh-attention-kv4 swiglu";
+        if wanted(gqa) {
+            let mut spec = ArchSpec::from_layers_str("mh-attention swiglu mh-attention swiglu")
+                .expect("known names");
+            for l in spec.layers.iter_mut().step_by(2) {
+                l.set_param("kv_heads", ParamValue::Int(4))
+                    .expect("attention has kv_heads");
+            }
+            let t = model_step(&spec, &s);
+            row(gqa, t.as_secs_f64() * 1e3, false);
         }
     }
     println!(

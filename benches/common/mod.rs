@@ -56,6 +56,8 @@ pub const ARCHITECTURES: &[&str] = &[
     "mamba mamba mh-attention swiglu",
     "hyena swiglu mh-attention swiglu",
     "mh-gated-linear-attention swiglu mh-gated-linear-attention swiglu",
+    "mamba2 mamba2 mamba2 mamba2",
+    "gated-short-conv swiglu gated-short-conv swiglu",
 ];
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -20,7 +20,10 @@ that is what a researcher writing the model in PyTorch would get:
 
 Where the algorithm is mad-search's own (multi-head Hyena as
 `(T * Q K^T) V`, the chunked scans of Mamba, linear and gated linear
-attention), the PyTorch version runs the same algorithm.
+attention), the PyTorch version runs the same algorithm. Mamba-2's SSM runs
+in the chunked SSD form, the form its authors give for plain PyTorch
+(mad-search runs Mamba-1's selective scan per head); grouped-query
+attention uses SDPA's `enable_gqa`.
 
 Usage: python models.py --layers "hyena swiglu hyena swiglu" [--batch 128
 --seq 128 --width 128 --reps 3 --threads 2] [--layer-only]
@@ -105,24 +108,32 @@ def rotary(x, rotary_dim):
 
 
 class Attention(nn.Module):
-    def __init__(self, d, heads, window=None):
+    """With kv_heads < heads, grouped-query attention: query head i reads
+    key/value head i // (heads // kv_heads), as src/layers/attention.rs (and
+    as SDPA's enable_gqa)."""
+
+    def __init__(self, d, heads, window=None, kv_heads=None):
         super().__init__()
-        self.qkv = nn.Linear(d, 3 * d)
+        self.kv_heads = kv_heads or heads
+        self.kv = self.kv_heads * (d // heads)
+        self.qkv = nn.Linear(d, d + 2 * self.kv)
         self.out = nn.Linear(d, d)
         self.heads, self.window = heads, window
 
     def forward(self, x):
         b, t, d = x.shape
         h, hd = self.heads, d // self.heads
-        q, k, v = self.qkv(x).view(b, t, 3, h, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).split([d, self.kv, self.kv], -1)
+        q, k, v = split_heads(q, h), split_heads(k, self.kv_heads), split_heads(v, self.kv_heads)
         q, k = rotary(q, hd), rotary(k, hd)
+        gqa = {"enable_gqa": True} if self.kv_heads < h else {}
         if self.window is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
         else:
             i = torch.arange(t)
             lag = i[:, None] - i[None, :]
             mask = (lag >= 0) & (lag <= self.window)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
         return self.out(merge_heads(y))
 
 
@@ -388,6 +399,96 @@ class Mamba(nn.Module):
         return (h * cm.unsqueeze(2)).sum(-1)
 
 
+def segsum(x):
+    """[..., l] -> [..., l, l]: entry (i, j) is x[j+1] + ... + x[i] for
+    j <= i (0 on the diagonal), -inf above it; summed as differences of
+    masked cumulative sums, so no exp of a large positive number appears."""
+    l = x.shape[-1]
+    x = x[..., None].expand(*x.shape, l)
+    below = torch.tril(torch.ones(l, l, dtype=torch.bool), -1)
+    x = x.masked_fill(~below, 0.0)
+    s = torch.cumsum(x, -2)
+    return s.masked_fill(~torch.tril(torch.ones(l, l, dtype=torch.bool)), float("-inf"))
+
+
+class Mamba2(nn.Module):
+    """Mamba-2 as src/layers/mamba2.rs, its SSM in the chunked SSD form
+    (block-diagonal products inside chunks, states carried between them),
+    which is what a PyTorch user runs without the CUDA/Triton kernels."""
+
+    CHUNK = 32
+
+    def __init__(self, d, expand=2, d_state=16, d_conv=4, head_dim=32):
+        super().__init__()
+        di = expand * d
+        self.heads, self.p, self.n, self.di = di // head_dim, head_dim, d_state, di
+        self.in_proj = nn.Linear(d, 2 * di + 2 * d_state + self.heads, bias=False)
+        self.conv = ShortConv(di + 2 * d_state, d_conv)
+        dt = torch.exp(torch.rand(self.heads, dtype=torch.float64) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        self.dt_bias = nn.Parameter((dt + torch.log(-torch.expm1(-dt))).float())
+        self.a_log = nn.Parameter(torch.log(1.0 + 15.0 * torch.rand(self.heads)))
+        self.skip = nn.Parameter(torch.ones(self.heads))
+        self.norm = nn.Parameter(torch.ones(di))
+        self.out_proj = nn.Linear(di, d, bias=False)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        di, n, h = self.di, self.n, self.heads
+        z, xbc, dt = self.in_proj(x).split([di, di + 2 * n, h], -1)
+        xbc = F.silu(self.conv(xbc))
+        xs, bm, cm = xbc.split([di, n, n], -1)
+        dt = F.softplus(dt + self.dt_bias)
+        xh = xs.view(b, t, h, self.p)
+        y = self.ssd(xh, dt, -self.a_log.exp(), bm, cm) + xh * self.skip[:, None]
+        g = y.reshape(b, t, di) * F.silu(z)
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm
+        return self.out_proj(g)
+
+    def ssd(self, x, dt, a, bm, cm):
+        """x [b, t, h, p], dt [b, t, h], a [h], bm, cm [b, t, n] -> [b, t, h, p]"""
+        b, t, h, p = x.shape
+        l = min(self.CHUNK, t)
+        c = -(-t // l)
+        pad = c * l - t
+        xd = x * dt[..., None]
+        adt = dt * a
+        if pad:
+            xd = F.pad(xd, (0, 0, 0, 0, 0, pad))
+            adt = F.pad(adt, (0, 0, 0, pad))
+            bm = F.pad(bm, (0, 0, 0, pad))
+            cm = F.pad(cm, (0, 0, 0, pad))
+        xd = xd.view(b, c, l, h, p)
+        bm, cm = bm.view(b, c, l, -1), cm.view(b, c, l, -1)
+        adt = adt.view(b, c, l, h).permute(0, 3, 1, 2)  # [b, h, c, l]
+        cum = torch.cumsum(adt, -1)
+        decay = torch.exp(segsum(adt))  # [b, h, c, l, l]
+        scores = torch.einsum("bcln,bcsn->bcls", cm, bm)
+        y = torch.einsum("bcls,bhcls,bcshp->bclhp", scores, decay, xd)
+        to_end = torch.exp(cum[..., -1:] - cum)  # [b, h, c, l]
+        states = torch.einsum("bcln,bhcl,bclhp->bchpn", bm, to_end, xd)
+        states = torch.cat([torch.zeros_like(states[:, :1]), states], 1)
+        across = torch.exp(segsum(F.pad(cum[..., -1], (1, 0))))  # [b, h, c+1, c+1]
+        entering = torch.einsum("bhzc,bchpn->bzhpn", across, states)[:, :-1]
+        y = y + torch.einsum("bcln,bchpn,bhcl->bclhp", cm, entering, torch.exp(cum))
+        return y.reshape(b, c * l, h, p)[:, :t]
+
+
+class GatedShortConv(nn.Module):
+    """LFM2's gated short convolution, as src/layers/gated_conv.rs."""
+
+    def __init__(self, d, kernel=3):
+        super().__init__()
+        self.in_proj = nn.Linear(d, 3 * d, bias=False)
+        self.conv = nn.Conv1d(d, d, kernel, groups=d, padding=kernel - 1, bias=False)
+        self.out_proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x):
+        t = x.shape[1]
+        bg, cg, xs = self.in_proj(x).chunk(3, -1)
+        y = self.conv((bg * xs).transpose(1, 2))[..., :t].transpose(1, 2)
+        return self.out_proj(cg * y)
+
+
 # ---------------------------------------------------------------- channel mixers
 
 
@@ -447,6 +548,10 @@ def layer(name, d, seq):
         "mh-hyena": lambda: MhHyena(d, seq),
         "hyena-experts": lambda: HyenaExperts(d, seq),
         "mamba": lambda: Mamba(d),
+        "mamba2": lambda: Mamba2(d),
+        "gated-short-conv": lambda: GatedShortConv(d),
+        # Not a primitive of its own: mh-attention with kv_heads = 4.
+        "mh-attention-kv4": lambda: Attention(d, 16, kv_heads=4),
         "swiglu": lambda: SwiGlu(d),
         "mlp": lambda: Mlp(d),
         "moe-mlp": lambda: MoeMlp(d),

@@ -5,12 +5,14 @@
 //! - **Parameters** count every trainable scalar. Hyena-family filters own
 //!   `3·seq_len` trainable positional features, so counts depend on the context.
 //! - **State** is what a layer must carry between tokens when run as a
-//!   recurrence: Mamba `d_inner·d_state`; GLA `heads·dk·dv`; linear attention
-//!   `heads·(dk·dv + dk)`; Hyena `channels·filter_order`; MH Hyena
-//!   `heads·head_dim²·filter_order`; sliding attention its window of K and V
-//!   (`2·d·window`); global attention grows by `2·d` per token of context
-//!   (reported separately as `per_token`). Short-conv buffers are not counted,
-//!   as in the paper's iso-state table.
+//!   recurrence: Mamba and Mamba-2 `d_inner·d_state`; GLA `heads·dk·dv`;
+//!   linear attention `heads·(dk·dv + dk)`; Hyena `channels·filter_order`;
+//!   MH Hyena `heads·head_dim²·filter_order`; sliding attention its window
+//!   of K and V (`2·kv_heads·head_dim·window`); global attention grows by
+//!   `2·kv_heads·head_dim` per token of context (reported separately as
+//!   `per_token`). Short-conv buffers beside a larger state are not counted,
+//!   as in the paper's iso-state table; the gated short convolution, whose
+//!   buffer is all it carries, counts it (`(kernel − 1)·d`).
 //! - **FLOPs** are `2 ×` the multiply-accumulates of matmuls, convolutions and
 //!   scans in one forward pass, per token, at a given sequence length; norms and
 //!   elementwise ops are left out; the long convolution is counted in direct
@@ -103,6 +105,13 @@ fn hyena_filter_macs(f: u64, channels: u64) -> u64 {
     3 * f + 2 * f * f + f * channels
 }
 
+/// Width of the keys (and of the values): `kv_heads · head_dim`, `d` for
+/// plain multi-head attention.
+fn kv_width(a: &super::Attention, d: u64) -> u64 {
+    let heads = a.n_heads.max(1) as u64;
+    a.kv_heads.map_or(heads, |k| k as u64) * (d / heads)
+}
+
 fn norm_params(norm: Norm, d: u64) -> u64 {
     match norm {
         Norm::Rms => d,
@@ -115,7 +124,10 @@ impl Layer {
     pub fn params(&self, d: usize, seq_len: usize) -> u64 {
         let (d, t) = (d as u64, seq_len as u64);
         match self {
-            Layer::Attention(_) => 4 * d * d + 4 * d,
+            Layer::Attention(a) => {
+                let kv = kv_width(a, d);
+                2 * d * d + 2 * d * kv + 2 * d + 2 * kv
+            }
             Layer::LinearAttention(a) => {
                 let hd = d / a.n_heads as u64;
                 4 * d * d + 4 * (hd * hd + hd)
@@ -167,6 +179,18 @@ impl Layer {
                     + di
                     + di * d
             }
+            Layer::Mamba2(m) => {
+                let di = m.expand as u64 * d;
+                let n = m.d_state as u64;
+                let heads = di / m.head_dim as u64;
+                let conv = di + 2 * n;
+                d * (2 * di + 2 * n + heads)
+                    + conv * (m.d_conv as u64 + 1)
+                    + 3 * heads
+                    + di
+                    + di * d
+            }
+            Layer::GatedShortConv(g) => 4 * d * d + g.short_conv as u64 * d,
             Layer::SwiGlu(s) => {
                 let inner = s
                     .inner
@@ -191,13 +215,16 @@ impl Layer {
             per_token: 0,
         };
         match self {
-            Layer::Attention(a) => match a.window {
-                Some(w) => fixed(2 * d * w as u64),
-                None => StateSize {
-                    fixed: 0,
-                    per_token: 2 * d,
-                },
-            },
+            Layer::Attention(a) => {
+                let kv = kv_width(a, d);
+                match a.window {
+                    Some(w) => fixed(2 * kv * w as u64),
+                    None => StateSize {
+                        fixed: 0,
+                        per_token: 2 * kv,
+                    },
+                }
+            }
             Layer::LinearAttention(a) => {
                 let hd = d / a.n_heads as u64;
                 fixed(a.n_heads as u64 * (hd * hd + hd))
@@ -213,6 +240,8 @@ impl Layer {
             }
             Layer::HyenaExperts(h) => fixed((h.n_experts * h.expert_dim * h.filter_order) as u64),
             Layer::Mamba(m) => fixed(m.expand as u64 * d * m.d_state as u64),
+            Layer::Mamba2(m) => fixed(m.expand as u64 * d * m.d_state as u64),
+            Layer::GatedShortConv(g) => fixed((g.short_conv as u64).saturating_sub(1) * d),
             Layer::SwiGlu(_) | Layer::Mlp(_) | Layer::MoeMlp(_) => StateSize::default(),
         }
     }
@@ -228,7 +257,9 @@ impl Layer {
             sum.div_ceil(t.max(1))
         };
         let macs = match self {
-            Layer::Attention(a) => 4 * d * d + 2 * avg_context(a.window.map(|w| w as u64)) * d,
+            Layer::Attention(a) => {
+                2 * d * d + 2 * d * kv_width(a, d) + 2 * avg_context(a.window.map(|w| w as u64)) * d
+            }
             Layer::LinearAttention(a) => {
                 let h = a.n_heads as u64;
                 let hd = d / h;
@@ -274,6 +305,13 @@ impl Layer {
                 let r = m.dt_rank.map_or(d.div_ceil(16), |r| r as u64);
                 d * 2 * di + di * m.d_conv as u64 + di * (r + 2 * n) + r * di + 3 * di * n + di * d
             }
+            Layer::Mamba2(m) => {
+                let di = m.expand as u64 * d;
+                let n = m.d_state as u64;
+                let heads = di / m.head_dim as u64;
+                d * (2 * di + 2 * n + heads) + (di + 2 * n) * m.d_conv as u64 + 3 * di * n + di * d
+            }
+            Layer::GatedShortConv(g) => 4 * d * d + g.short_conv as u64 * d,
             Layer::SwiGlu(_) | Layer::Mlp(_) => self.params(d as usize, seq_len),
             Layer::MoeMlp(m) => {
                 let n = m.n_experts as u64;
@@ -439,6 +477,53 @@ mod tests {
         let mut s = Layer::default_for(Primitive::SwiGlu);
         s.set_param("inner", ParamValue::Int(512)).unwrap();
         assert_eq!(s.params(128, 128), 3 * 128 * 512);
+    }
+
+    /// The later primitives, by hand at width 128.
+    #[test]
+    fn gqa_mamba2_and_gated_conv_counts() {
+        // 16 query heads of 8 dims, 4 key/value heads: q 128, k and v 32 wide.
+        let mut a = Layer::default_for(Primitive::MhAttention);
+        a.set_param("kv_heads", ParamValue::Int(4)).unwrap();
+        a.validate(128).unwrap();
+        assert_eq!(
+            a.params(128, 128),
+            128 * (128 + 64) + (128 + 64) + 128 * 128 + 128
+        );
+        assert_eq!(a.state(128).per_token, 2 * 32);
+        assert_eq!(
+            a.flops_per_token(128, 1),
+            2 * (128 * 192 + 128 * 128 + 2 * 128)
+        );
+        a.set_param("kv_heads", ParamValue::Int(16)).unwrap();
+        let mha = Layer::default_for(Primitive::MhAttention);
+        assert_eq!(a.params(128, 128), mha.params(128, 128));
+        assert_eq!(a.state(128), mha.state(128));
+        a.set_param("kv_heads", ParamValue::Int(3)).unwrap();
+        let err = a.validate(128).unwrap_err().to_string();
+        assert!(
+            err.contains("kv_heads") && err.contains("n_heads (16)"),
+            "{err}"
+        );
+        // d_inner 256 in 8 heads of 32, N = 16: in_proj emits z, x (256
+        // each), B, C (16 each) and Δ (8); the conv runs over x, B, C.
+        let m2 = Layer::default_for(Primitive::Mamba2);
+        assert_eq!(
+            m2.params(128, 128),
+            128 * 552 + 288 * 5 + 3 * 8 + 256 + 256 * 128
+        );
+        assert_eq!(m2.state(128).fixed, 256 * 16);
+        let mut bad = m2.clone();
+        bad.set_param("head_dim", ParamValue::Int(48)).unwrap();
+        assert!(
+            bad.validate(128)
+                .unwrap_err()
+                .to_string()
+                .contains("d_inner (256)")
+        );
+        let g = Layer::default_for(Primitive::GatedShortConv);
+        assert_eq!(g.params(128, 128), 3 * 128 * 128 + 3 * 128 + 128 * 128);
+        assert_eq!(g.state(128).fixed, 2 * 128);
     }
 
     #[test]

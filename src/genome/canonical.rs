@@ -86,6 +86,7 @@ impl ArchSpec {
             let params: Vec<String> = p
                 .params()
                 .iter()
+                .filter(|name| !layer.neutral(name, self.d_model))
                 .filter_map(|name| {
                     layer
                         .param(name, self.d_model)
@@ -155,6 +156,29 @@ mod tests {
             ArchSpec::from_layers_str("mh-attention swiglu")
                 .unwrap()
                 .arch_id()
+        );
+    }
+
+    /// `kv_heads` came after ids were fixed: at its neutral value (one
+    /// key/value head per query head) the text and id are those of before.
+    #[test]
+    fn grouped_query_attention_keeps_the_ids_of_multi_head_attention() {
+        let mut g = ArchSpec::from_layers_str("mh-attention swiglu").unwrap();
+        let mha = g.arch_id();
+        g.layers[0]
+            .set_param("kv_heads", ParamValue::Int(16))
+            .unwrap();
+        assert_eq!(g.arch_id(), mha);
+        assert!(!g.canonical().contains("kv_heads"), "{}", g.canonical());
+        g.layers[0]
+            .set_param("kv_heads", ParamValue::Int(4))
+            .unwrap();
+        assert_ne!(g.arch_id(), mha);
+        assert!(
+            g.canonical()
+                .contains("mh-attention(n_heads=16,rotary_dim=8,kv_heads=4)"),
+            "{}",
+            g.canonical()
         );
     }
 

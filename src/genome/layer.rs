@@ -24,6 +24,10 @@ pub struct Attention {
     /// Local window: each token sees itself and the `window` tokens before it
     /// (flash-attn's left window); `None` is global.
     pub window: Option<usize>,
+    /// Key/value heads (grouped-query attention): each serves
+    /// `n_heads / kv_heads` query heads, and the KV cache shrinks by that
+    /// factor; `None` is `n_heads` (every query head its own).
+    pub kv_heads: Option<usize>,
 }
 
 /// Causal linear attention, feature map φ(x) = L1(x) ⊙ L2(x), normalised by q·cumsum(k).
@@ -94,6 +98,29 @@ pub struct Mamba {
     pub d_conv: usize,
     /// Rank of the Δ projection; `None` is `ceil(d_model / 16)`.
     pub dt_rank: Option<usize>,
+}
+
+/// Mamba-2 (Dao & Gu 2024, a fused block): multi-head SSD, a scalar decay
+/// per head (`A` times the identity), `B` and `C` shared by the heads.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Mamba2 {
+    /// `d_inner = expand · d_model`.
+    pub expand: usize,
+    /// SSM state per channel (`N`).
+    pub d_state: usize,
+    /// Depthwise causal conv kernel size over `x`, `B` and `C`.
+    pub d_conv: usize,
+    /// Channels per head (`P`); `d_inner / head_dim` heads.
+    pub head_dim: usize,
+}
+
+/// Gated short convolution (LFM2's conv block): `in_proj → (b, c, x)`,
+/// `y = c ⊙ conv(b ⊙ x)`, `out_proj`; bias-free, no state beyond the
+/// convolution's buffer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GatedShortConv {
+    /// Kernel size of the depthwise causal convolution.
+    pub short_conv: usize,
 }
 
 /// SwiGLU channel mixer `W3 (SiLU(W1 x) ⊙ W2 x)`, bias-free.
@@ -183,6 +210,10 @@ pub enum Layer {
     HyenaExperts(HyenaExperts),
     /// `mamba`.
     Mamba(Mamba),
+    /// `mamba2`.
+    Mamba2(Mamba2),
+    /// `gated-short-conv`.
+    GatedShortConv(GatedShortConv),
     /// `swiglu`.
     SwiGlu(SwiGlu),
     /// `mlp`.
@@ -232,6 +263,7 @@ impl Layer {
                     n_heads: if multi { 16 } else { 1 },
                     rotary_dim: None,
                     window: sliding.then_some(32),
+                    kv_heads: None,
                 })
             }
             P::LinearAttention | P::MhLinearAttention => Layer::LinearAttention(LinearAttention {
@@ -268,6 +300,13 @@ impl Layer {
                 d_conv: 4,
                 dt_rank: None,
             }),
+            P::Mamba2 => Layer::Mamba2(Mamba2 {
+                expand: 2,
+                d_state: 16,
+                d_conv: 4,
+                head_dim: 32,
+            }),
+            P::GatedShortConv => Layer::GatedShortConv(GatedShortConv { short_conv: 3 }),
             P::SwiGlu => Layer::SwiGlu(SwiGlu { inner: None }),
             P::Mlp => Layer::Mlp(Mlp { expansion: 4 }),
             P::MoeMlp => Layer::MoeMlp(MoeMlp {
@@ -298,6 +337,8 @@ impl Layer {
             Layer::MhHyena(_) => P::MhHyena,
             Layer::HyenaExperts(_) => P::HyenaExperts,
             Layer::Mamba(_) => P::Mamba,
+            Layer::Mamba2(_) => P::Mamba2,
+            Layer::GatedShortConv(_) => P::GatedShortConv,
             Layer::SwiGlu(_) => P::SwiGlu,
             Layer::Mlp(_) => P::Mlp,
             Layer::MoeMlp(_) => P::MoeMlp,
@@ -319,6 +360,7 @@ impl Layer {
                 Int(a.rotary_dim.unwrap_or(d_model / a.n_heads.max(1)))
             }
             (Layer::Attention(a), "window") => Int(a.window?),
+            (Layer::Attention(a), "kv_heads") => Int(a.kv_heads.unwrap_or(a.n_heads)),
             (Layer::LinearAttention(a), "n_heads") => Int(a.n_heads),
             (Layer::GatedLinearAttention(a), "n_heads") => Int(a.n_heads),
             (Layer::GatedLinearAttention(a), "gate_rank") => Int(a.gate_rank),
@@ -341,6 +383,11 @@ impl Layer {
             (Layer::Mamba(m), "dt_rank") => {
                 Int(m.dt_rank.unwrap_or(mamba_default_dt_rank(d_model)))
             }
+            (Layer::Mamba2(m), "expand") => Int(m.expand),
+            (Layer::Mamba2(m), "d_state") => Int(m.d_state),
+            (Layer::Mamba2(m), "d_conv") => Int(m.d_conv),
+            (Layer::Mamba2(m), "head_dim") => Int(m.head_dim),
+            (Layer::GatedShortConv(g), "short_conv") => Int(g.short_conv),
             (Layer::SwiGlu(s), "inner") => Int(s.inner.unwrap_or(swiglu_default_inner(d_model))),
             (Layer::Mlp(m), "expansion") => Int(m.expansion),
             (Layer::MoeMlp(m), "n_experts") => Int(m.n_experts),
@@ -350,6 +397,36 @@ impl Layer {
             _ => return None,
         };
         Some(v)
+    }
+
+    /// Whether parameter `name` is at the neutral value of a parameter
+    /// added after genome ids were fixed (`kv_heads = n_heads`: plain
+    /// multi-head attention). The canonical text leaves such a value out,
+    /// so the ids of genomes stored before the parameter existed stay.
+    pub fn neutral(&self, name: &str, d_model: usize) -> bool {
+        match (self, name) {
+            (Layer::Attention(a), "kv_heads") => {
+                self.param(name, d_model) == Some(ParamValue::Int(a.n_heads))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether parameter `name` has the value derived when it is unset
+    /// (`rotary_dim` the head dim, `kv_heads` the heads, Mamba's `dt_rank`
+    /// and SwiGLU's `inner` their width-derived defaults). Such a value
+    /// depends on other parameters and the width, not on the kind's
+    /// default: an `mh-attention` of 8 heads rotates 16 dims at width 128
+    /// where the kind's default of 16 heads rotates 8, and neither was set.
+    pub fn implicit(&self, name: &str, d_model: usize) -> bool {
+        let derived = match (self, name) {
+            (Layer::Attention(a), "rotary_dim") => d_model / a.n_heads.max(1),
+            (Layer::Attention(a), "kv_heads") => a.n_heads,
+            (Layer::Mamba(_), "dt_rank") => mamba_default_dt_rank(d_model),
+            (Layer::SwiGlu(_), "inner") => swiglu_default_inner(d_model),
+            _ => return false,
+        };
+        self.param(name, d_model) == Some(ParamValue::Int(derived))
     }
 
     /// Sets hyper-parameter `name`. Changing `n_heads` or `window` may change
@@ -394,6 +471,10 @@ impl Layer {
                 a.window = Some(v);
                 return Ok(());
             }
+            (Layer::Attention(a), "kv_heads") => {
+                a.kv_heads = Some(v);
+                return Ok(());
+            }
             (Layer::LinearAttention(a), "n_heads") => &mut a.n_heads,
             (Layer::GatedLinearAttention(a), "n_heads") => &mut a.n_heads,
             (Layer::GatedLinearAttention(a), "gate_rank") => &mut a.gate_rank,
@@ -417,6 +498,11 @@ impl Layer {
                 m.dt_rank = Some(v);
                 return Ok(());
             }
+            (Layer::Mamba2(m), "expand") => &mut m.expand,
+            (Layer::Mamba2(m), "d_state") => &mut m.d_state,
+            (Layer::Mamba2(m), "d_conv") => &mut m.d_conv,
+            (Layer::Mamba2(m), "head_dim") => &mut m.head_dim,
+            (Layer::GatedShortConv(g), "short_conv") => &mut g.short_conv,
             (Layer::SwiGlu(s), "inner") => {
                 s.inner = Some(v);
                 return Ok(());
@@ -437,8 +523,13 @@ impl Layer {
     pub fn normalized(&self, d_model: usize) -> Layer {
         let mut out = self.clone();
         match &mut out {
-            Layer::Attention(a) if a.rotary_dim == Some(d_model / a.n_heads.max(1)) => {
-                a.rotary_dim = None;
+            Layer::Attention(a) => {
+                if a.rotary_dim == Some(d_model / a.n_heads.max(1)) {
+                    a.rotary_dim = None;
+                }
+                if a.kv_heads == Some(a.n_heads) {
+                    a.kv_heads = None;
+                }
             }
             Layer::Mamba(m) if m.dt_rank == Some(mamba_default_dt_rank(d_model)) => {
                 m.dt_rank = None;
@@ -491,6 +582,9 @@ impl Layer {
                         format!("an even number of dims at most the head dim ({head_dim})"),
                     );
                 }
+                if let Some(kv) = a.kv_heads {
+                    divides("kv_heads", kv, a.n_heads, "n_heads")?;
+                }
             }
             Layer::LinearAttention(a) => divides("n_heads", a.n_heads, d_model, "d_model")?,
             Layer::GatedLinearAttention(a) => divides("n_heads", a.n_heads, d_model, "d_model")?,
@@ -513,7 +607,10 @@ impl Layer {
                     );
                 }
             }
-            Layer::Mamba(_) | Layer::SwiGlu(_) | Layer::Mlp(_) => {}
+            Layer::Mamba2(m) => {
+                divides("head_dim", m.head_dim, m.expand * d_model, "d_inner")?;
+            }
+            Layer::Mamba(_) | Layer::GatedShortConv(_) | Layer::SwiGlu(_) | Layer::Mlp(_) => {}
             Layer::MoeMlp(m) => {
                 if m.top_k > m.n_experts {
                     return bad(
@@ -532,177 +629,6 @@ impl Layer {
             }
         }
         Ok(())
-    }
-}
-
-/// The file form of a layer: `kind` plus any parameters that differ from the
-/// kind's defaults. Unknown keys and parameters foreign to the kind are errors.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct LayerRepr {
-    kind: Primitive,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    n_heads: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rotary_dim: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    window: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gate_rank: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expansion: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    proj_groups: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    filter_order: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    short_conv: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    n_experts: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expert_dim: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_k: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expand: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    d_state: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    d_conv: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dt_rank: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    inner: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    routing: Option<Routing>,
-}
-
-impl LayerRepr {
-    fn fields(&mut self) -> [(&'static str, &mut Option<usize>); 16] {
-        [
-            ("n_heads", &mut self.n_heads),
-            ("rotary_dim", &mut self.rotary_dim),
-            ("window", &mut self.window),
-            ("gate_rank", &mut self.gate_rank),
-            ("expansion", &mut self.expansion),
-            ("proj_groups", &mut self.proj_groups),
-            ("filter_order", &mut self.filter_order),
-            ("short_conv", &mut self.short_conv),
-            ("n_experts", &mut self.n_experts),
-            ("expert_dim", &mut self.expert_dim),
-            ("top_k", &mut self.top_k),
-            ("expand", &mut self.expand),
-            ("d_state", &mut self.d_state),
-            ("d_conv", &mut self.d_conv),
-            ("dt_rank", &mut self.dt_rank),
-            ("inner", &mut self.inner),
-        ]
-    }
-}
-
-impl From<&Layer> for LayerRepr {
-    fn from(layer: &Layer) -> LayerRepr {
-        let kind = layer.primitive();
-        let default = Layer::default_for(kind);
-        let mut repr = LayerRepr {
-            kind,
-            n_heads: None,
-            rotary_dim: None,
-            window: None,
-            gate_rank: None,
-            expansion: None,
-            proj_groups: None,
-            filter_order: None,
-            short_conv: None,
-            n_experts: None,
-            expert_dim: None,
-            top_k: None,
-            expand: None,
-            d_state: None,
-            d_conv: None,
-            dt_rank: None,
-            inner: None,
-            routing: None,
-        };
-        // Width-independent comparison: write a parameter when it is set
-        // explicitly or differs from the kind's default.
-        const PROBE_WIDTH: usize = 0;
-        for (name, slot) in repr.fields() {
-            let explicit = match (layer, name) {
-                (Layer::Attention(a), "rotary_dim") => a.rotary_dim,
-                (Layer::Mamba(m), "dt_rank") => m.dt_rank,
-                (Layer::SwiGlu(s), "inner") => s.inner,
-                _ => None,
-            };
-            if explicit.is_some() {
-                *slot = explicit;
-                continue;
-            }
-            if matches!(name, "rotary_dim" | "dt_rank" | "inner") {
-                continue;
-            }
-            if let Some(ParamValue::Int(v)) = layer.param(name, PROBE_WIDTH)
-                && default.param(name, PROBE_WIDTH) != Some(ParamValue::Int(v))
-            {
-                *slot = Some(v);
-            }
-        }
-        if let Layer::MoeMlp(m) = layer
-            && m.routing != Routing::SoftTop2
-        {
-            repr.routing = Some(m.routing);
-        }
-        repr
-    }
-}
-
-impl TryFrom<LayerRepr> for Layer {
-    type Error = GenomeError;
-
-    fn try_from(mut repr: LayerRepr) -> Result<Layer, GenomeError> {
-        let mut layer = Layer::default_for(repr.kind);
-        // `n_heads` and `window` first: they may rename the layer, and the
-        // other parameters belong to the family, not the name.
-        let kind = repr.kind;
-        if let Some(w) = repr.window.take() {
-            if !kind.params().contains(&"window") {
-                return Err(GenomeError::ParamNotApplicable {
-                    primitive: kind,
-                    param: "window".into(),
-                    expected: kind.params().join(", "),
-                });
-            }
-            layer.set_param("window", ParamValue::Int(w))?;
-        }
-        for (name, slot) in repr.fields() {
-            if let Some(v) = slot.take() {
-                if !kind.params().contains(&name) {
-                    return Err(GenomeError::ParamNotApplicable {
-                        primitive: kind,
-                        param: name.into(),
-                        expected: kind.params().join(", "),
-                    });
-                }
-                layer.set_param(name, ParamValue::Int(v))?;
-            }
-        }
-        if let Some(r) = repr.routing {
-            layer.set_param("routing", ParamValue::Routing(r))?;
-        }
-        Ok(layer)
-    }
-}
-
-impl Serialize for Layer {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        LayerRepr::from(self).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Layer {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Layer, D::Error> {
-        let repr = LayerRepr::deserialize(d)?;
-        Layer::try_from(repr).map_err(serde::de::Error::custom)
     }
 }
 
@@ -764,21 +690,5 @@ mod tests {
                 .to_string()
                 .contains("soft-top2")
         );
-    }
-
-    #[test]
-    fn file_form_writes_only_what_differs() {
-        let l = Layer::default_for(Primitive::MhHyena);
-        assert_eq!(serde_json::to_string(&l).unwrap(), r#"{"kind":"mh-hyena"}"#);
-        let l: Layer = serde_json::from_str(r#"{"kind":"attention","n_heads":8}"#).unwrap();
-        assert_eq!(l.primitive(), Primitive::MhAttention);
-        assert_eq!(
-            serde_json::to_string(&l).unwrap(),
-            r#"{"kind":"mh-attention","n_heads":8}"#
-        );
-        let err = serde_json::from_str::<Layer>(r#"{"kind":"hyena","n_heads":8}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("`hyena` has no parameter `n_heads`"), "{err}");
     }
 }

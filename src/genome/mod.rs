@@ -10,6 +10,7 @@ mod accounting;
 mod canonical;
 mod error;
 mod layer;
+mod layer_file;
 mod layers_string;
 mod primitive;
 
@@ -22,8 +23,9 @@ pub use accounting::{Context, ParamCount, StateSize};
 pub use canonical::ArchId;
 pub use error::GenomeError;
 pub use layer::{
-    Attention, GatedLinearAttention, Hyena, HyenaExperts, Layer, LinearAttention, Mamba, MhHyena,
-    Mlp, MoeMlp, ParamValue, Routing, SwiGlu, mamba_default_dt_rank, swiglu_default_inner,
+    Attention, GatedLinearAttention, GatedShortConv, Hyena, HyenaExperts, Layer, LinearAttention,
+    Mamba, Mamba2, MhHyena, Mlp, MoeMlp, ParamValue, Routing, SwiGlu, mamba_default_dt_rank,
+    swiglu_default_inner,
 };
 pub use primitive::{Primitive, Role};
 
@@ -217,6 +219,7 @@ impl ArchSpec {
                 let changed: Vec<String> = p
                     .params()
                     .iter()
+                    .filter(|name| !l.implicit(name, self.d_model))
                     .filter_map(|name| {
                         let v = l.param(name, self.d_model)?;
                         (Some(v) != default.param(name, self.d_model))
@@ -401,6 +404,18 @@ mod tests {
 
     #[test]
     fn compact_string_shows_what_differs() {
+        let mut gqa = paper("mh-attention swiglu");
+        gqa.layers[0]
+            .set_param("n_heads", ParamValue::Int(8))
+            .unwrap();
+        assert_eq!(gqa.compact_string(), "mh-attention[n_heads=8] swiglu");
+        gqa.layers[0]
+            .set_param("kv_heads", ParamValue::Int(2))
+            .unwrap();
+        assert_eq!(
+            gqa.compact_string(),
+            "mh-attention[n_heads=8,kv_heads=2] swiglu"
+        );
         let mut spec = paper("mh-hyena swiglu");
         assert_eq!(spec.compact_string(), "mh-hyena swiglu");
         spec.layers[0]

@@ -33,7 +33,9 @@ impl fmt::Display for Role {
 
 macro_rules! primitives {
     ($($variant:ident => $name:literal, $short:literal, $role:ident;)+) => {
-        /// One primitive of mad-protocol §3, named as the reference registry names it.
+        /// One primitive: the paper's (mad-protocol §3, named as the reference
+        /// registry names them) and the later ones of `search_spaces/README.md`
+        /// (`mamba2`, `gated-short-conv`).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub enum Primitive {
             $(#[doc = concat!("`", $name, "` (short `", $short, "`)")]
@@ -104,6 +106,8 @@ primitives! {
     MhHyena => "mh-hyena", "mH", Sequence;
     HyenaExperts => "hyena-experts", "He", Sequence;
     Mamba => "mamba", "Mb", Fused;
+    Mamba2 => "mamba2", "Mb2", Fused;
+    GatedShortConv => "gated-short-conv", "Gsc", Sequence;
     SwiGlu => "swiglu", "Sg", Channel;
     Mlp => "mlp", "M", Channel;
     MoeMlp => "moe-mlp", "MoE", Channel;
@@ -123,8 +127,10 @@ impl Primitive {
     pub fn params(self) -> &'static [&'static str] {
         use Primitive::*;
         match self {
-            Attention | MhAttention => &["n_heads", "rotary_dim"],
-            SlidingAttention | MhSlidingAttention => &["n_heads", "rotary_dim", "window"],
+            Attention | MhAttention => &["n_heads", "rotary_dim", "kv_heads"],
+            SlidingAttention | MhSlidingAttention => {
+                &["n_heads", "rotary_dim", "kv_heads", "window"]
+            }
             LinearAttention | MhLinearAttention => &["n_heads"],
             GatedLinearAttention | MhGatedLinearAttention => &["n_heads", "gate_rank"],
             Hyena => &["expansion", "proj_groups", "filter_order", "short_conv"],
@@ -137,6 +143,8 @@ impl Primitive {
                 "short_conv",
             ],
             Mamba => &["expand", "d_state", "d_conv", "dt_rank"],
+            Mamba2 => &["expand", "d_state", "d_conv", "head_dim"],
+            GatedShortConv => &["short_conv"],
             SwiGlu => &["inner"],
             Mlp => &["expansion"],
             MoeMlp => &["n_experts", "expert_dim", "routing", "top_k"],
@@ -160,7 +168,7 @@ mod tests {
             assert_eq!(p.name().parse::<Primitive>().unwrap(), p);
             assert_eq!(Primitive::from_short(p.short()).unwrap(), p);
         }
-        assert_eq!(Primitive::ALL.len(), 15);
+        assert_eq!(Primitive::ALL.len(), 17);
     }
 
     #[test]

@@ -16,11 +16,13 @@ use burn::tensor::activation::gelu;
 use super::Init;
 use super::attention::Attention;
 use super::channel::{Mlp, MoeMlp, SwiGlu};
+use super::gated_conv::GatedShortConv;
 use super::gla::GatedLinearAttention;
 use super::hyena::Hyena;
 use super::hyena_experts::HyenaExperts;
 use super::linear_attention::LinearAttention;
 use super::mamba::Mamba;
+use super::mamba2::Mamba2;
 use super::mh_hyena::MhHyena;
 use super::norm::Norm;
 use super::ops::{fit, linear};
@@ -60,6 +62,10 @@ pub enum Mixer<B: Backend> {
     HyenaExperts(HyenaExperts<B>),
     /// Mamba.
     Mamba(Mamba<B>),
+    /// Mamba-2.
+    Mamba2(Mamba2<B>),
+    /// Gated short convolution.
+    GatedShortConv(GatedShortConv<B>),
     /// SwiGLU.
     SwiGlu(SwiGlu<B>),
     /// MLP.
@@ -81,6 +87,8 @@ impl<B: Backend> Mixer<B> {
             Layer::MhHyena(s) => Mixer::MhHyena(MhHyena::new(s, d, seq_len, init)),
             Layer::HyenaExperts(s) => Mixer::HyenaExperts(HyenaExperts::new(s, d, seq_len, init)),
             Layer::Mamba(s) => Mixer::Mamba(Mamba::new(s, d, init)),
+            Layer::Mamba2(s) => Mixer::Mamba2(Mamba2::new(s, d, init)),
+            Layer::GatedShortConv(s) => Mixer::GatedShortConv(GatedShortConv::new(s, d, init)),
             Layer::SwiGlu(s) => Mixer::SwiGlu(SwiGlu::new(s, d, init)),
             Layer::Mlp(s) => Mixer::Mlp(Mlp::new(s, d, init)),
             Layer::MoeMlp(s) => Mixer::MoeMlp(MoeMlp::new(s, d, init)),
@@ -98,6 +106,8 @@ impl<B: Backend> Mixer<B> {
             Mixer::MhHyena(m) => m.forward(x),
             Mixer::HyenaExperts(m) => m.forward(x),
             Mixer::Mamba(m) => m.forward(x),
+            Mixer::Mamba2(m) => m.forward(x),
+            Mixer::GatedShortConv(m) => m.forward(x),
             Mixer::SwiGlu(m) => m.forward(x),
             Mixer::Mlp(m) => m.forward(x),
             Mixer::MoeMlp(m) => m.forward(x),

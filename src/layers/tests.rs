@@ -55,13 +55,25 @@ pub(super) fn small_layer(p: Primitive, d: usize) -> Layer {
     l
 }
 
-/// Every sequence mixer (and fused block) at small width.
+/// Every sequence mixer (and fused block) at small width, and
+/// grouped-query attention (two query heads per key/value head).
 fn sequence_mixers(d: usize) -> Vec<Layer> {
-    Primitive::ALL
+    let mut layers: Vec<Layer> = Primitive::ALL
         .iter()
         .filter(|p| p.role() != Role::Channel)
         .map(|&p| small_layer(p, d))
-        .collect()
+        .collect();
+    layers.push(gqa(d / 4, d / 8, d));
+    layers
+}
+
+/// Grouped-query attention with `heads` query and `kv_heads` key/value heads.
+fn gqa(heads: usize, kv_heads: usize, d: usize) -> Layer {
+    let mut l = Layer::default_for(Primitive::MhAttention);
+    l.set_param("n_heads", ParamValue::Int(heads)).unwrap();
+    l.set_param("kv_heads", ParamValue::Int(kv_heads)).unwrap();
+    l.validate(d).unwrap();
+    l
 }
 
 #[test]
@@ -162,6 +174,136 @@ fn mamba_chunked_scan_equals_recurrent() {
     }
 }
 
+/// Mamba-2's scan (the selective scan with each head's Δ and A given to
+/// its channels) equals the per-head recurrence with a `[head_dim,
+/// d_state]` state: channel `c` belongs to head `c / head_dim`.
+#[test]
+fn mamba2_scan_equals_its_per_head_recurrence() {
+    use super::mamba2::{Mamba2, recurrent};
+    let spec = crate::genome::Mamba2 {
+        expand: 2,
+        d_state: 5,
+        d_conv: 4,
+        head_dim: 4,
+    };
+    let layer = Mamba2::<B>::new(&spec, 8, &mut Init::new(4, &device()));
+    let s = layer.inputs(randn([2, 29, 8], 60));
+    assert_eq!(s.a.dims(), [4]);
+    let reference = recurrent(
+        s.x.clone(),
+        s.dt.clone(),
+        s.a.clone(),
+        s.b.clone(),
+        s.c.clone(),
+    );
+    assert_close(layer.scan(&s), reference.clone(), 1e-4, "mamba2 scan");
+    // The path of backends without the fused kernel.
+    let broadcast = super::fused::ssd::as_selective_scan(
+        s.x.clone(),
+        s.dt.clone(),
+        s.a.clone(),
+        s.b.clone(),
+        s.c.clone(),
+    );
+    assert_close(
+        broadcast,
+        reference.clone(),
+        1e-4,
+        "mamba2 as a selective scan",
+    );
+    // Strong decays too (Δ up to ~6, A down to −16).
+    let mut strong = s;
+    strong.dt = strong.dt * 60.0;
+    let reference = recurrent(
+        strong.x.clone(),
+        strong.dt.clone(),
+        strong.a.clone(),
+        strong.b.clone(),
+        strong.c.clone(),
+    );
+    assert_close(
+        layer.scan(&strong),
+        reference,
+        1e-4,
+        "mamba2 scan, strong decays",
+    );
+}
+
+/// Grouped-query attention is multi-head attention whose key and value
+/// projections repeat each key/value head for the consecutive query heads
+/// of its group.
+#[test]
+fn grouped_query_attention_is_mha_with_shared_key_value_heads() {
+    use super::attention::Attention;
+    let (d, heads, kv_heads) = (32, 8, 2);
+    let Layer::Attention(spec) = gqa(heads, kv_heads, d) else {
+        unreachable!("gqa builds attention")
+    };
+    let g = Attention::<B>::new(&spec, d, &mut Init::new(5, &device()));
+    let (hd, kv) = (d / heads, kv_heads * d / heads);
+    assert_eq!(g.qkv.weight.dims(), [d, d + 2 * kv]);
+    let mut mha_spec = spec.clone();
+    mha_spec.kv_heads = None;
+    let mut m = Attention::<B>::new(&mha_spec, d, &mut Init::new(6, &device()));
+    // Columns of the shared projection: head h of q, k, v reads kv head h / 4.
+    let group = heads / kv_heads;
+    let w: Vec<f32> = g.qkv.weight.val().into_data().to_vec().unwrap();
+    let bias: Vec<f32> = g
+        .qkv
+        .bias
+        .as_ref()
+        .unwrap()
+        .val()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let column = |j: usize| -> usize {
+        if j < d {
+            return j;
+        }
+        let (part, within) = ((j - d) / d, (j - d) % d);
+        let (h, i) = (within / hd, within % hd);
+        d + part * kv + (h / group) * hd + i
+    };
+    let width = d + 2 * kv;
+    let wm: Vec<f32> = (0..d * 3 * d)
+        .map(|x| w[(x / (3 * d)) * width + column(x % (3 * d))])
+        .collect();
+    let bm: Vec<f32> = (0..3 * d).map(|j| bias[column(j)]).collect();
+    m.qkv.weight = burn::module::Param::from_tensor(Tensor::from_data(
+        TensorData::new(wm, [d, 3 * d]),
+        &device(),
+    ));
+    m.qkv.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+        TensorData::new(bm, [3 * d]),
+        &device(),
+    )));
+    m.out = g.out.clone();
+    let x = randn([2, 13, d], 61);
+    assert_close(g.forward(x.clone()), m.forward(x), 1e-5, "gqa against mha");
+}
+
+/// The gated short convolution against its definition, composed here from
+/// the projection's thirds and the reference short convolution.
+#[test]
+fn gated_short_conv_is_its_definition() {
+    use super::gated_conv::GatedShortConv;
+    use super::ops::linear;
+    let d = 12;
+    let spec = crate::genome::GatedShortConv { short_conv: 4 };
+    let layer = GatedShortConv::<B>::new(&spec, d, &mut Init::new(7, &device()));
+    let x = randn([3, 17, d], 62);
+    let p = linear(&layer.in_proj, x.clone());
+    let third = |i: usize| p.clone().slice([0..3, 0..17, i * d..(i + 1) * d]);
+    let conv = super::short_conv::composite(
+        third(0) * third(2),
+        layer.conv.val(),
+        Tensor::zeros([d], &device()),
+    );
+    let reference = linear(&layer.out_proj, third(1) * conv);
+    assert_close(layer.forward(x), reference, 1e-5, "gated short conv");
+}
+
 #[test]
 fn long_convolution_paths_equal_the_definition() {
     use super::long_conv::{block_toeplitz_conv, direct, toeplitz_conv};
@@ -252,7 +394,13 @@ fn parameter_counts_match_the_genome_for_every_primitive() {
     m.set_param("dt_rank", ParamValue::Int(3)).unwrap();
     let mut s = Layer::default_for(Primitive::SwiGlu);
     s.set_param("inner", ParamValue::Int(100)).unwrap();
-    for layer in [m, s] {
+    let mut m2 = Layer::default_for(Primitive::Mamba2);
+    m2.set_param("head_dim", ParamValue::Int(16)).unwrap();
+    m2.set_param("d_state", ParamValue::Int(8)).unwrap();
+    m2.set_param("expand", ParamValue::Int(1)).unwrap();
+    let mut g = Layer::default_for(Primitive::GatedShortConv);
+    g.set_param("short_conv", ParamValue::Int(5)).unwrap();
+    for layer in [m, s, m2, g, gqa(8, 2, 64), gqa(4, 1, 64)] {
         let mixer = Mixer::<B>::new(&layer, 64, 50, &mut Init::new(0, &device()));
         assert_eq!(mixer.num_params() as u64, layer.params(64, 50));
     }

@@ -139,6 +139,18 @@ fn every_primitive(d: usize) -> Vec<ArchSpec> {
         d,
         vec![Layer::default_for(Primitive::Hyena), topk],
     ));
+    // Grouped-query attention: 2 query heads per key/value head.
+    let mut gqa = super::tests::small_layer(Primitive::MhAttention, d);
+    let heads = match gqa.param("n_heads", d) {
+        Some(ParamValue::Int(h)) => h,
+        _ => unreachable!("attention has n_heads"),
+    };
+    gqa.set_param("kv_heads", ParamValue::Int(heads / 2))
+        .unwrap();
+    specs.push(ArchSpec::new(
+        d,
+        vec![gqa, Layer::default_for(Primitive::SwiGlu)],
+    ));
     specs
 }
 

@@ -60,10 +60,13 @@ fn lcm(a: usize, b: usize) -> usize {
     a / gcd(a, b) * b
 }
 
-/// The head dimension of a headed layer at width `d`.
+/// The head dimension of a headed layer at width `d`: the step in width
+/// that keeps it whole (for Mamba-2, whose heads are `head_dim` channels of
+/// `expand · d`, the step in `d` that keeps them whole).
 fn head_dim(layer: &Layer, d: usize) -> Option<usize> {
     match layer {
         Layer::Attention(a) => Some(d / a.n_heads),
+        Layer::Mamba2(m) => Some(m.head_dim / gcd(m.head_dim, m.expand)),
         Layer::LinearAttention(a) => Some(d / a.n_heads),
         Layer::GatedLinearAttention(a) => Some(d / a.n_heads),
         Layer::MhHyena(h) => Some(d / h.n_heads),
@@ -95,11 +98,20 @@ pub fn scaled(spec: &ArchSpec, d: usize, repeats: usize) -> Result<ArchSpec, Gen
     let one = |layer: &Layer| -> Layer {
         let mut l = layer.clone();
         match &mut l {
-            Layer::Attention(a) => a.n_heads = heads(a.n_heads),
+            Layer::Attention(a) => {
+                a.n_heads = heads(a.n_heads);
+                // Key/value heads in proportion, down to a divisor of the
+                // query heads (which need not scale as evenly).
+                let n = a.n_heads;
+                a.kv_heads = a.kv_heads.map(|kv| {
+                    let target = scale(kv, d, d0).clamp(1, n);
+                    (1..=target).rev().find(|k| n % k == 0).unwrap_or(1)
+                });
+            }
             Layer::LinearAttention(a) => a.n_heads = heads(a.n_heads),
             Layer::GatedLinearAttention(a) => a.n_heads = heads(a.n_heads),
             Layer::MhHyena(h) => h.n_heads = heads(h.n_heads),
-            Layer::Hyena(_) | Layer::Mlp(_) => {}
+            Layer::Hyena(_) | Layer::Mlp(_) | Layer::Mamba2(_) | Layer::GatedShortConv(_) => {}
             Layer::HyenaExperts(h) => h.expert_dim = scale(h.expert_dim, d, d0),
             Layer::Mamba(m) => m.dt_rank = m.dt_rank.map(|r| scale(r, d, d0)),
             Layer::SwiGlu(s) => s.inner = s.inner.map(|i| scale(i, d, d0).div_ceil(16) * 16),

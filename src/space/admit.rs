@@ -100,7 +100,10 @@ impl SearchSpace {
                     }
                 }
                 None => {
-                    if value != default.param(name, d_model) {
+                    // A parameter at its derived value (`kv_heads =
+                    // n_heads`, `rotary_dim` the head dim) was not chosen,
+                    // whatever the kind's default derives to.
+                    if !layer.implicit(name, d_model) && value != default.param(name, d_model) {
                         return reject(format!(
                             "`{p}.{name}` = {value:?} differs from the default, and the space lists no choices for it"
                         ));
@@ -172,6 +175,29 @@ mod tests {
         ] {
             assert_eq!(admits(layers), Ok(()), "{layers}");
         }
+    }
+
+    /// `rotary_dim` and `kv_heads` are not listed in the default space:
+    /// attention with fewer heads than the kind's default (whose derived
+    /// `rotary_dim` and `kv_heads` then differ from the default's) is
+    /// admitted, grouped-query attention is not. (Before, the first was
+    /// rejected: the default space never sampled its `n_heads = 8`.)
+    #[test]
+    fn unlisted_kv_heads_admits_only_multi_head_attention() {
+        let mut spec =
+            ArchSpec::from_layers_str("mh-attention swiglu mh-attention swiglu").unwrap();
+        for i in [0, 2] {
+            spec.layers[i]
+                .set_param("n_heads", ParamValue::Int(8))
+                .unwrap();
+        }
+        let space = SearchSpace::embedded_default();
+        assert_eq!(space.admits(&spec), Ok(()));
+        spec.layers[0]
+            .set_param("kv_heads", ParamValue::Int(2))
+            .unwrap();
+        let why = space.admits(&spec).unwrap_err().0;
+        assert!(why.contains("mh-attention.kv_heads"), "{why}");
     }
 
     #[test]

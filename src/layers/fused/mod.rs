@@ -3,9 +3,9 @@
 //! seq]` tensors and walk strided views: softmax attention ([`attention`]),
 //! multi-head Hyena's Toeplitz-weighted mix ([`toeplitz`]), Hyena's long
 //! convolution ([`conv`]), Mamba's selective scan ([`scan`]), gated linear
-//! attention's recurrence ([`gla`]) and the short depthwise convolution of
-//! Hyena and Mamba ([`short_conv`]), which they compute as chains of small
-//! ops.
+//! attention's recurrence ([`gla`]), Mamba-2's per-head scan ([`ssd`]) and
+//! the short depthwise convolution of Hyena and Mamba ([`short_conv`]),
+//! which they compute as chains of small ops.
 //!
 //! Each public function is generic over the backend like every layer, and
 //! dispatches on its type: for [`Cpu`] (flex) the fused forward, for
@@ -33,6 +33,7 @@ pub mod conv;
 pub mod gla;
 pub mod scan;
 pub mod short_conv;
+pub mod ssd;
 pub mod toeplitz;
 
 pub use attention::{Heads, attention};
