@@ -152,16 +152,17 @@ fn replay_matches_the_store(state: &Path) -> usize {
     events.len()
 }
 
+/// A kill lands this long after a start at the earliest …
+const MIN_WAIT: Duration = Duration::from_secs(2);
+/// … and at the latest.
+const MAX_WAIT: Duration = Duration::from_secs(12);
+
 /// The soak. After each kill: finished results are all there and
 /// unchanged, finished evaluations never decrease, at most one lease per
 /// worker, no job trained twice without a kill or a requeue between. At the
 /// end: the search drained to its budget by itself (nothing queued or
 /// leased, no evaluation open, the screen budget spent), no candidate
 /// finished a stage twice, and the event log replays to the store's counts.
-/// A kill lands this long after a start at the earliest …
-const MIN_WAIT: Duration = Duration::from_secs(2);
-/// … and at the latest.
-const MAX_WAIT: Duration = Duration::from_secs(12);
 
 #[test]
 fn soak_kill_dash_nine() {

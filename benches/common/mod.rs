@@ -58,6 +58,7 @@ pub const ARCHITECTURES: &[&str] = &[
     "mh-gated-linear-attention swiglu mh-gated-linear-attention swiglu",
     "mamba2 mamba2 mamba2 mamba2",
     "gated-short-conv swiglu gated-short-conv swiglu",
+    "gated-deltanet swiglu gated-deltanet swiglu",
 ];
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -22,8 +22,9 @@ Where the algorithm is mad-search's own (multi-head Hyena as
 `(T * Q K^T) V`, the chunked scans of Mamba, linear and gated linear
 attention), the PyTorch version runs the same algorithm. Mamba-2's SSM runs
 in the chunked SSD form, the form its authors give for plain PyTorch
-(mad-search runs Mamba-1's selective scan per head); grouped-query
-attention uses SDPA's `enable_gqa`.
+(mad-search runs the recurrence, a fused per-head scan), and so does
+Gated DeltaNet's rule (the chunked WY form); grouped-query attention uses
+SDPA's `enable_gqa`.
 
 Usage: python models.py --layers "hyena swiglu hyena swiglu" [--batch 128
 --seq 128 --width 128 --reps 3 --threads 2] [--layer-only]
@@ -473,6 +474,83 @@ class Mamba2(nn.Module):
         return y.reshape(b, c * l, h, p)[:, :t]
 
 
+class GatedDeltaNet(nn.Module):
+    """Gated DeltaNet as src/layers/deltanet.rs, its rule in the chunked WY
+    form (the form its authors give; their fast kernels are Triton, GPU
+    only): within a chunk the pseudo-values from (I + L)^-1, by repeated
+    squaring, and the state carried between chunks."""
+
+    CHUNK = 16
+
+    def __init__(self, d, heads=4, expand_v=2, kernel=4):
+        super().__init__()
+        self.h, self.dk, self.dv = heads, d // heads, expand_v * d // heads
+        width = 2 * d + expand_v * d
+        self.qkv = nn.Linear(d, width, bias=False)
+        self.conv = nn.Conv1d(width, width, kernel, groups=width, padding=kernel - 1, bias=False)
+        self.a = nn.Linear(d, heads, bias=False)
+        self.beta = nn.Linear(d, heads, bias=False)
+        self.a_log = nn.Parameter(torch.log(16.0 * (1.0 - torch.rand(heads))))
+        dt = torch.exp(torch.rand(heads, dtype=torch.float64) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        self.dt_bias = nn.Parameter((dt + torch.log(-torch.expm1(-dt))).float())
+        self.gate = nn.Linear(d, expand_v * d, bias=False)
+        self.norm = nn.Parameter(torch.ones(self.dv))
+        self.out = nn.Linear(expand_v * d, d, bias=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h, dk, dv = self.h, self.dk, self.dv
+        p = F.silu(self.conv(self.qkv(x).transpose(1, 2))[..., :t].transpose(1, 2))
+        q, k, v = p.split([d, d, h * dv], -1)
+        unit = lambda z: z * torch.rsqrt(z.pow(2).sum(-1, keepdim=True) + 1e-6)
+        q = unit(q.view(b, t, h, dk)).transpose(1, 2) * dk**-0.5
+        k = unit(k.view(b, t, h, dk)).transpose(1, 2)
+        v = v.view(b, t, h, dv).transpose(1, 2)
+        g = (-self.a_log.exp() * F.softplus(self.a(x) + self.dt_bias)).transpose(1, 2)
+        beta = torch.sigmoid(self.beta(x)).transpose(1, 2)
+        o = self.rule(q, k, v, g, beta)
+        o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm
+        return self.out(o.transpose(1, 2).reshape(b, t, h * dv) * F.silu(self.gate(x)))
+
+    def rule(self, q, k, v, g, beta):
+        """q, k [b, h, t, dk], v [b, h, t, dv], g, beta [b, h, t] -> [b, h, t, dv]"""
+        b, h, t, dk = q.shape
+        dv = v.shape[-1]
+        c = min(self.CHUNK, t)
+        n = -(-t // c)
+        pad = n * c - t
+        if pad:
+            q, k, v = (F.pad(z, (0, 0, 0, pad)) for z in (q, k, v))
+            g, beta = F.pad(g, (0, pad)), F.pad(beta, (0, pad))
+        q, k, v = (z.reshape(b, h, n, c, -1) for z in (q, k, v))
+        gamma = g.reshape(b, h, n, c).cumsum(-1)
+        beta = beta.reshape(b, h, n, c)
+        below = torch.tril(torch.ones(c, c, dtype=torch.bool))
+        diff = (gamma[..., :, None] - gamma[..., None, :]).masked_fill(~below, -1e30)
+        decay = diff.exp()
+        strict = torch.tril(torch.ones(c, c), -1)
+        nil = -(k @ k.transpose(-1, -2)) * decay * strict * beta[..., None]
+        tri = torch.eye(c) + nil
+        power, span = nil, 2
+        while span < c:
+            power = power @ power
+            tri = tri + tri @ power
+            span *= 2
+        u = tri @ (v * beta[..., None])
+        wk = tri @ (k * (beta * gamma.exp())[..., None])
+        qk = (q @ k.transpose(-1, -2)) * decay
+        q_gamma = q * gamma.exp()[..., None]
+        last = gamma[..., -1:]
+        k_to_end = k * (last - gamma).exp()[..., None]
+        s = q.new_zeros(b, h, dk, dv)
+        out = []
+        for i in range(n):
+            w = u[:, :, i] - wk[:, :, i] @ s
+            out.append(q_gamma[:, :, i] @ s + qk[:, :, i] @ w)
+            s = s * last[:, :, i, :, None].exp() + k_to_end[:, :, i].transpose(-1, -2) @ w
+        return torch.cat(out, 2)[:, :, :t]
+
+
 class GatedShortConv(nn.Module):
     """LFM2's gated short convolution, as src/layers/gated_conv.rs."""
 
@@ -550,6 +628,7 @@ def layer(name, d, seq):
         "mamba": lambda: Mamba(d),
         "mamba2": lambda: Mamba2(d),
         "gated-short-conv": lambda: GatedShortConv(d),
+        "gated-deltanet": lambda: GatedDeltaNet(d),
         # Not a primitive of its own: mh-attention with kv_heads = 4.
         "mh-attention-kv4": lambda: Attention(d, 16, kv_heads=4),
         "swiglu": lambda: SwiGlu(d),

@@ -10,7 +10,8 @@
 //!   MH Hyena `heads·head_dim²·filter_order`; sliding attention its window
 //!   of K and V (`2·kv_heads·head_dim·window`); global attention grows by
 //!   `2·kv_heads·head_dim` per token of context (reported separately as
-//!   `per_token`). Short-conv buffers beside a larger state are not counted,
+//!   `per_token`); Gated DeltaNet `heads·dk·dv`. Short-conv buffers beside
+//!   a larger state are not counted,
 //!   as in the paper's iso-state table; the gated short convolution, whose
 //!   buffer is all it carries, counts it (`(kernel − 1)·d`).
 //! - **FLOPs** are `2 ×` the multiply-accumulates of matmuls, convolutions and
@@ -191,6 +192,11 @@ impl Layer {
                     + di * d
             }
             Layer::GatedShortConv(g) => 4 * d * d + g.short_conv as u64 * d,
+            Layer::GatedDeltaNet(g) => {
+                let (h, v) = (g.n_heads as u64, g.expand_v as u64 * d);
+                let qkv = 2 * d + v;
+                d * qkv + 2 * d * h + 2 * h + g.short_conv as u64 * qkv + d * v + v / h + v * d
+            }
             Layer::SwiGlu(s) => {
                 let inner = s
                     .inner
@@ -242,6 +248,7 @@ impl Layer {
             Layer::Mamba(m) => fixed(m.expand as u64 * d * m.d_state as u64),
             Layer::Mamba2(m) => fixed(m.expand as u64 * d * m.d_state as u64),
             Layer::GatedShortConv(g) => fixed((g.short_conv as u64).saturating_sub(1) * d),
+            Layer::GatedDeltaNet(g) => fixed(d * g.expand_v as u64 * d / g.n_heads as u64),
             Layer::SwiGlu(_) | Layer::Mlp(_) | Layer::MoeMlp(_) => StateSize::default(),
         }
     }
@@ -312,6 +319,13 @@ impl Layer {
                 d * (2 * di + 2 * n + heads) + (di + 2 * n) * m.d_conv as u64 + 3 * di * n + di * d
             }
             Layer::GatedShortConv(g) => 4 * d * d + g.short_conv as u64 * d,
+            Layer::GatedDeltaNet(g) => {
+                let (h, v) = (g.n_heads as u64, g.expand_v as u64 * d);
+                let qkv = 2 * d + v;
+                // Projections and conv; per head the read Ŝᵀk, the decay,
+                // the rank-one write and the output: 4·dk·dv.
+                d * qkv + 2 * d * h + g.short_conv as u64 * qkv + 2 * d * v + 4 * d * v / h
+            }
             Layer::SwiGlu(_) | Layer::Mlp(_) => self.params(d as usize, seq_len),
             Layer::MoeMlp(m) => {
                 let n = m.n_experts as u64;
@@ -521,6 +535,13 @@ mod tests {
                 .to_string()
                 .contains("d_inner (256)")
         );
+        // Gated DeltaNet: 4 heads, dk 32, dv 64: q, k 128 wide, v 256.
+        let gdn = Layer::default_for(Primitive::GatedDeltaNet);
+        assert_eq!(
+            gdn.params(128, 128),
+            128 * 512 + 2 * 128 * 4 + 2 * 4 + 4 * 512 + 128 * 256 + 64 + 256 * 128
+        );
+        assert_eq!(gdn.state(128).fixed, 4 * 32 * 64);
         let g = Layer::default_for(Primitive::GatedShortConv);
         assert_eq!(g.params(128, 128), 3 * 128 * 128 + 3 * 128 + 128 * 128);
         assert_eq!(g.state(128).fixed, 2 * 128);

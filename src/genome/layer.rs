@@ -123,6 +123,18 @@ pub struct GatedShortConv {
     pub short_conv: usize,
 }
 
+/// Gated DeltaNet (Yang et al. 2025, Qwen3-Next's linear layer): the gated
+/// delta rule per head, `S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GatedDeltaNet {
+    /// Number of heads; key dim `d_model / n_heads`.
+    pub n_heads: usize,
+    /// Value dim as a multiple of the key dim.
+    pub expand_v: usize,
+    /// Kernel size of the causal depthwise conv over q, k, v.
+    pub short_conv: usize,
+}
+
 /// SwiGLU channel mixer `W3 (SiLU(W1 x) ⊙ W2 x)`, bias-free.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SwiGlu {
@@ -214,6 +226,8 @@ pub enum Layer {
     Mamba2(Mamba2),
     /// `gated-short-conv`.
     GatedShortConv(GatedShortConv),
+    /// `gated-deltanet`.
+    GatedDeltaNet(GatedDeltaNet),
     /// `swiglu`.
     SwiGlu(SwiGlu),
     /// `mlp`.
@@ -307,6 +321,11 @@ impl Layer {
                 head_dim: 32,
             }),
             P::GatedShortConv => Layer::GatedShortConv(GatedShortConv { short_conv: 3 }),
+            P::GatedDeltaNet => Layer::GatedDeltaNet(GatedDeltaNet {
+                n_heads: 4,
+                expand_v: 2,
+                short_conv: 4,
+            }),
             P::SwiGlu => Layer::SwiGlu(SwiGlu { inner: None }),
             P::Mlp => Layer::Mlp(Mlp { expansion: 4 }),
             P::MoeMlp => Layer::MoeMlp(MoeMlp {
@@ -339,6 +358,7 @@ impl Layer {
             Layer::Mamba(_) => P::Mamba,
             Layer::Mamba2(_) => P::Mamba2,
             Layer::GatedShortConv(_) => P::GatedShortConv,
+            Layer::GatedDeltaNet(_) => P::GatedDeltaNet,
             Layer::SwiGlu(_) => P::SwiGlu,
             Layer::Mlp(_) => P::Mlp,
             Layer::MoeMlp(_) => P::MoeMlp,
@@ -388,6 +408,9 @@ impl Layer {
             (Layer::Mamba2(m), "d_conv") => Int(m.d_conv),
             (Layer::Mamba2(m), "head_dim") => Int(m.head_dim),
             (Layer::GatedShortConv(g), "short_conv") => Int(g.short_conv),
+            (Layer::GatedDeltaNet(g), "n_heads") => Int(g.n_heads),
+            (Layer::GatedDeltaNet(g), "expand_v") => Int(g.expand_v),
+            (Layer::GatedDeltaNet(g), "short_conv") => Int(g.short_conv),
             (Layer::SwiGlu(s), "inner") => Int(s.inner.unwrap_or(swiglu_default_inner(d_model))),
             (Layer::Mlp(m), "expansion") => Int(m.expansion),
             (Layer::MoeMlp(m), "n_experts") => Int(m.n_experts),
@@ -412,21 +435,32 @@ impl Layer {
         }
     }
 
-    /// Whether parameter `name` has the value derived when it is unset
-    /// (`rotary_dim` the head dim, `kv_heads` the heads, Mamba's `dt_rank`
-    /// and SwiGLU's `inner` their width-derived defaults). Such a value
-    /// depends on other parameters and the width, not on the kind's
-    /// default: an `mh-attention` of 8 heads rotates 16 dims at width 128
-    /// where the kind's default of 16 heads rotates 8, and neither was set.
-    pub fn implicit(&self, name: &str, d_model: usize) -> bool {
+    /// For a parameter whose unset value is derived from the others and the
+    /// width (`rotary_dim` the head dim, `kv_heads` the heads, Mamba's
+    /// `dt_rank` and SwiGLU's `inner` their width's defaults): whether it
+    /// has that derived value. `None` for every other parameter, whose
+    /// unset value is the kind's default. A derived value depends on the
+    /// layer, not on the kind's default: an `mh-attention` of 8 heads
+    /// rotates 16 dims at width 128 where the kind's 16 heads rotate 8, and
+    /// neither was set; 16 key/value heads are plain attention at 16 heads
+    /// and grouped-query attention at 32.
+    pub fn implicit(&self, name: &str, d_model: usize) -> Option<bool> {
         let derived = match (self, name) {
             (Layer::Attention(a), "rotary_dim") => d_model / a.n_heads.max(1),
             (Layer::Attention(a), "kv_heads") => a.n_heads,
             (Layer::Mamba(_), "dt_rank") => mamba_default_dt_rank(d_model),
             (Layer::SwiGlu(_), "inner") => swiglu_default_inner(d_model),
-            _ => return false,
+            _ => return None,
         };
-        self.param(name, d_model) == Some(ParamValue::Int(derived))
+        Some(self.param(name, d_model) == Some(ParamValue::Int(derived)))
+    }
+
+    /// Whether parameter `name` is at its unset value: the derived one
+    /// ([`Layer::implicit`]) or else the kind's default.
+    pub fn at_default(&self, name: &str, d_model: usize) -> bool {
+        self.implicit(name, d_model).unwrap_or_else(|| {
+            self.param(name, d_model) == Layer::default_for(self.primitive()).param(name, d_model)
+        })
     }
 
     /// Sets hyper-parameter `name`. Changing `n_heads` or `window` may change
@@ -503,6 +537,9 @@ impl Layer {
             (Layer::Mamba2(m), "d_conv") => &mut m.d_conv,
             (Layer::Mamba2(m), "head_dim") => &mut m.head_dim,
             (Layer::GatedShortConv(g), "short_conv") => &mut g.short_conv,
+            (Layer::GatedDeltaNet(g), "n_heads") => &mut g.n_heads,
+            (Layer::GatedDeltaNet(g), "expand_v") => &mut g.expand_v,
+            (Layer::GatedDeltaNet(g), "short_conv") => &mut g.short_conv,
             (Layer::SwiGlu(s), "inner") => {
                 s.inner = Some(v);
                 return Ok(());
@@ -610,6 +647,7 @@ impl Layer {
             Layer::Mamba2(m) => {
                 divides("head_dim", m.head_dim, m.expand * d_model, "d_inner")?;
             }
+            Layer::GatedDeltaNet(g) => divides("n_heads", g.n_heads, d_model, "d_model")?,
             Layer::Mamba(_) | Layer::GatedShortConv(_) | Layer::SwiGlu(_) | Layer::Mlp(_) => {}
             Layer::MoeMlp(m) => {
                 if m.top_k > m.n_experts {

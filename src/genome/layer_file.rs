@@ -47,15 +47,16 @@ struct LayerRepr {
     #[serde(skip_serializing_if = "Option::is_none")]
     head_dim: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    expand_v: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     inner: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     routing: Option<Routing>,
 }
 
 impl LayerRepr {
-    /// Every integer parameter. `n_heads` before `kv_heads`: a value is
-    /// checked against the ones set before it.
-    fn fields(&mut self) -> [(&'static str, &mut Option<usize>); 18] {
+    /// Every integer parameter.
+    fn fields(&mut self) -> [(&'static str, &mut Option<usize>); 19] {
         [
             ("n_heads", &mut self.n_heads),
             ("kv_heads", &mut self.kv_heads),
@@ -74,6 +75,7 @@ impl LayerRepr {
             ("d_conv", &mut self.d_conv),
             ("dt_rank", &mut self.dt_rank),
             ("head_dim", &mut self.head_dim),
+            ("expand_v", &mut self.expand_v),
             ("inner", &mut self.inner),
         ]
     }
@@ -102,6 +104,7 @@ impl From<&Layer> for LayerRepr {
             d_conv: None,
             dt_rank: None,
             head_dim: None,
+            expand_v: None,
             inner: None,
             routing: None,
         };
@@ -206,5 +209,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`hyena` has no parameter `n_heads`"), "{err}");
+    }
+
+    /// The later primitives' and grouped-query attention's parameters
+    /// write only what differs and read back to the same layer.
+    #[test]
+    fn later_parameters_round_trip() {
+        let cases = [
+            (
+                r#"{"kind":"mh-attention","n_heads":8,"kv_heads":2}"#,
+                "mh-attention",
+            ),
+            (r#"{"kind":"mamba2","d_state":8,"head_dim":16}"#, "mamba2"),
+            (
+                r#"{"kind":"gated-short-conv","short_conv":5}"#,
+                "gated-short-conv",
+            ),
+            (
+                r#"{"kind":"gated-deltanet","n_heads":8,"expand_v":1}"#,
+                "gated-deltanet",
+            ),
+        ];
+        for (text, kind) in cases {
+            let l: Layer = serde_json::from_str(text).unwrap();
+            assert_eq!(l.primitive().name(), kind);
+            assert_eq!(serde_json::to_string(&l).unwrap(), text);
+        }
+        for kind in ["mamba2", "gated-short-conv", "gated-deltanet"] {
+            let l: Layer = serde_json::from_str(&format!(r#"{{"kind":"{kind}"}}"#)).unwrap();
+            assert_eq!(l, Layer::default_for(l.primitive()));
+        }
+        let err = serde_json::from_str::<Layer>(r#"{"kind":"mamba2","dt_rank":3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`mamba2` has no parameter `dt_rank`"), "{err}");
+        let err = serde_json::from_str::<Layer>(r#"{"kind":"mamba","expand_v":2}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`mamba` has no parameter `expand_v`"), "{err}");
     }
 }

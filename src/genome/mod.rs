@@ -23,9 +23,9 @@ pub use accounting::{Context, ParamCount, StateSize};
 pub use canonical::ArchId;
 pub use error::GenomeError;
 pub use layer::{
-    Attention, GatedLinearAttention, GatedShortConv, Hyena, HyenaExperts, Layer, LinearAttention,
-    Mamba, Mamba2, MhHyena, Mlp, MoeMlp, ParamValue, Routing, SwiGlu, mamba_default_dt_rank,
-    swiglu_default_inner,
+    Attention, GatedDeltaNet, GatedLinearAttention, GatedShortConv, Hyena, HyenaExperts, Layer,
+    LinearAttention, Mamba, Mamba2, MhHyena, Mlp, MoeMlp, ParamValue, Routing, SwiGlu,
+    mamba_default_dt_rank, swiglu_default_inner,
 };
 pub use primitive::{Primitive, Role};
 
@@ -215,15 +215,13 @@ impl ArchSpec {
             .iter()
             .map(|l| {
                 let p = l.primitive();
-                let default = Layer::default_for(p);
                 let changed: Vec<String> = p
                     .params()
                     .iter()
-                    .filter(|name| !l.implicit(name, self.d_model))
+                    .filter(|name| !l.at_default(name, self.d_model))
                     .filter_map(|name| {
                         let v = l.param(name, self.d_model)?;
-                        (Some(v) != default.param(name, self.d_model))
-                            .then(|| format!("{name}={v}"))
+                        Some(format!("{name}={v}"))
                     })
                     .collect();
                 if changed.is_empty() {
@@ -415,6 +413,19 @@ mod tests {
         assert_eq!(
             gqa.compact_string(),
             "mh-attention[n_heads=8,kv_heads=2] swiglu"
+        );
+        // 16 key/value heads: plain attention at 16 heads, grouped at 32.
+        let mut wide = paper("mh-attention swiglu");
+        wide.d_model = 256;
+        wide.layers[0]
+            .set_param("n_heads", ParamValue::Int(32))
+            .unwrap();
+        wide.layers[0]
+            .set_param("kv_heads", ParamValue::Int(16))
+            .unwrap();
+        assert_eq!(
+            wide.compact_string(),
+            "d256: mh-attention[n_heads=32,kv_heads=16] swiglu"
         );
         let mut spec = paper("mh-hyena swiglu");
         assert_eq!(spec.compact_string(), "mh-hyena swiglu");

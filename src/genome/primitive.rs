@@ -35,7 +35,7 @@ macro_rules! primitives {
     ($($variant:ident => $name:literal, $short:literal, $role:ident;)+) => {
         /// One primitive: the paper's (mad-protocol §3, named as the reference
         /// registry names them) and the later ones of `search_spaces/README.md`
-        /// (`mamba2`, `gated-short-conv`).
+        /// (`mamba2`, `gated-short-conv`, `gated-deltanet`).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub enum Primitive {
             $(#[doc = concat!("`", $name, "` (short `", $short, "`)")]
@@ -108,6 +108,7 @@ primitives! {
     Mamba => "mamba", "Mb", Fused;
     Mamba2 => "mamba2", "Mb2", Fused;
     GatedShortConv => "gated-short-conv", "Gsc", Sequence;
+    GatedDeltaNet => "gated-deltanet", "GDn", Sequence;
     SwiGlu => "swiglu", "Sg", Channel;
     Mlp => "mlp", "M", Channel;
     MoeMlp => "moe-mlp", "MoE", Channel;
@@ -145,6 +146,7 @@ impl Primitive {
             Mamba => &["expand", "d_state", "d_conv", "dt_rank"],
             Mamba2 => &["expand", "d_state", "d_conv", "head_dim"],
             GatedShortConv => &["short_conv"],
+            GatedDeltaNet => &["n_heads", "expand_v", "short_conv"],
             SwiGlu => &["inner"],
             Mlp => &["expansion"],
             MoeMlp => &["n_experts", "expert_dim", "routing", "top_k"],
@@ -168,7 +170,7 @@ mod tests {
             assert_eq!(p.name().parse::<Primitive>().unwrap(), p);
             assert_eq!(Primitive::from_short(p.short()).unwrap(), p);
         }
-        assert_eq!(Primitive::ALL.len(), 17);
+        assert_eq!(Primitive::ALL.len(), 18);
     }
 
     #[test]

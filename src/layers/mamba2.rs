@@ -131,8 +131,7 @@ impl<B: Backend> Mamba2<B> {
         linear(&self.out_proj, self.gated_norm(y, s.z))
     }
 
-    /// The SSM without the `D` skip: the selective scan with each head's
-    /// `Δ` and `A` given to its channels.
+    /// The SSM without the `D` skip ([`super::fused::ssd::head_scan`]).
     ///
     /// # Shapes
     /// - as [`Mamba2::inputs`] → `[batch, seq, d_inner]`

@@ -17,6 +17,7 @@ pub mod attention;
 pub mod channel;
 pub mod consts;
 mod cube;
+pub mod deltanet;
 pub mod device;
 pub mod fused;
 pub mod gated_conv;

@@ -16,6 +16,7 @@ use burn::tensor::activation::gelu;
 use super::Init;
 use super::attention::Attention;
 use super::channel::{Mlp, MoeMlp, SwiGlu};
+use super::deltanet::GatedDeltaNet;
 use super::gated_conv::GatedShortConv;
 use super::gla::GatedLinearAttention;
 use super::hyena::Hyena;
@@ -66,6 +67,8 @@ pub enum Mixer<B: Backend> {
     Mamba2(Mamba2<B>),
     /// Gated short convolution.
     GatedShortConv(GatedShortConv<B>),
+    /// Gated DeltaNet.
+    GatedDeltaNet(GatedDeltaNet<B>),
     /// SwiGLU.
     SwiGlu(SwiGlu<B>),
     /// MLP.
@@ -89,6 +92,7 @@ impl<B: Backend> Mixer<B> {
             Layer::Mamba(s) => Mixer::Mamba(Mamba::new(s, d, init)),
             Layer::Mamba2(s) => Mixer::Mamba2(Mamba2::new(s, d, init)),
             Layer::GatedShortConv(s) => Mixer::GatedShortConv(GatedShortConv::new(s, d, init)),
+            Layer::GatedDeltaNet(s) => Mixer::GatedDeltaNet(GatedDeltaNet::new(s, d, init)),
             Layer::SwiGlu(s) => Mixer::SwiGlu(SwiGlu::new(s, d, init)),
             Layer::Mlp(s) => Mixer::Mlp(Mlp::new(s, d, init)),
             Layer::MoeMlp(s) => Mixer::MoeMlp(MoeMlp::new(s, d, init)),
@@ -108,6 +112,7 @@ impl<B: Backend> Mixer<B> {
             Mixer::Mamba(m) => m.forward(x),
             Mixer::Mamba2(m) => m.forward(x),
             Mixer::GatedShortConv(m) => m.forward(x),
+            Mixer::GatedDeltaNet(m) => m.forward(x),
             Mixer::SwiGlu(m) => m.forward(x),
             Mixer::Mlp(m) => m.forward(x),
             Mixer::MoeMlp(m) => m.forward(x),

@@ -7,7 +7,9 @@
 //! - the layer pattern, and so the ratio of mixer types, is kept exactly
 //!   (`[a, b, c, d]` at `r = 2` is `[a, b, c, d, a, b, c, d]`);
 //! - every head dimension is kept, so head counts scale with `d`
-//!   (attention, linear attention, GLA, MH Hyena): with the per-head state
+//!   (attention, its key/value heads in proportion down to a divisor of
+//!   the query heads, linear attention, GLA, MH Hyena, Gated DeltaNet;
+//!   Mamba-2's `head_dim` stays, its heads follow `d_inner`): with the per-head state
 //!   fixed, **every mixer's state grows linearly with width** (attention's KV
 //!   cache `2d` per token, Mamba `d_inner·d_state`, Hyena `d·order`, MH Hyena
 //!   `heads·head_dim²·order`, GLA `heads·dk·dv`), so state and width scale
@@ -67,6 +69,7 @@ fn head_dim(layer: &Layer, d: usize) -> Option<usize> {
     match layer {
         Layer::Attention(a) => Some(d / a.n_heads),
         Layer::Mamba2(m) => Some(m.head_dim / gcd(m.head_dim, m.expand)),
+        Layer::GatedDeltaNet(g) => Some(d / g.n_heads),
         Layer::LinearAttention(a) => Some(d / a.n_heads),
         Layer::GatedLinearAttention(a) => Some(d / a.n_heads),
         Layer::MhHyena(h) => Some(d / h.n_heads),
@@ -104,13 +107,14 @@ pub fn scaled(spec: &ArchSpec, d: usize, repeats: usize) -> Result<ArchSpec, Gen
                 // query heads (which need not scale as evenly).
                 let n = a.n_heads;
                 a.kv_heads = a.kv_heads.map(|kv| {
-                    let target = scale(kv, d, d0).clamp(1, n);
+                    let target = scale(kv, d, d0).clamp(1, n.max(1));
                     (1..=target).rev().find(|k| n % k == 0).unwrap_or(1)
                 });
             }
             Layer::LinearAttention(a) => a.n_heads = heads(a.n_heads),
             Layer::GatedLinearAttention(a) => a.n_heads = heads(a.n_heads),
             Layer::MhHyena(h) => h.n_heads = heads(h.n_heads),
+            Layer::GatedDeltaNet(g) => g.n_heads = heads(g.n_heads),
             Layer::Hyena(_) | Layer::Mlp(_) | Layer::Mamba2(_) | Layer::GatedShortConv(_) => {}
             Layer::HyenaExperts(h) => h.expert_dim = scale(h.expert_dim, d, d0),
             Layer::Mamba(m) => m.dt_rank = m.dt_rank.map(|r| scale(r, d, d0)),
@@ -195,7 +199,7 @@ pub fn nearest<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::genome::Primitive;
+    use crate::genome::{ParamValue, Primitive};
 
     const CTX: Context = Context {
         vocab: 256,
@@ -234,6 +238,9 @@ mod tests {
             "gated-linear-attention swiglu",
             "linear-attention swiglu",
             "sliding-attention swiglu",
+            "mamba2",
+            "gated-short-conv swiglu",
+            "gated-deltanet swiglu",
         ] {
             let s = spec(layers);
             let a = scaled(&s, 128, 1).unwrap().state();
@@ -267,6 +274,35 @@ mod tests {
                 (m.params as f64 / 1e6).ln().abs()
                     <= (other.params as f64 / 1e6).ln().abs() + 1e-12
             );
+        }
+    }
+
+    /// Key/value heads scale with the query heads, down to a divisor of
+    /// them; Mamba-2 keeps its head dim, so its width step is the head dim
+    /// over `expand`.
+    #[test]
+    fn grouped_attention_and_mamba2_scale() {
+        let mut s = spec("mh-attention swiglu mamba2");
+        s.layers[0]
+            .set_param("kv_heads", ParamValue::Int(4))
+            .unwrap();
+        let kv = |spec: &ArchSpec| match &spec.layers[0] {
+            Layer::Attention(a) => (a.n_heads, a.kv_heads),
+            _ => unreachable!("attention first"),
+        };
+        assert_eq!(kv(&scaled(&s, 256, 1).unwrap()), (32, Some(8)));
+        // 18 heads at 144: 4.5 key/value heads in proportion, 3 divides 18.
+        let odd = scaled(&s, 144, 1).unwrap();
+        assert_eq!(kv(&odd), (18, Some(3)));
+        odd.validate_layers().unwrap();
+        assert_eq!(unit(&s), 16);
+        let mut wide_heads = s.clone();
+        wide_heads.layers[2]
+            .set_param("head_dim", ParamValue::Int(64))
+            .unwrap();
+        assert_eq!(unit(&wide_heads), 32);
+        for m in family(&s, CTX, 512, 4) {
+            m.spec.validate_layers().unwrap();
         }
     }
 

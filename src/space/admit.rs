@@ -88,7 +88,6 @@ impl SearchSpace {
         let Some(choices) = self.primitives.get(&p) else {
             return reject(format!("primitive `{p}` is not in the space"));
         };
-        let default = Layer::default_for(p);
         for name in p.params() {
             let value = layer.param(name, d_model);
             match choices.params.get(name) {
@@ -100,10 +99,10 @@ impl SearchSpace {
                     }
                 }
                 None => {
-                    // A parameter at its derived value (`kv_heads =
-                    // n_heads`, `rotary_dim` the head dim) was not chosen,
-                    // whatever the kind's default derives to.
-                    if !layer.implicit(name, d_model) && value != default.param(name, d_model) {
+                    // Unlisted: the value it has when unset (for
+                    // `kv_heads`, `rotary_dim` … the one derived from
+                    // this layer, not from the kind's default).
+                    if !layer.at_default(name, d_model) {
                         return reject(format!(
                             "`{p}.{name}` = {value:?} differs from the default, and the space lists no choices for it"
                         ));
@@ -193,11 +192,29 @@ mod tests {
         }
         let space = SearchSpace::embedded_default();
         assert_eq!(space.admits(&spec), Ok(()));
+        // Set explicitly to their derived values: the same layers.
+        spec.layers[2]
+            .set_param("kv_heads", ParamValue::Int(8))
+            .unwrap();
+        spec.layers[2]
+            .set_param("rotary_dim", ParamValue::Int(16))
+            .unwrap();
+        assert_eq!(space.admits(&spec), Ok(()));
         spec.layers[0]
             .set_param("kv_heads", ParamValue::Int(2))
             .unwrap();
         let why = space.admits(&spec).unwrap_err().0;
         assert!(why.contains("mh-attention.kv_heads"), "{why}");
+        // Half the head rotated: not the kind's derived value at 8 heads,
+        // though it is the default kind's (8 of 16 heads' 8 dims).
+        spec.layers[0]
+            .set_param("kv_heads", ParamValue::Int(8))
+            .unwrap();
+        spec.layers[0]
+            .set_param("rotary_dim", ParamValue::Int(8))
+            .unwrap();
+        let why = space.admits(&spec).unwrap_err().0;
+        assert!(why.contains("mh-attention.rotary_dim"), "{why}");
     }
 
     #[test]

@@ -205,3 +205,53 @@ fn mamba_only_spaces_take_odd_depths() {
     assert_eq!(g.layers_string(), "mamba mamba mamba");
     assert_eq!(s.feasibility().min_params, 3 * (28_032 + 64) + 64);
 }
+
+/// The later primitives' parameters in a space file: choices that build
+/// are sampled (and admitted), one that cannot build at some combination
+/// is an error naming the parameter.
+#[test]
+fn later_primitives_parse_sample_and_bad_values_are_named() {
+    let text = MINIMAL.replace(
+        "[primitives.mh-hyena]",
+        "[primitives.mh-attention]\nn_heads = [8, 16]\nkv_heads = [2, 4]\n\
+         [primitives.mamba2]\nhead_dim = [16, 32]\nd_state = [4]\n\
+         [primitives.gated-short-conv]\nshort_conv = [3, 4]\n\
+         [primitives.gated-deltanet]\nn_heads = [4, 8]\nexpand_v = [1]\n",
+    );
+    let s = space(&text).unwrap();
+    let mut rng = crate::seed::rng(3, &["later-primitives"]);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        let spec = s.sample(&mut rng).unwrap();
+        s.admits(&spec).unwrap();
+        for l in &spec.layers {
+            seen.insert(l.primitive());
+            if let crate::genome::Layer::Attention(a) = l {
+                assert!(matches!(a.kv_heads, Some(2 | 4)), "{a:?}");
+            }
+        }
+    }
+    for p in [
+        "mh-attention",
+        "mamba2",
+        "gated-short-conv",
+        "gated-deltanet",
+    ] {
+        assert!(seen.contains(&p.parse().unwrap()), "{p} never sampled");
+    }
+    let bad = text.replace("kv_heads = [2, 4]", "kv_heads = [3]");
+    let err = space(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("kv_heads") && err.contains("divisor of n_heads"),
+        "{err}"
+    );
+    let bad = text.replace("n_heads = [4, 8]", "n_heads = [3]");
+    let err = space(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("gated-deltanet") && err.contains("n_heads"),
+        "{err}"
+    );
+    let bad = text.replace("head_dim = [16, 32]", "head_dim = [48]");
+    let err = space(&bad).unwrap_err().to_string();
+    assert!(err.contains("head_dim") && err.contains("d_inner"), "{err}");
+}

@@ -3,7 +3,8 @@
 //! seq]` tensors and walk strided views: softmax attention ([`attention`]),
 //! multi-head Hyena's Toeplitz-weighted mix ([`toeplitz`]), Hyena's long
 //! convolution ([`conv`]), Mamba's selective scan ([`scan`]), gated linear
-//! attention's recurrence ([`gla`]), Mamba-2's per-head scan ([`ssd`]) and
+//! attention's recurrence ([`gla`]), Gated DeltaNet's delta rule
+//! ([`delta`]), Mamba-2's per-head scan ([`ssd`]) and
 //! the short depthwise convolution of Hyena and Mamba ([`short_conv`]),
 //! which they compute as chains of small ops.
 //!
@@ -30,6 +31,7 @@ use super::{Cpu, CpuAutodiff};
 
 pub mod attention;
 pub mod conv;
+pub mod delta;
 pub mod gla;
 pub mod scan;
 pub mod short_conv;
