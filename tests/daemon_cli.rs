@@ -723,3 +723,53 @@ fn the_dashboard_serves_a_running_search_and_refuses_bad_input() {
     let code = server.0.wait().unwrap();
     assert!(code.success(), "{code:?}");
 }
+
+/// The shipped 2026 space: a search seeds its own baselines (not the
+/// paper's), screens them on the `tiny` preset, and `status` names them.
+#[test]
+fn a_search_of_the_hybrid_2026_space_screens_its_own_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("search");
+    let space = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/search_spaces/hybrid-2026.toml"
+    );
+    start_with(&state, space, &["--budget", "screen=4", "--workers", "2"]);
+    let scored = |v: &serde_json::Value| {
+        v["baselines"].as_array().map_or(0, |rows| {
+            rows.iter()
+                .filter(|r| r["score"].as_f64().is_some())
+                .count()
+        })
+    };
+    wait_until("the four baselines screened", 900, || {
+        scored(&status_json(&state)) == 4
+    });
+    let v = status_json(&state);
+    let mut names: Vec<&str> = v["baselines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["baseline"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "LFM2-like conv + GQA",
+            "Nemotron-H-like Mamba-2",
+            "Qwen3-Next-like GDN 3:1",
+            "Transformer++ (8 layers)"
+        ],
+        "{v}"
+    );
+    for r in v["baselines"].as_array().unwrap() {
+        assert!(r["score"].as_f64().is_some(), "{r}");
+    }
+    let human = text(&run(&["status", "--state", s(&state)]).stdout);
+    assert!(
+        human.contains("hybrid-2026") && human.contains("Qwen3-Next-like GDN 3:1"),
+        "{human}"
+    );
+    stop(&state);
+}

@@ -192,6 +192,69 @@ fn baselines_list_the_paper_architectures() {
 }
 
 #[test]
+fn the_2026_space_checks_clean_and_lists_its_own_baselines() {
+    let out = run(&["space", "check", "search_spaces/hybrid-2026.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for want in [
+        "ok: space `hybrid-2026`",
+        "global attention: every k-th block for k in [0, 1, 2, 4]",
+        "warm start (the space's own baselines):",
+        "Qwen3-Next-like GDN 3:1",
+        "Nemotron-H-like Mamba-2",
+        "LFM2-like conv + GQA",
+        "Transformer++ (8 layers)",
+        "mh-attention[kv_heads=4]",
+    ] {
+        assert!(stdout.contains(want), "`{want}` missing: {stdout}");
+    }
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let out = run(&[
+        "space",
+        "baselines",
+        "search_spaces/hybrid-2026.toml",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "Qwen3-Next-like GDN 3:1",
+            "Nemotron-H-like Mamba-2",
+            "LFM2-like conv + GQA",
+            "Transformer++ (8 layers)"
+        ]
+    );
+    // Iso-state: three Gated DeltaNet layers hold what six Mamba-2 layers do.
+    assert_eq!(rows[0]["state"], 24576);
+    assert_eq!(rows[1]["state"], 24576);
+    // Grouped-query attention: 2 · 4 key/value heads · 8 per token, twice.
+    assert_eq!(rows[2]["state_per_token"], 128);
+    assert_eq!(rows[3]["state_per_token"], 1024);
+    // The compact form is an `--arch` (and a `layers`) value.
+    let lfm = rows[2]["compact"].as_str().unwrap();
+    let out = run(&[
+        "eval",
+        "--arch",
+        lfm,
+        "--space",
+        "search_spaces/hybrid-2026.toml",
+        "--preset",
+        "nonexistent",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("nonexistent") && !stderr.contains("--arch"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn help_lists_the_subcommands() {
     let out = run(&["--help"]);
     assert!(out.status.success());

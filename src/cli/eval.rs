@@ -40,8 +40,9 @@ pub enum StageArg {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// The architecture: a reference layer string ("mh-hyena swiglu
-    /// mh-attention swiglu"), a short run id ("mH-Sg-mA-Sg"), or a genome
-    /// file (.json or .toml, as `export` writes).
+    /// mh-attention swiglu"), the compact form `show` and `space sample` print
+    /// ("mh-attention[kv_heads=4] swiglu", "d64: hyena swiglu"), a short run
+    /// id ("mH-Sg-mA-Sg"), or a genome file (.json or .toml, as `export` writes).
     #[arg(long)]
     pub arch: String,
     /// Which stage to run.
@@ -151,7 +152,7 @@ pub(crate) fn parse_arch(arg: &str) -> anyhow::Result<ArchSpec> {
     {
         ArchSpec::from_short_str(arg)?
     } else {
-        ArchSpec::from_layers_str(arg).with_context(|| {
+        ArchSpec::from_compact_str(arg).with_context(|| {
             format!("--arch `{arg}` is not a file, a layer string or a short run id")
         })?
     };

@@ -95,6 +95,7 @@ fn checks(
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     {
         use crate::layers::kernel_check::run;
+        crate::layers::device::configure_cubecl();
         let tag = |name: &'static str, v: Vec<_>| v.into_iter().map(move |c| (name, c));
         match spec {
             #[cfg(feature = "cuda")]

@@ -65,7 +65,8 @@ pub struct SampleArgs {
 /// Arguments of `space baselines`.
 #[derive(Debug, Args)]
 pub struct BaselinesArgs {
-    /// A baselines file (default: the embedded search_spaces/paper-baselines.toml).
+    /// A baselines file, or a search-space file for its warm start (default:
+    /// the embedded search_spaces/paper-baselines.toml).
     pub file: Option<PathBuf>,
     /// Vocabulary size for the counts that include embeddings.
     #[arg(long, default_value_t = 16)]
@@ -165,6 +166,12 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         f.min_state,
         100.0 * f.acceptance
     )?;
+    if let Some(ks) = &space.structure.attention_every {
+        writeln!(
+            s,
+            "  global attention: every k-th block for k in {ks:?} (0: none), positions free"
+        )?;
+    }
     let presets: Vec<_> = space.presets.keys().map(String::as_str).collect();
     writeln!(
         s,
@@ -175,6 +182,19 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             presets.join(", ")
         }
     )?;
+    if space.search.baselines {
+        let own = if space.baselines.is_empty() {
+            "the paper's"
+        } else {
+            "the space's own"
+        };
+        writeln!(s, "  warm start ({own} baselines):")?;
+        let ctx = Context {
+            vocab: 16,
+            seq_len: space.budget.seq_len,
+        };
+        baseline_table(&mut s, "    ", &space.warm_start(), ctx)?;
+    }
     out(&s)?;
     for w in &f.warnings {
         eprintln!("warning: {shown}: {w}");
@@ -272,6 +292,7 @@ fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
 
 fn baselines(args: BaselinesArgs) -> anyhow::Result<ExitCode> {
     let list = match &args.file {
+        Some(path) if is_space_file(path) => SearchSpace::load(path)?.warm_start(),
         Some(path) => Baseline::load(path)?,
         None => Baseline::embedded(),
     };
@@ -280,31 +301,55 @@ fn baselines(args: BaselinesArgs) -> anyhow::Result<ExitCode> {
         seq_len: args.seq_len,
     };
     let mut s = String::new();
-    if !args.json {
-        writeln!(
-            s,
-            "{:<34}  {:<12}  {:>9}  {:>9}  {:>12}  {:>10}  layers",
-            "name", "id", "params", "total", "state", "MFLOP/tok"
-        )?;
-    }
-    for b in &list {
-        let r = row(Some(&b.name), &b.genome, ctx);
-        if args.json {
-            writeln!(s, "{}", serde_json::to_string(&r)?)?;
-        } else {
+    if args.json {
+        for b in &list {
             writeln!(
                 s,
-                "{:<34}  {:<12}  {:>9}  {:>9}  {:>12}  {:>10.2}  {}",
-                b.name,
-                &r.id[..12],
-                r.params,
-                r.params_total,
-                state_text(&r),
-                r.flops_per_token as f64 / 1e6,
-                r.layers
+                "{}",
+                serde_json::to_string(&row(Some(&b.name), &b.genome, ctx))?
             )?;
         }
+    } else {
+        baseline_table(&mut s, "", &list, ctx)?;
     }
     out(&s)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `path` is a search-space file (it has a `[space]` table) rather
+/// than a baselines file; unreadable files are left to the loader's error.
+fn is_space_file(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.contains_key("space"))
+}
+
+/// The named architectures as a table, each line after `indent`.
+fn baseline_table(
+    s: &mut String,
+    indent: &str,
+    list: &[Baseline],
+    ctx: Context,
+) -> std::fmt::Result {
+    writeln!(
+        s,
+        "{indent}{:<34}  {:<12}  {:>9}  {:>9}  {:>12}  {:>10}  layers",
+        "name", "id", "params", "total", "state", "MFLOP/tok"
+    )?;
+    for b in list {
+        let r = row(Some(&b.name), &b.genome, ctx);
+        writeln!(
+            s,
+            "{indent}{:<34}  {:<12}  {:>9}  {:>9}  {:>12}  {:>10.2}  {}",
+            b.name,
+            &r.id[..12],
+            r.params,
+            r.params_total,
+            state_text(&r),
+            r.flops_per_token as f64 / 1e6,
+            r.compact
+        )?;
+    }
+    Ok(())
 }

@@ -439,9 +439,16 @@ fn commit(opening: Opening, state: &Path, budget: Option<SearchBudget>) -> anyho
 /// The candidate of one `--seed-arch`, checked against the space.
 fn seed_candidate(space: &SearchSpace, arch: &str) -> anyhow::Result<Candidate> {
     let mut genome = super::eval::parse_arch(arch)?;
-    // Layer strings carry no width: read them at the space's first width
-    // when the reference's 128 is not allowed.
-    if !Path::new(arch).is_file() && !space.model.d_model.contains(&genome.d_model) {
+    // A layer string without a width prefix (`d64:`) is read at the
+    // space's first width when the reference's 128 is not allowed.
+    let width_given = arch.trim_start().starts_with('d')
+        && arch
+            .trim_start()
+            .split_whitespace()
+            .next()
+            .is_some_and(|t| t.ends_with(':'));
+    if !Path::new(arch).is_file() && !width_given && !space.model.d_model.contains(&genome.d_model)
+    {
         genome.d_model = space.model.d_model[0];
     }
     if let Err(why) = space.admits(&genome) {

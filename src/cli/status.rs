@@ -274,11 +274,7 @@ pub fn render(r: &StatusReport) -> String {
             rows,
         );
     }
-    table(
-        &mut s,
-        "baselines (the paper's architectures)",
-        &r.baselines,
-    );
+    table(&mut s, "baselines (the warm start)", &r.baselines);
     regimes(&mut s, &r.regimes);
     if !r.correlations.is_empty() {
         let _ = writeln!(

@@ -29,7 +29,7 @@ pub(crate) use crate::exec::panic_text;
 use crate::layers::device::DeviceSlots;
 use crate::scale::corpus::Corpus;
 use crate::search::Policy;
-use crate::space::{Baseline, SearchSpace};
+use crate::space::SearchSpace;
 use crate::store::{EventKind, JobId, Store, now};
 use control::{Answer, Request};
 use report::{Live, RunningJob};
@@ -198,7 +198,7 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         .preset(&record.preset)
         .map_err(anyhow::Error::msg)?
         .clone();
-    let policy = Policy::new(space.clone(), record.seed, Baseline::embedded());
+    let policy = Policy::new(space.clone(), record.seed, space.warm_start());
     let corpus = match &record.corpus {
         Some(path) => Corpus::load(Path::new(path))
             .with_context(|| "the search's scale corpus (start --corpus)".to_string())?,

@@ -92,6 +92,15 @@ pub enum GenomeError {
     /// An empty layers string.
     #[error("empty layers string; expected names such as `mh-hyena swiglu mh-attention swiglu`")]
     EmptyLayers,
+    /// A token of a compact layer string (`d64: mh-attention[kv_heads=4]
+    /// swiglu (norm=layer)`) that does not parse.
+    #[error("`{token}`: expected {expected}")]
+    Compact {
+        /// The token given.
+        token: String,
+        /// What was expected there.
+        expected: &'static str,
+    },
     /// An unknown norm name.
     #[error("unknown norm `{0}`; expected `rms` or `layer`")]
     UnknownNorm(String),

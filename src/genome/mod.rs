@@ -196,6 +196,19 @@ impl ArchSpec {
         layers_string::parse_short(s).map(|layers| ArchSpec::new(128, layers))
     }
 
+    /// Builds from the compact form [`ArchSpec::compact_string`] writes
+    /// (`d64: mh-attention[n_heads=8,kv_heads=2] swiglu (norm=layer)`): the
+    /// `--layers` form plus a width prefix, parameters in brackets and a norm
+    /// suffix, each optional. Parameters not given take their defaults; the
+    /// backbone is the language model's (the compact form does not carry it).
+    ///
+    /// # Errors
+    /// An unknown name or parameter, a malformed token (named), a value the
+    /// layer cannot be built with, or an empty string.
+    pub fn from_compact_str(s: &str) -> Result<ArchSpec, GenomeError> {
+        layers_string::parse_compact(s)
+    }
+
     /// The reference `--layers` form: registry names separated by spaces.
     pub fn layers_string(&self) -> String {
         layers_string::format_layers(&self.layers)

@@ -124,6 +124,13 @@ impl Primitive {
             .join(", ")
     }
 
+    /// Whether this is global softmax attention (`attention`, `mh-attention`):
+    /// the layers a space's `structure.attention_every` places. Sliding
+    /// windows and linear attention are not (their state is bounded).
+    pub fn is_global_attention(self) -> bool {
+        matches!(self, Primitive::Attention | Primitive::MhAttention)
+    }
+
     /// The hyper-parameters this primitive takes, by their genome field names.
     pub fn params(self) -> &'static [&'static str] {
         use Primitive::*;

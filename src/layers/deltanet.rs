@@ -97,7 +97,10 @@ impl<B: Backend> GatedDeltaNet<B> {
         let [batch, seq, d] = x.dims();
         let h = self.n_heads;
         let width = self.qkv.weight.dims()[1];
-        let zero = Tensor::zeros([width], &x.device());
+        let dev = x.device();
+        // Bias-free: a zero bias built once per (width, device).
+        let zero =
+            super::consts::cached("zero_bias", &[width], &dev, || Tensor::zeros([width], &dev));
         let p = silu(super::fused::short_conv::short_conv(
             linear(&self.qkv, x.clone()),
             self.conv.val(),

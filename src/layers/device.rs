@@ -271,6 +271,7 @@ fn check_cuda(index: usize) -> Result<(), DeviceError> {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err(DeviceError::NoDriver);
     }
+    configure_cubecl();
     test_op::<CudaPlain>(
         burn::backend::cuda::CudaDevice::new(index),
         DeviceSpec::Cuda(index),
@@ -284,6 +285,7 @@ fn check_wgpu() -> Result<(), DeviceError> {
 
 #[cfg(feature = "wgpu")]
 fn check_wgpu() -> Result<(), DeviceError> {
+    configure_cubecl();
     test_op::<WgpuPlain>(Default::default(), DeviceSpec::Wgpu)
 }
 
@@ -295,6 +297,44 @@ pub type CudaPlain = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i3
 #[cfg(feature = "wgpu")]
 pub type WgpuPlain =
     burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+
+/// Sets CubeCL's autotune level to `full` (unless `CUBECL_AUTOTUNE_LEVEL`
+/// names a level: a `cubecl.toml` level is overridden) before the first
+/// kernel runs; idempotent. Called before a device's first use (the device
+/// checks, `on_device!`); the wgpu tests set the variable instead.
+///
+/// At the default level autotune keys round each matmul and reduction
+/// shape up to a bucket (`m, n, k` to powers of two), benchmarks one shape
+/// per bucket and runs the winner on every shape in it. A winner that is
+/// valid for the benchmarked shape and not for another of its bucket then
+/// panics on the device's runner thread, where burn-fusion swallows it and
+/// its tensor handles go stale (burn issue 5352; seen here as a `CallError`
+/// on the next read, on lavapipe, on one machine and not another). At
+/// `full` every shape is benchmarked on itself: a MAD model has a few dozen
+/// shapes, so the extra tuning is seconds, once per shape and process.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn configure_cubecl() {
+    use cubecl::config::autotune::AutotuneLevel;
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // A level CubeCL reads from the environment is the user's choice;
+        // one it would ignore (`FULL`) is not.
+        let chosen = std::env::var("CUBECL_AUTOTUNE_LEVEL").is_ok_and(|v| {
+            matches!(
+                v.as_str(),
+                "minimal" | "0" | "balanced" | "1" | "extensive" | "2" | "full" | "3"
+            )
+        });
+        if chosen {
+            return;
+        }
+        // Read (and so initialise) first: `get` takes the same lock.
+        let mut config = (*CubeClRuntimeConfig::get()).clone();
+        config.autotune.level = AutotuneLevel::Full;
+        *CubeClRuntimeConfig::storage().lock() = Some(std::sync::Arc::new(config));
+    });
+}
 
 /// Whether the GPU backends run through burn-fusion (unless
 /// `MAD_SEARCH_FUSION=0`).
@@ -315,12 +355,14 @@ macro_rules! on_device {
             }
             #[cfg(feature = "cuda")]
             $crate::layers::device::DeviceSpec::Cuda(i) if $crate::layers::device::fusion() => {
+                $crate::layers::device::configure_cubecl();
                 type $b = burn::backend::Autodiff<burn::backend::Cuda>;
                 let $dev = burn::backend::cuda::CudaDevice::new(i);
                 $body
             }
             #[cfg(feature = "cuda")]
             $crate::layers::device::DeviceSpec::Cuda(i) => {
+                $crate::layers::device::configure_cubecl();
                 type $b = burn::backend::Autodiff<$crate::layers::device::CudaPlain>;
                 let $dev = burn::backend::cuda::CudaDevice::new(i);
                 $body
@@ -331,12 +373,14 @@ macro_rules! on_device {
             )),
             #[cfg(feature = "wgpu")]
             $crate::layers::device::DeviceSpec::Wgpu if $crate::layers::device::fusion() => {
+                $crate::layers::device::configure_cubecl();
                 type $b = burn::backend::Autodiff<burn::backend::Wgpu>;
                 let $dev = Default::default();
                 $body
             }
             #[cfg(feature = "wgpu")]
             $crate::layers::device::DeviceSpec::Wgpu => {
+                $crate::layers::device::configure_cubecl();
                 type $b = burn::backend::Autodiff<$crate::layers::device::WgpuPlain>;
                 let $dev = Default::default();
                 $body

@@ -47,7 +47,9 @@ impl<B: Backend> GatedShortConv<B> {
         let bcx = linear(&self.in_proj, x);
         let part = |i: usize| contiguous(bcx.clone().slice([0..batch, 0..seq, i * d..(i + 1) * d]));
         let (b, c, xs) = (part(0), part(1), part(2));
-        let zero = Tensor::zeros([d], &bcx.device());
+        let dev = bcx.device();
+        // Bias-free: a zero bias built once per (width, device).
+        let zero = super::consts::cached("zero_bias", &[d], &dev, || Tensor::zeros([d], &dev));
         let conv = super::fused::short_conv::short_conv(b * xs, self.conv.val(), zero);
         linear(&self.out_proj, c * conv)
     }

@@ -173,6 +173,8 @@ fn every_primitive_on_wgpu_equals_flex_values_and_gradients() {
             let mut spec = spec.clone();
             spec.backbone = backbone;
             let what = format!("{} ({})", spec.layers_string(), backbone.name());
+            // Shown only if the test fails: which model a device error hit.
+            eprintln!("every_primitive: {what}");
             let (cpu_y, cpu_g) = forward_backward::<CpuAutodiff>(&spec, ctx, 3);
             let (gpu_y, gpu_g) = forward_backward::<Gpu>(&spec, ctx, 3);
             assert_close(&format!("{what}: logits"), &gpu_y, &cpu_y);

@@ -3,8 +3,8 @@
 //! In order: a queued job (the scheduler takes those first); a promotion of
 //! a candidate in the top 1/η of its stage (asynchronous successive halving:
 //! one promotion as soon as one qualifies; to `overtrain`, the `scale`
-//! board's best `overtrain_top` by predicted loss); the next paper baseline (warm
-//! start); a child of tournament-chosen parents from the aging population
+//! board's best `overtrain_top` by predicted loss); the next baseline (warm
+//! start: the space's own, else the paper's); a child of tournament-chosen parents from the aging population
 //! (the most recent `population` screened candidates), by mutation or
 //! crossover, ranked on (score up, parameters down, state down) by
 //! non-dominated rank then crowding distance; else a fresh sample. Every

@@ -67,6 +67,22 @@ impl SearchSpace {
                 self.structure.max_sequence_mixer_kinds
             ));
         }
+        if let Some(counts) = self.structure.attention_counts(blocks.len()) {
+            let have = blocks
+                .iter()
+                .filter(|b| b.sequence_mixer().primitive().is_global_attention())
+                .count();
+            if !counts.contains(&have) {
+                return reject(format!(
+                    "{have} of {} blocks are global attention; structure.attention_every = {:?} allows {counts:?}",
+                    blocks.len(),
+                    self.structure
+                        .attention_every
+                        .as_deref()
+                        .unwrap_or_default()
+                ));
+            }
+        }
         if self.structure.same_channel_mixer {
             let mut channels = blocks.iter().filter_map(|b| match b {
                 Block::Pair(_, c) => Some(c.primitive()),

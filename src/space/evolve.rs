@@ -38,6 +38,13 @@ pub enum Operator {
     Stripe,
     /// Blocks recombined from two parents.
     Crossover,
+    /// Another attention ratio of `structure.attention_every`: blocks
+    /// switched to or from global attention in a periodic pattern.
+    Restripe,
+    /// A global-attention block traded places with another block.
+    MoveAttention,
+    /// Every block of one sequence-mixer kind changed to another kind.
+    SwapKind,
 }
 
 impl Operator {
@@ -50,6 +57,23 @@ impl Operator {
         Operator::DuplicateBlock,
         Operator::SwapBlocks,
         Operator::Stripe,
+        Operator::Restripe,
+        Operator::MoveAttention,
+        Operator::SwapKind,
+    ];
+
+    /// The mutation operators of a space that places attention freely
+    /// (no `structure.attention_every`): there is no ratio to restripe, and
+    /// moving attention is one case of swapping blocks.
+    pub const FREE_PLACEMENT_MUTATIONS: &'static [Operator] = &[
+        Operator::ReplaceMixer,
+        Operator::ChangeParam,
+        Operator::InsertBlock,
+        Operator::DeleteBlock,
+        Operator::DuplicateBlock,
+        Operator::SwapBlocks,
+        Operator::Stripe,
+        Operator::SwapKind,
     ];
 
     /// The name used in files and tables.
@@ -65,6 +89,9 @@ impl Operator {
             Operator::SwapBlocks => "swap-blocks",
             Operator::Stripe => "stripe",
             Operator::Crossover => "crossover",
+            Operator::Restripe => "restripe",
+            Operator::MoveAttention => "move-attention",
+            Operator::SwapKind => "swap-kind",
         }
     }
 }
@@ -76,6 +103,15 @@ impl fmt::Display for Operator {
 }
 
 impl SearchSpace {
+    /// The mutation operators [`SearchSpace::mutate`] draws from, uniformly.
+    pub fn mutations(&self) -> &'static [Operator] {
+        if self.structure.attention_every.is_some() {
+            Operator::MUTATIONS
+        } else {
+            Operator::FREE_PLACEMENT_MUTATIONS
+        }
+    }
+
     /// A mutant of `parent`: a random operator, retried until the child is new
     /// and admitted.
     ///
@@ -92,7 +128,7 @@ impl SearchSpace {
             message: format!("cannot mutate `{parent}`: {e}"),
         })?;
         for _ in 0..MAX_ATTEMPTS {
-            let op = *pick(rng, Operator::MUTATIONS);
+            let op = *pick(rng, self.mutations());
             let Some(child) = self.apply(op, parent, &blocks, rng) else {
                 continue;
             };
@@ -119,7 +155,7 @@ impl SearchSpace {
             Operator::ChangeParam => self.change_param(parent, rng),
             Operator::InsertBlock => {
                 let kinds = self.kinds_of(blocks);
-                let block = self.draw_block(2, &kinds, self.shared_channel(blocks), rng)?;
+                let block = self.draw_block(2, &kinds, self.shared_channel(blocks), None, rng)?;
                 let mut b = blocks.to_vec();
                 b.insert(rng.random_range(0..=n), block);
                 Some(parent.with_blocks(&b))
@@ -146,12 +182,15 @@ impl SearchSpace {
                 Some(parent.with_blocks(&b))
             }
             Operator::Stripe => self.stripe(parent, blocks, rng),
+            Operator::Restripe => self.restripe(parent, blocks, rng),
+            Operator::MoveAttention => self.move_attention(parent, blocks, rng),
+            Operator::SwapKind => self.swap_kind(parent, blocks, rng),
             _ => None,
         }
     }
 
     /// Sequence-mixer kinds present in `blocks`.
-    fn kinds_of(&self, blocks: &[Block]) -> Vec<Primitive> {
+    pub(super) fn kinds_of(&self, blocks: &[Block]) -> Vec<Primitive> {
         let mut k: Vec<_> = blocks
             .iter()
             .map(|b| b.sequence_mixer().primitive())
@@ -175,8 +214,14 @@ impl SearchSpace {
     fn replace_mixer<R: Rng + ?Sized>(&self, parent: &ArchSpec, rng: &mut R) -> Option<ArchSpec> {
         let i = rng.random_range(0..parent.layers.len());
         let old = parent.layers[i].primitive();
+        // Where the space places attention, a mixer keeps its class.
+        let class = self
+            .structure
+            .attention_every
+            .as_ref()
+            .map(|_| old.is_global_attention());
         let options: Vec<_> = self
-            .weighted(old.role(), None)
+            .weighted_class(old.role(), None, class)
             .into_iter()
             .filter(|(p, _)| *p != old)
             .collect();

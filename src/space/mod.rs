@@ -12,6 +12,7 @@ mod error;
 mod evolve;
 mod feasible;
 mod parse;
+mod placement;
 mod sample;
 mod toml_walk;
 
@@ -54,6 +55,27 @@ pub struct Structure {
     /// Whether every block of a model uses the same channel-mixer primitive,
     /// as in all of the paper's architectures.
     pub same_channel_mixer: bool,
+    /// The attention ratio as a gene: when set, a model of `n` blocks has
+    /// exactly `n / k` (rounded down; none for `k = 0`) blocks whose
+    /// sequence mixer is global softmax attention, for some `k` of the list,
+    /// at any positions (the sampler places them every k-th block from a
+    /// drawn phase; mutations move them). `None`: no constraint.
+    pub attention_every: Option<Vec<usize>>,
+}
+
+impl Structure {
+    /// How many global-attention blocks a model of `blocks` blocks may have
+    /// (`None`: any number), ascending.
+    pub fn attention_counts(&self, blocks: usize) -> Option<Vec<usize>> {
+        let ks = self.attention_every.as_ref()?;
+        let mut counts: Vec<usize> = ks
+            .iter()
+            .map(|&k| blocks.checked_div(k).unwrap_or(0))
+            .collect();
+        counts.sort_unstable();
+        counts.dedup();
+        Some(counts)
+    }
 }
 
 /// Hard limits checked before any compute is spent.
@@ -94,7 +116,7 @@ pub struct SearchSettings {
     pub mutation: f64,
     /// Probability that a new candidate is a crossover child; the rest are fresh samples.
     pub crossover: f64,
-    /// Seed every search with the paper's architectures (warm start).
+    /// Seed every search with the space's baselines, or the paper's (warm start).
     pub baselines: bool,
     /// A candidate among this many of the `scale` board's best (by
     /// predicted loss) gets the `overtrain` stage's runs (asynchronously,
@@ -489,6 +511,9 @@ pub struct SearchSpace {
     pub search: SearchSettings,
     /// Named stage presets.
     pub presets: BTreeMap<String, Preset>,
+    /// The space's own named architectures (`[[baseline]]` entries, each
+    /// admitted by the space); empty: the paper's are the warm start.
+    pub baselines: Vec<Baseline>,
 }
 
 impl SearchSpace {
@@ -510,6 +535,16 @@ impl SearchSpace {
     /// [`SpaceError`] naming the file, line and field of the first problem.
     pub fn parse(file: &Path, text: &str) -> Result<SearchSpace, SpaceError> {
         parse::parse(file, text)
+    }
+
+    /// The architectures a search of this space seeds first when
+    /// `search.baselines` is on: the space's own, else the paper's.
+    pub fn warm_start(&self) -> Vec<Baseline> {
+        if self.baselines.is_empty() {
+            Baseline::embedded()
+        } else {
+            self.baselines.clone()
+        }
     }
 
     /// The search space embedded in the binary.

@@ -35,6 +35,7 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<SearchSpace, SpaceError> 
         "primitives",
         "search",
         "presets",
+        "baseline",
     ])?;
 
     let meta = top
@@ -62,6 +63,7 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<SearchSpace, SpaceError> 
         None => Structure {
             max_sequence_mixer_kinds: 2,
             same_channel_mixer: false,
+            attention_every: None,
         },
     };
     let budget_table = required_table(&top, "budget", "max_params and max_state")?;
@@ -85,7 +87,11 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<SearchSpace, SpaceError> 
         None => BTreeMap::new(),
     };
 
-    let space = SearchSpace {
+    let listed = match top.val("baseline") {
+        Some(_) => super::Baseline::in_space(file, text)?,
+        None => Vec::new(),
+    };
+    let mut space = SearchSpace {
         name,
         description,
         model,
@@ -94,9 +100,24 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<SearchSpace, SpaceError> 
         primitives,
         search,
         presets,
+        baselines: Vec::new(),
     };
     check_composable(&space, &top, &prim_table)?;
     super::feasible::check(&space, doc, &budget_table)?;
+    for (i, (b, at)) in listed.into_iter().enumerate() {
+        if let Err(why) = space.admits(&b.genome) {
+            return Err(SpaceError::Field {
+                at,
+                field: format!("baseline[{i}]"),
+                message: format!(
+                    "`{}` ({}) is outside the space: {why}; a space's baselines are points of it",
+                    b.name,
+                    b.genome.compact_string()
+                ),
+            });
+        }
+        space.baselines.push(b);
+    }
     Ok(space)
 }
 
@@ -137,7 +158,11 @@ fn dedup<T: Ord>(mut v: Vec<T>) -> Vec<T> {
 }
 
 fn parse_structure(t: &Table<'_, '_>) -> R<Structure> {
-    t.only(&["max_sequence_mixer_kinds", "same_channel_mixer"])?;
+    t.only(&[
+        "max_sequence_mixer_kinds",
+        "same_channel_mixer",
+        "attention_every",
+    ])?;
     Ok(Structure {
         max_sequence_mixer_kinds: t
             .get("max_sequence_mixer_kinds", |v| v.positive())?
@@ -145,6 +170,14 @@ fn parse_structure(t: &Table<'_, '_>) -> R<Structure> {
         same_channel_mixer: t
             .get("same_channel_mixer", |v| v.boolean())?
             .unwrap_or(false),
+        attention_every: t
+            .get("attention_every", |v| {
+                v.list(|x| {
+                    usize::try_from(x.uint()?)
+                        .map_err(|_| x.error("expected a block count that fits this machine"))
+                })
+            })?
+            .map(dedup),
     })
 }
 
@@ -639,6 +672,53 @@ fn check_composable(space: &SearchSpace, top: &Table<'_, '_>, prims: &Table<'_, 
         return Err(prims.error(
             "the space can produce nothing: sequence mixers need a channel mixer after them (e.g. [primitives.swiglu])",
         ));
+    }
+    if let Some(ks) = &space.structure.attention_every {
+        let table = top.val("structure").and_then(|v| v.table().ok());
+        let span = table
+            .as_ref()
+            .map_or(0..0, |t| t.span_of("attention_every"));
+        let error = |message: String| top.doc.error(&span, "structure.attention_every", message);
+        let attention: Vec<String> = space
+            .primitives
+            .keys()
+            .filter(|p| p.is_global_attention())
+            .map(|p| format!("[primitives.{p}]"))
+            .collect();
+        let other = space
+            .primitives
+            .keys()
+            .any(|p| !p.is_global_attention() && p.role() != Role::Channel);
+        if ks.iter().any(|&k| k > 0) && attention.is_empty() {
+            return Err(error(format!(
+                "{ks:?} places global attention every k-th block, but the space lists no global attention; add [primitives.mh-attention] (or attention), or write [0]"
+            )));
+        }
+        if ks.iter().any(|&k| k != 1) && !other {
+            return Err(error(format!(
+                "{ks:?} asks for blocks without global attention, but every sequence mixer of the space is global attention; add another mixer, or write [1]"
+            )));
+        }
+        let fused = space.primitives.keys().any(|p| p.role() == Role::Fused);
+        let most_layers = space.model.layers.iter().copied().max().unwrap_or(0);
+        let most_blocks = if fused { most_layers } else { most_layers / 2 };
+        if let Some(k) = ks.iter().find(|&&k| k > most_blocks.max(1)) {
+            return Err(error(format!(
+                "k = {k} is more than the most blocks a model of this space has ({most_blocks}), so it places no attention; write 0 for none"
+            )));
+        }
+        if space.structure.max_sequence_mixer_kinds < 2 && ks.iter().any(|&k| k >= 2) {
+            return Err(error(format!(
+                "{ks:?} mixes attention with other mixers, but structure.max_sequence_mixer_kinds = {} allows one kind per model; raise it to 2 or keep only ratios 0 and 1",
+                space.structure.max_sequence_mixer_kinds
+            )));
+        }
+        if ks.iter().all(|&k| k == 0) && !attention.is_empty() {
+            return Err(error(format!(
+                "[0] forbids global attention, but the space lists {}; remove them, or allow a ratio k > 0",
+                attention.join(", ")
+            )));
+        }
     }
     let model = top.val("model").and_then(|v| v.table().ok());
     for &depth in &space.model.layers {

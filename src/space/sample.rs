@@ -1,6 +1,6 @@
 //! Drawing genomes from the grammar: weighted primitive choice, uniform
-//! hyper-parameter choice, blocks filled to a drawn depth, rejection against
-//! the budgets.
+//! hyper-parameter choice, blocks filled to a drawn depth (global attention
+//! where the drawn placement pattern puts it), rejection against the budgets.
 
 use std::collections::BTreeMap;
 
@@ -89,22 +89,25 @@ impl SearchSpace {
     /// Draws one block with at most `room` layers. `kinds` are the sequence
     /// mixers already in the model; `channel` the channel mixer all blocks
     /// must share, if the structure requires one.
+    /// `attention` says whether its mixer must (`Some(true)`) or must not
+    /// (`Some(false)`) be global attention.
     pub(super) fn draw_block<R: Rng + ?Sized>(
         &self,
         room: usize,
         kinds: &[Primitive],
         channel: Option<Primitive>,
+        attention: Option<bool>,
         rng: &mut R,
     ) -> Option<Block> {
         let full = kinds.len() >= self.structure.max_sequence_mixer_kinds;
         let only = full.then_some(kinds);
-        let mut first = self.weighted(Role::Fused, only);
+        let mut first = self.weighted_class(Role::Fused, only, attention);
         let channels = match channel {
             Some(c) => vec![(c, 1.0)],
             None => self.weighted(Role::Channel, None),
         };
         if room >= 2 && !channels.is_empty() {
-            first.extend(self.weighted(Role::Sequence, only));
+            first.extend(self.weighted_class(Role::Sequence, only, attention));
         }
         let p = pick_weighted(rng, &first)?;
         let mixer = self.draw_layer(p, rng);
@@ -121,12 +124,14 @@ impl SearchSpace {
         let d_model = *pick(rng, &self.model.d_model);
         let depth = *pick(rng, &self.model.layers);
         let norm = *pick(rng, &self.model.norm);
+        let pattern = self.draw_pattern(rng);
         let mut blocks: Vec<Block> = Vec::new();
         let mut kinds: Vec<Primitive> = Vec::new();
         let mut channel = None;
         let mut used = 0;
         while used < depth {
-            let block = self.draw_block(depth - used, &kinds, channel, rng)?;
+            let attention = pattern.map(|p| p.at(blocks.len()));
+            let block = self.draw_block(depth - used, &kinds, channel, attention, rng)?;
             let kind = block.sequence_mixer().primitive();
             if !kinds.contains(&kind) {
                 kinds.push(kind);
