@@ -441,12 +441,10 @@ fn seed_candidate(space: &SearchSpace, arch: &str) -> anyhow::Result<Candidate> 
     let mut genome = super::eval::parse_arch(arch)?;
     // A layer string without a width prefix (`d64:`) is read at the
     // space's first width when the reference's 128 is not allowed.
-    let width_given = arch.trim_start().starts_with('d')
-        && arch
-            .trim_start()
-            .split_whitespace()
-            .next()
-            .is_some_and(|t| t.ends_with(':'));
+    let width_given = arch
+        .split_whitespace()
+        .next()
+        .is_some_and(|t| t.starts_with('d') && t.ends_with(':'));
     if !Path::new(arch).is_file() && !width_given && !space.model.d_model.contains(&genome.d_model)
     {
         genome.d_model = space.model.d_model[0];
