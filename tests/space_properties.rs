@@ -39,15 +39,6 @@ fn assert_admitted_in(space: &SearchSpace, spec: &ArchSpec, what: &str) {
     }
 }
 
-fn assert_admitted(spec: &ArchSpec, what: &str) {
-    if let Err(why) = space().admits(spec) {
-        panic!(
-            "{what} `{}` is outside the space: {why}",
-            spec.compact_string()
-        );
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(3000))]
 
