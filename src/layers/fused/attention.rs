@@ -29,7 +29,7 @@ use burn::tensor::{TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::{
-    Dispatch, axpy, cast, dispatch, dot, exp, give, host, host_of, incoming, primitive, transpose,
+    Dispatch, axpy, cast, dispatch, dot, give, host, host_of, incoming, primitive, transpose,
 };
 use crate::layers::ops::{contiguous, fit};
 use crate::layers::rotary::{apply_rotary, inverse_frequencies};
@@ -270,7 +270,7 @@ fn forward(x: &Inputs) -> (Vec<f32>, Vec<f32>) {
                 let max = sc.iter().fold(f32::NEG_INFINITY, |m, &z| m.max(z));
                 let mut sum = 0f32;
                 for z in sc.iter_mut() {
-                    *z = exp(*z - max);
+                    *z = (*z - max).exp();
                     sum += *z;
                 }
                 let inv = 1.0 / sum;
@@ -339,7 +339,7 @@ fn backward(x: &Inputs, out: &[f32], lse: &[f32], dout: &[f32]) -> Vec<f32> {
                 }
                 // pr ← softmax probabilities; d ← dL/dscores · scale.
                 for (pi, di) in pr.iter_mut().zip(d.iter_mut()) {
-                    *pi = exp(*pi - lse_t);
+                    *pi = (*pi - lse_t).exp();
                     *di = *pi * (*di - delta) * scale;
                 }
                 for i in 0..hd {
