@@ -70,7 +70,7 @@ impl SearchSpace {
         if let Some(counts) = self.structure.attention_counts(blocks.len()) {
             let have = blocks
                 .iter()
-                .filter(|b| b.sequence_mixer().primitive().is_global_attention())
+                .filter(|b| super::placement::is_attention(b))
                 .count();
             if !counts.contains(&have) {
                 return reject(format!(

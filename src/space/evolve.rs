@@ -48,7 +48,8 @@ pub enum Operator {
 }
 
 impl Operator {
-    /// The mutation operators.
+    /// The mutation operators: those of every space, then the two that
+    /// edit the attention ratio.
     pub const MUTATIONS: &'static [Operator] = &[
         Operator::ReplaceMixer,
         Operator::ChangeParam,
@@ -57,24 +58,15 @@ impl Operator {
         Operator::DuplicateBlock,
         Operator::SwapBlocks,
         Operator::Stripe,
+        Operator::SwapKind,
         Operator::Restripe,
         Operator::MoveAttention,
-        Operator::SwapKind,
     ];
 
     /// The mutation operators of a space that places attention freely
     /// (no `structure.attention_every`): there is no ratio to restripe, and
     /// moving attention is one case of swapping blocks.
-    pub const FREE_PLACEMENT_MUTATIONS: &'static [Operator] = &[
-        Operator::ReplaceMixer,
-        Operator::ChangeParam,
-        Operator::InsertBlock,
-        Operator::DeleteBlock,
-        Operator::DuplicateBlock,
-        Operator::SwapBlocks,
-        Operator::Stripe,
-        Operator::SwapKind,
-    ];
+    pub const FREE_PLACEMENT_MUTATIONS: &'static [Operator] = Operator::MUTATIONS.split_at(8).0;
 
     /// The name used in files and tables.
     pub fn name(self) -> &'static str {

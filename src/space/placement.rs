@@ -353,6 +353,21 @@ mod tests {
     }
 
     #[test]
+    fn free_placement_drops_exactly_the_ratio_operators() {
+        let free: Vec<Operator> = Operator::MUTATIONS
+            .iter()
+            .copied()
+            .filter(|op| !matches!(op, Operator::Restripe | Operator::MoveAttention))
+            .collect();
+        assert_eq!(Operator::FREE_PLACEMENT_MUTATIONS, free.as_slice());
+        assert_eq!(
+            SearchSpace::embedded_default().mutations(),
+            Operator::FREE_PLACEMENT_MUTATIONS
+        );
+        assert_eq!(hybrid().mutations(), Operator::MUTATIONS);
+    }
+
+    #[test]
     fn mutations_stay_in_the_space_and_use_the_placement_operators() {
         let s = hybrid();
         let mut rng = crate::seed::rng(5, &["mutate"]);
