@@ -19,10 +19,16 @@ fn text(b: &[u8]) -> String {
 
 /// The default space plus `quick`: two tasks, seconds per architecture.
 fn space(dir: &std::path::Path) -> String {
-    let default = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/search_spaces/default.toml"
-    ))
+    space_from(dir, "default.toml")
+}
+
+/// `search_spaces/<base>` plus the preset `quick`.
+fn space_from(dir: &std::path::Path, base: &str) -> String {
+    let default = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("search_spaces")
+            .join(base),
+    )
     .unwrap();
     let path = dir.join("space.toml");
     std::fs::write(
@@ -83,6 +89,41 @@ fn comparable(mut v: serde_json::Value) -> serde_json::Value {
     }
     strip(&mut v);
     v
+}
+
+/// A space's own baselines are names `--arch` takes, and the report shows
+/// their parameters (grouped-query attention) in the compact form.
+#[test]
+fn calibrate_names_the_spaces_own_baselines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let space = space_from(tmp.path(), "hybrid-2026.toml");
+    let out = tmp.path().join("out");
+    let r = run_in(
+        tmp.path(),
+        &[
+            "calibrate",
+            "--preset",
+            "quick",
+            "--space",
+            &space,
+            "--dir",
+            out.to_str().unwrap(),
+            "--json",
+            "--arch",
+            "LFM2-like conv + GQA",
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let s = &v["summaries"][0];
+    assert_eq!(s["name"], "LFM2-like conv + GQA", "{v}");
+    assert!(
+        s["layers"]
+            .as_str()
+            .unwrap()
+            .starts_with("gated-short-conv swiglu mh-attention[kv_heads=4] swiglu"),
+        "{s}"
+    );
 }
 
 #[test]

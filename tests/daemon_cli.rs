@@ -766,9 +766,22 @@ fn a_search_of_the_hybrid_2026_space_screens_its_own_baselines() {
     for r in v["baselines"].as_array().unwrap() {
         assert!(r["score"].as_f64().is_some(), "{r}");
     }
+    // The LFM2-like baseline's attention has 4 key/value heads: the reference
+    // string cannot say so, the compact form does, and the human table shows it.
+    let lfm2 = v["baselines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["baseline"] == "LFM2-like conv + GQA")
+        .unwrap();
+    let gqa = "gated-short-conv swiglu mh-attention[kv_heads=4] swiglu";
+    assert!(lfm2["compact"].as_str().unwrap().starts_with(gqa), "{lfm2}");
+    assert!(!lfm2["layers"].as_str().unwrap().contains('['), "{lfm2}");
     let human = text(&run(&["status", "--state", s(&state)]).stdout);
     assert!(
-        human.contains("hybrid-2026") && human.contains("Qwen3-Next-like GDN 3:1"),
+        human.contains("hybrid-2026")
+            && human.contains("Qwen3-Next-like GDN 3:1")
+            && human.contains(gqa),
         "{human}"
     );
     stop(&state);

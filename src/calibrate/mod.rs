@@ -40,7 +40,7 @@ impl Subject {
         let name = baselines
             .iter()
             .find(|b| b.genome.arch_id() == spec.arch_id())
-            .map_or_else(|| spec.layers_string(), |b| b.name.clone());
+            .map_or_else(|| spec.compact_string(), |b| b.name.clone());
         Subject { name, spec }
     }
 
@@ -187,7 +187,7 @@ pub fn eval_dir(root: &Path, stage: StageName, subject: &Subject, k: usize) -> P
 pub struct SubjectResults {
     /// Shown name.
     pub name: String,
-    /// Layer string.
+    /// Compact layer string (with parameters where they differ from the defaults).
     pub layers: String,
     /// Per seed.
     pub seeds: Vec<Option<Kept>>,
@@ -207,7 +207,7 @@ pub struct Spread {
 pub struct Summary {
     /// Shown name.
     pub name: String,
-    /// Layer string.
+    /// Compact layer string (with parameters where they differ from the defaults).
     pub layers: String,
     /// Seeds finished.
     pub seeds: usize,

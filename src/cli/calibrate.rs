@@ -110,14 +110,16 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Finding::load(path, &baselines).context("--findings")?,
         None => Finding::embedded(),
     };
+    // An --arch is named after the space's own baselines, then the paper's.
+    let known: Vec<Baseline> = space.baselines.iter().chain(&baselines).cloned().collect();
     let mut subjects: Vec<Subject> = Vec::new();
     for a in &args.arch {
-        let subject = match baselines.iter().find(|b| b.name == *a) {
+        let subject = match known.iter().find(|b| b.name == *a) {
             Some(b) => Subject {
                 name: b.name.clone(),
                 spec: b.genome.clone(),
             },
-            None => Subject::named(parse_arch(a)?, &baselines),
+            None => Subject::named(parse_arch(a)?, &known),
         };
         if subjects
             .iter()
@@ -238,7 +240,7 @@ fn calibrate_stage(
         .iter()
         .map(|s| SubjectResults {
             name: s.name.clone(),
-            layers: s.spec.layers_string(),
+            layers: s.spec.compact_string(),
             seeds: vec![None; args.seeds],
         })
         .collect();

@@ -117,6 +117,12 @@ fn score(r: &Row) -> String {
     }
 }
 
+/// The compact form where the report has it (a report from an older
+/// daemon may not), else the reference layers string.
+fn shown<'a>(compact: &'a str, layers: &'a str) -> &'a str {
+    if compact.is_empty() { layers } else { compact }
+}
+
 fn table(s: &mut String, title: &str, rows: &[Row]) {
     if rows.is_empty() {
         return;
@@ -145,7 +151,7 @@ fn table(s: &mut String, title: &str, rows: &[Row]) {
             score(r),
             r.params,
             r.state,
-            r.layers
+            shown(&r.compact, &r.layers)
         );
     }
 }
@@ -211,7 +217,7 @@ pub fn render(r: &StatusReport) -> String {
                         None => j.stage.name().to_string(),
                     },
                     j.attempt,
-                    j.layers,
+                    shown(&j.compact, &j.layers),
                     j.seconds,
                     j.progress
                         .as_ref()
@@ -361,7 +367,7 @@ fn regimes(s: &mut String, rows: &[crate::daemon::report::RegimeRow]) {
                 (Some(l), Some(m)) => format!("{l:.4} at {m}×"),
                 _ => "-".into(),
             },
-            r.layers
+            shown(&r.compact, &r.layers)
         );
     }
 }

@@ -26,6 +26,9 @@ pub struct RunningJob {
     pub arch: ArchId,
     /// Layers string.
     pub layers: String,
+    /// The compact form (see [`Row::compact`]).
+    #[serde(default)]
+    pub compact: String,
     /// Stage.
     pub stage: StageName,
     /// The run of the stage, for a stage split into runs.
@@ -77,6 +80,11 @@ pub struct Row {
     pub arch: ArchId,
     /// Reference layers string.
     pub layers: String,
+    /// The compact form (`mh-attention[kv_heads=4] swiglu`, a width prefix
+    /// and a norm suffix where they differ from the defaults): unlike
+    /// `layers`, it tells apart genomes that differ only in parameters.
+    #[serde(default)]
+    pub compact: String,
     /// The stage the score comes from (the most advanced one finished).
     pub stage: Option<StageName>,
     /// Score at that stage.
@@ -163,6 +171,9 @@ pub struct RegimeRow {
     pub arch: ArchId,
     /// Reference layers string.
     pub layers: String,
+    /// The compact form (see [`Row::compact`]).
+    #[serde(default)]
+    pub compact: String,
     /// Baseline name, if one.
     pub baseline: Option<String>,
     /// Compute-optimal: the loss the power law predicts at `target_compute`.
@@ -227,6 +238,7 @@ fn regimes(store: &Store) -> Result<Vec<RegimeRow>, StoreError> {
         rows.push(RegimeRow {
             arch: c.id,
             layers: c.genome.layers_string(),
+            compact: c.genome.compact_string(),
             baseline: c.baseline.clone(),
             predicted_loss: scale.predicted_loss,
             predicted_se: scale.predicted_se,
@@ -282,6 +294,7 @@ fn row(c: &Candidate, rank: usize, stage: Option<StageName>) -> Row {
         rank,
         arch: c.id,
         layers: c.genome.layers_string(),
+        compact: c.genome.compact_string(),
         stage: summary.and(stage),
         score: summary.map(|s| s.score),
         per_task: summary

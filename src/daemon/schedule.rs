@@ -170,6 +170,7 @@ impl Schedule {
                     job: job.id,
                     arch: job.arch,
                     layers: genome.layers_string(),
+                    compact: genome.compact_string(),
                     stage: job.stage,
                     part: job.part.as_ref().map(|p| p.key.clone()),
                     attempt: job.attempt,

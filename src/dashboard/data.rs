@@ -36,6 +36,9 @@ pub struct Point {
     pub seq: u64,
     /// The reference layer string.
     pub layers: String,
+    /// The compact form, with parameters (`mh-attention[kv_heads=4]`).
+    #[serde(default)]
+    pub compact: String,
     /// The paper baseline it is, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<String>,
@@ -69,6 +72,7 @@ impl Point {
             arch: c.id,
             seq: c.seq,
             layers: c.genome.layers_string(),
+            compact: c.genome.compact_string(),
             baseline: c.baseline.clone(),
             operator: c.operator.to_string(),
             parents: c.parents.clone(),

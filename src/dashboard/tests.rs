@@ -111,6 +111,7 @@ fn points_list_every_candidate_in_order_with_its_scores() {
         assert_eq!((point.arch, point.seq), (c.id, c.seq));
         assert_eq!((point.params, point.state), (c.params, c.state));
         assert_eq!(point.layers, c.genome.layers_string());
+        assert_eq!(point.compact, c.genome.compact_string());
     }
     assert_eq!(p.points[0].scores[&StageName::Screen], 0.5);
     assert_eq!(p.points[0].finished[&StageName::Screen], 200.0);

@@ -3,9 +3,9 @@
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 use super::Init;
+use super::fused::glu::silu_gate;
 use super::ops::{fit, gelu_tanh, linear};
 use super::routing::route;
 use crate::genome::{self, Routing};
@@ -37,7 +37,7 @@ impl<B: Backend> SwiGlu<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         linear(
             &self.w3,
-            silu(linear(&self.w1, x.clone())) * linear(&self.w2, x),
+            silu_gate(linear(&self.w1, x.clone()), linear(&self.w2, x)),
         )
     }
 }

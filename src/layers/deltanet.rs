@@ -21,7 +21,8 @@ use burn::prelude::*;
 use burn::tensor::activation::{sigmoid, silu};
 
 use super::Init;
-use super::linear_attention::{merge_heads, pad_seq, split_heads};
+use super::fused::glu::silu_gate;
+use super::linear_attention::pad_seq;
 use super::mamba::softplus;
 use super::ops::{contiguous, fit, linear, scale_last};
 use crate::genome;
@@ -91,9 +92,10 @@ impl<B: Backend> GatedDeltaNet<B> {
         }
     }
 
-    /// The rule's operands: q (normalised, scaled), k (normalised), v, each
-    /// `[batch, heads, seq, ·]`, and the log-decay g and β, `[batch, heads, seq, 1]`.
-    pub fn operands(&self, x: Tensor<B, 3>) -> [Tensor<B, 4>; 5] {
+    /// The rule's operands, token-major: q (L2-normalised per head, scaled)
+    /// and k (L2-normalised per head), `[batch, seq, heads·dk]`; v, `[batch,
+    /// seq, heads·dv]`; the log-decay g and β, `[batch, seq, heads]`.
+    pub fn operands(&self, x: Tensor<B, 3>) -> [Tensor<B, 3>; 5] {
         let [batch, seq, d] = x.dims();
         let h = self.n_heads;
         let width = self.qkv.weight.dims()[1];
@@ -107,41 +109,44 @@ impl<B: Backend> GatedDeltaNet<B> {
             zero,
         ));
         let part = |from: usize, len: usize| {
-            split_heads(
-                contiguous(p.clone().slice([0..batch, 0..seq, from..from + len])),
-                h,
-            )
+            contiguous(p.clone().slice([0..batch, 0..seq, from..from + len]))
         };
         let dk = d / h;
-        let q = l2_normalize(part(0, d)) * (1.0 / (dk as f64).sqrt());
-        let k = l2_normalize(part(d, d));
+        // Per head: the last dim split in `h` groups of `dk`, a free reshape.
+        let unit =
+            |t: Tensor<B, 3>| l2_normalize(t.reshape([batch, seq, h, dk])).reshape([batch, seq, d]);
+        let q = unit(part(0, d)) * (1.0 / (dk as f64).sqrt());
+        let k = unit(part(d, d));
         let v = part(2 * d, width - 2 * d);
-        let per_head = |t: Tensor<B, 3>| t.swap_dims(1, 2).reshape([batch, h, seq, 1]);
         let bias = fit(self.dt_bias.val().reshape([1, 1, h]), [batch, seq, h]);
         let rate = softplus(linear(&self.a, x.clone()) + bias);
         let a = fit(self.a_log.val().exp().reshape([1, 1, h]), [batch, seq, h]);
-        let g = per_head(-(rate * a));
-        let beta = per_head(sigmoid(linear(&self.beta, x)));
+        let g = -(rate * a);
+        let beta = sigmoid(linear(&self.beta, x));
         [q, k, v, g, beta]
     }
 
     /// # Shapes
     /// - x: `[batch, seq, d]` → `[batch, seq, d]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(linear(&self.gate, x.clone()));
+        let gate = linear(&self.gate, x.clone());
         let [q, k, v, g, beta] = self.operands(x);
-        let o = super::fused::delta::delta_rule(q, k, v, g, beta);
+        let h = self.n_heads;
+        let o = super::fused::delta::delta_rule_tokens(q, k, v, g, beta, h);
+        let [batch, seq, width] = o.dims();
+        // The per-head RMSNorm over groups of `dv` of the last dim.
+        let o = o.reshape([batch, seq, h, width / h]);
         let dims = o.dims();
         let inv = (o.clone().square().mean_dim(3) + NORM_EPS).sqrt().recip();
         let o = scale_last(o * fit(inv, dims), self.norm.val());
-        linear(&self.out, merge_heads(o) * gate)
+        linear(&self.out, silu_gate(gate, o.reshape([batch, seq, width])))
     }
 }
 
 /// `x / √(Σ x² + ε)` over the last dim.
 ///
 /// # Shapes
-/// - x: `[batch, heads, seq, e]` → same
+/// - x: `[..., e]` (the layer's `[batch, seq, heads, dk]`) → same
 pub fn l2_normalize<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let dims = x.dims();
     let inv = (x.clone().square().sum_dim(3) + L2_EPS).sqrt().recip();

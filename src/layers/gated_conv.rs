@@ -5,16 +5,16 @@
 //! a bias-free output projection. Its only state is the convolution's
 //! buffer of `kernel − 1` positions.
 //!
-//! The convolution is the fused short convolution of Hyena and Mamba
-//! ([`super::fused::short_conv`]) with a zero bias; the gates are
-//! same-shape products, already on flex's fast path.
+//! Between the projections, the gates and the convolution are one fused
+//! kernel on flex ([`super::fused::gated_conv`]), reading `b, c, x` from
+//! the input projection's output without slicing it.
 
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 
 use super::Init;
-use super::ops::{contiguous, linear};
+use super::ops::linear;
 use crate::genome;
 
 /// LFM2-style gated short convolution.
@@ -43,14 +43,10 @@ impl<B: Backend> GatedShortConv<B> {
     /// # Shapes
     /// - x: `[batch, seq, d]` → `[batch, seq, d]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, seq, d] = x.dims();
         let bcx = linear(&self.in_proj, x);
-        let part = |i: usize| contiguous(bcx.clone().slice([0..batch, 0..seq, i * d..(i + 1) * d]));
-        let (b, c, xs) = (part(0), part(1), part(2));
-        let dev = bcx.device();
-        // Bias-free: a zero bias built once per (width, device).
-        let zero = super::consts::cached("zero_bias", &[d], &dev, || Tensor::zeros([d], &dev));
-        let conv = super::fused::short_conv::short_conv(b * xs, self.conv.val(), zero);
-        linear(&self.out_proj, c * conv)
+        linear(
+            &self.out_proj,
+            super::fused::gated_conv::gated_short_conv(bcx, self.conv.val()),
+        )
     }
 }

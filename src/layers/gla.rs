@@ -14,9 +14,10 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::activation::{log_sigmoid, silu};
+use burn::tensor::activation::log_sigmoid;
 
 use super::Init;
+use super::fused::glu::silu_gate;
 use super::linear_attention::{merge_heads, pad_seq, split_heads};
 use super::norm::Norm;
 use super::ops::{fit, linear};
@@ -95,12 +96,12 @@ impl<B: Backend> GatedLinearAttention<B> {
     /// # Shapes
     /// - x: `[batch, seq, d]` → `[batch, seq, d]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(linear(&self.g, x.clone()));
+        let gate = linear(&self.g, x.clone());
         let [q, k, v, gk] = self.heads(x);
         let o = self
             .norm
             .forward(super::fused::gla::gated_recurrence(q, k, v, gk));
-        linear(&self.out, merge_heads(o) * gate)
+        linear(&self.out, silu_gate(gate, merge_heads(o)))
     }
 }
 

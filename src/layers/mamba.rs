@@ -19,6 +19,7 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use super::Init;
+use super::fused::glu::silu_gate;
 use super::ops::{contiguous, fit, linear, scale_last};
 use super::short_conv::ShortConv;
 use crate::genome;
@@ -114,7 +115,7 @@ impl<B: Backend> Mamba<B> {
         let s = self.scan_inputs(x);
         let y = super::fused::scan::selective_scan(s.x.clone(), s.dt, s.a, s.b, s.c)
             + scale_last(s.x, self.skip.val());
-        linear(&self.out_proj, y * silu(s.z))
+        linear(&self.out_proj, silu_gate(s.z, y))
     }
 }
 

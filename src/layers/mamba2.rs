@@ -24,6 +24,7 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use super::Init;
+use super::fused::glu::silu_gate;
 use super::mamba::softplus;
 use super::ops::{contiguous, fit, linear, scale_last};
 use super::short_conv::ShortConv;
@@ -150,7 +151,7 @@ impl<B: Backend> Mamba2<B> {
     /// # Shapes
     /// - y, z: `[batch, seq, d_inner]` → `[batch, seq, d_inner]`
     fn gated_norm(&self, y: Tensor<B, 3>, z: Tensor<B, 3>) -> Tensor<B, 3> {
-        let g = y * silu(z);
+        let g = silu_gate(z, y);
         let dims = g.dims();
         let inv = (g.clone().square().mean_dim(2) + EPS).sqrt().recip();
         scale_last(g * fit(inv, dims), self.norm.val())

@@ -374,32 +374,46 @@ fn the_test_split_is_scored_on_the_best_epochs_weights() {
     let mut spec = ArchSpec::from_layers_str("hyena swiglu").unwrap();
     spec.d_model = 32;
     for metric in [Metric::Macro, Metric::Micro] {
-        // A learning rate far too high: accuracy climbs, then falls.
-        let cfg = RunConfig {
-            lr: 0.3,
-            batch_size: 64,
-            max_epochs: 12,
-            patience: Some(2),
-            metric,
-            ..RunConfig::default()
+        // A learning rate far too high: accuracy climbs, then falls. Which
+        // rate shows it depends on the kernels' rounding, so the first of a
+        // few that ends below its best is the one checked.
+        let attempt = |lr: f64| {
+            let cfg = RunConfig {
+                lr,
+                batch_size: 64,
+                max_epochs: 12,
+                patience: Some(2),
+                metric,
+                ..RunConfig::default()
+            };
+            let mut seen = Vec::new();
+            let r = run::<CpuAutodiff>(
+                &spec,
+                &setting,
+                &splits,
+                &cfg,
+                &Default::default(),
+                RunControl::default(),
+                &mut |e| seen.push(e.valid),
+            )
+            .unwrap();
+            (r, seen)
         };
-        let mut seen = Vec::new();
-        let r = run::<CpuAutodiff>(
-            &spec,
-            &setting,
-            &splits,
-            &cfg,
-            &Default::default(),
-            RunControl::default(),
-            &mut |e| seen.push(e.valid),
-        )
-        .unwrap();
+        let mut tried = Vec::new();
+        let found = [0.3, 0.5, 0.2, 1.0].into_iter().find_map(|lr| {
+            let (r, seen) = attempt(lr);
+            let (best, last) = (seen[r.best_epoch - 1], seen[seen.len() - 1]);
+            let falls = r.best_epoch < r.epochs && last.of(metric) < best.of(metric);
+            tried.push((lr, seen.clone()));
+            falls.then_some((r, seen))
+        });
+        let Some((r, seen)) = found else {
+            panic!(
+                "{metric:?}: no learning rate made the run end below its best, \
+                 which this test needs to mean anything: {tried:?}"
+            );
+        };
         let best = seen[r.best_epoch - 1];
-        let last = seen[seen.len() - 1];
-        assert!(
-            r.best_epoch < r.epochs && last.of(metric) < best.of(metric),
-            "{metric:?}: the run must end below its best for this test to mean anything: {seen:?}"
-        );
         assert!(
             seen.iter().all(|s| s.of(metric) <= best.of(metric)),
             "{metric:?}: epoch {} is not the best: {seen:?}",

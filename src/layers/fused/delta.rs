@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 use super::{Dispatch, axpy, cast, dispatch, dot, exp, give, host, host_of, incoming, primitive};
 use crate::layers::deltanet::{self, CHUNK};
+use crate::layers::linear_attention::{merge_heads, split_heads};
 use crate::layers::{Cpu, CpuAutodiff};
 
 /// Steps between the states the backward keeps.
@@ -67,6 +68,196 @@ pub fn delta_rule<B: Backend>(
         Dispatch::Composite => return deltanet::chunked(q, k, v, g, beta, CHUNK),
     };
     out.reshape([b, h, seq, dv])
+}
+
+/// The gated delta rule on token-major operands, as the layer computes
+/// them: [`delta_rule`] without the head split and merge around it. On flex
+/// the operands are regrouped by head on the host (one copy of `dk`- or
+/// `dv`-long runs each way) instead of by Burn's strided copies, which cost
+/// the layer nearly as much as the rule itself (`perf` of `cargo bench
+/// --bench torch -- --layers --only gated-deltanet`: flex's strided
+/// iteration and `to_contiguous` 15 % of the step, the kernel's own loops
+/// 22 %).
+///
+/// # Shapes
+/// - q, k: `[batch, seq, heads·dk]`; v: `[batch, seq, heads·dv]`;
+///   g, beta: `[batch, seq, heads]` → `[batch, seq, heads·dv]`
+pub fn delta_rule_tokens<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    g: Tensor<B, 3>,
+    beta: Tensor<B, 3>,
+    heads: usize,
+) -> Tensor<B, 3> {
+    match dispatch::<B>() {
+        Dispatch::Autodiff => cast(tokens_autodiff(
+            [cast(q), cast(k), cast(v), cast(g), cast(beta)],
+            heads,
+        )),
+        Dispatch::Plain => cast(tokens_plain(
+            [cast(q), cast(k), cast(v), cast(g), cast(beta)],
+            heads,
+        )),
+        Dispatch::Composite => {
+            let [b, seq, _] = q.dims();
+            let per_head = |t: Tensor<B, 3>| t.swap_dims(1, 2).reshape([b, heads, seq, 1]);
+            merge_heads(deltanet::chunked(
+                split_heads(q, heads),
+                split_heads(k, heads),
+                split_heads(v, heads),
+                per_head(g),
+                per_head(beta),
+                CHUNK,
+            ))
+        }
+    }
+}
+
+/// Token-major `[batch, seq, heads·e]` against task-major `[batch·heads,
+/// seq, e]` on the host.
+#[derive(Clone, Copy, Debug)]
+struct Tokens {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+}
+
+impl Tokens {
+    /// `x` (`[batch, seq, heads·e]`) regrouped as `[batch·heads, seq, e]`.
+    fn to_tasks(self, x: &[f32], e: usize) -> Vec<f32> {
+        self.regroup(x, e, true)
+    }
+
+    /// `x` (`[batch·heads, seq, e]`) regrouped as `[batch, seq, heads·e]`.
+    fn to_tokens(self, x: &[f32], e: usize) -> Vec<f32> {
+        self.regroup(x, e, false)
+    }
+
+    fn regroup(self, x: &[f32], e: usize, to_tasks: bool) -> Vec<f32> {
+        let Tokens { seq, heads, .. } = self;
+        let block = (seq * heads * e).max(1);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(block)
+            .zip(x.par_chunks(block))
+            .for_each(|(out, x)| {
+                for t in 0..seq {
+                    for h in 0..heads {
+                        let (token, task) = ((t * heads + h) * e, (h * seq + t) * e);
+                        let (to, from) = if to_tasks {
+                            (task, token)
+                        } else {
+                            (token, task)
+                        };
+                        out[to..to + e].copy_from_slice(&x[from..from + e]);
+                    }
+                }
+            });
+        out
+    }
+}
+
+/// The host operands of [`delta_rule_tokens`], task-major, and the layout
+/// the gradients go back to.
+#[derive(Clone, Debug)]
+struct TokenInputs {
+    inputs: Inputs,
+    layout: Tokens,
+}
+
+impl TokenInputs {
+    fn new(t: [Vec<f32>; 5], [batch, seq, wk]: [usize; 3], wv: usize, heads: usize) -> Self {
+        assert!(
+            heads > 0 && wk.is_multiple_of(heads) && wv.is_multiple_of(heads),
+            "the widths {wk} and {wv} split into {heads} heads"
+        );
+        let rows = batch * seq;
+        let lens = t.each_ref().map(Vec::len);
+        assert_eq!(
+            lens,
+            [rows * wk, rows * wk, rows * wv, rows * heads, rows * heads],
+            "q, k: [batch, seq, heads·dk]; v: [batch, seq, heads·dv]; g, β: [batch, seq, heads]"
+        );
+        let layout = Tokens { batch, seq, heads };
+        let (dk, dv) = (wk / heads, wv / heads);
+        let [q, k, v, g, beta] = t;
+        let inputs = Inputs::new(
+            [
+                layout.to_tasks(&q, dk),
+                layout.to_tasks(&k, dk),
+                layout.to_tasks(&v, dv),
+                layout.to_tasks(&g, 1),
+                layout.to_tasks(&beta, 1),
+            ],
+            [batch * heads, seq, dk, dv],
+        );
+        TokenInputs { inputs, layout }
+    }
+
+    /// The rule's output, token-major, and its shape.
+    fn forward(&self) -> (Vec<f32>, [usize; 3]) {
+        let [_, _, _, dv] = self.inputs.dims;
+        let Tokens { batch, seq, heads } = self.layout;
+        (
+            self.layout.to_tokens(&forward(&self.inputs), dv),
+            [batch, seq, heads * dv],
+        )
+    }
+}
+
+fn tokens_plain(t: [Tensor<Cpu, 3>; 5], heads: usize) -> Tensor<Cpu, 3> {
+    let (dims, wv, device) = (t[0].dims(), t[2].dims()[2], t[0].device());
+    let (out, shape) = TokenInputs::new(t.map(host), dims, wv, heads).forward();
+    Tensor::from_data(TensorData::new(out, shape), &device)
+}
+
+#[derive(Debug)]
+struct TokensBackward;
+
+impl Backward<Cpu, 5> for TokensBackward {
+    type State = TokenInputs;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 5>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let (dy, device) = incoming(&ops, grads);
+        let TokenInputs { inputs, layout } = &ops.state;
+        let [_, _, dk, dv] = inputs.dims;
+        let Tokens { batch, seq, heads } = *layout;
+        let dy = layout.to_tasks(&dy, dv);
+        let [dq, dkey, dval, dg, dbeta] = backward(inputs, &dy);
+        let (key, value, scalar) = (
+            [batch, seq, heads * dk],
+            [batch, seq, heads * dv],
+            [batch, seq, heads],
+        );
+        give(
+            &ops,
+            grads,
+            [
+                layout.to_tokens(&dq, dk),
+                layout.to_tokens(&dkey, dk),
+                layout.to_tokens(&dval, dv),
+                layout.to_tokens(&dg, 1),
+                layout.to_tokens(&dbeta, 1),
+            ],
+            [key, key, value, scalar, scalar],
+            &device,
+        );
+    }
+}
+
+fn tokens_autodiff(t: [Tensor<CpuAutodiff, 3>; 5], heads: usize) -> Tensor<CpuAutodiff, 3> {
+    let (dims, wv, device) = (t[0].dims(), t[2].dims()[2], t[0].device());
+    let p: [FloatTensor<CpuAutodiff>; 5] = t.map(|t| t.into_primitive().tensor());
+    let s = TokenInputs::new(p.each_ref().map(host_of), dims, wv, heads);
+    let (out, shape) = s.forward();
+    let output = primitive(out, shape, &device);
+    let [q, k, v, g, beta] = &p;
+    super::record(TokensBackward, [q, k, v, g, beta], s, output)
 }
 
 /// The operands on the host, each `[tasks, seq, ·]` row-major.
@@ -434,6 +625,77 @@ mod tests {
                     .unwrap();
             let reference: Vec<f32> = recurrent(q, k, v, g, beta).into_data().to_vec().unwrap();
             close(&plain, &reference, 1e-5, &format!("inference, {case}"));
+        }
+    }
+
+    /// The token-major entry equals the recurrence between a head split and
+    /// merge, in values and in the gradients of all five token-major
+    /// operands, with heads of unequal key and value widths; the inference
+    /// path gives the same output.
+    #[test]
+    fn token_major_entry_equals_the_split_recurrence() {
+        let device = Default::default();
+        for dims in [[2, 3, 9, 4, 6], [1, 1, 20, 8, 8], [3, 2, 1, 2, 3]] {
+            let [b, h, seq, _, dv] = dims;
+            // Head-major operands as the tests above draw them, token-major.
+            let tokens = || {
+                let [q, k, v, g, beta] =
+                    operands(dims, 23).map(|d| Tensor::<Cpu, 4>::from_data(d, &device));
+                let scalar = |t: Tensor<Cpu, 4>| t.reshape([b, h, seq]).swap_dims(1, 2);
+                [
+                    merge_heads(q),
+                    merge_heads(k),
+                    merge_heads(v),
+                    scalar(g),
+                    scalar(beta),
+                ]
+                .map(|t| t.into_data())
+            };
+            let run = |fused: bool| {
+                let [q, k, v, g, beta] = tokens()
+                    .map(|d| Tensor::<CpuAutodiff, 3>::from_data(d, &device).require_grad());
+                let y = if fused {
+                    delta_rule_tokens(q.clone(), k.clone(), v.clone(), g.clone(), beta.clone(), h)
+                } else {
+                    let per_head =
+                        |t: Tensor<CpuAutodiff, 3>| t.swap_dims(1, 2).reshape([b, h, seq, 1]);
+                    merge_heads(recurrent(
+                        split_heads(q.clone(), h),
+                        split_heads(k.clone(), h),
+                        split_heads(v.clone(), h),
+                        per_head(g.clone()),
+                        per_head(beta.clone()),
+                    ))
+                };
+                let w: Vec<f32> = (0..b * seq * h * dv)
+                    .map(|i| ((i * 37 % 13) as f32 - 6.0) / 6.0)
+                    .collect();
+                let w = Tensor::<CpuAutodiff, 3>::from_data(
+                    TensorData::new(w, [b, seq, h * dv]),
+                    &device,
+                );
+                let grads = (y.clone() * w).sum().backward();
+                let grad = |t: &Tensor<CpuAutodiff, 3>| {
+                    t.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap()
+                };
+                let gr = [grad(&q), grad(&k), grad(&v), grad(&g), grad(&beta)];
+                (y.into_data().to_vec::<f32>().unwrap(), gr)
+            };
+            let (fused, reference) = (run(true), run(false));
+            let case = format!("dims {dims:?}");
+            close(&fused.0, &reference.0, 1e-5, &format!("output, {case}"));
+            for (name, (f, r)) in ["dq", "dk", "dv", "dg", "dbeta"]
+                .iter()
+                .zip(fused.1.iter().zip(&reference.1))
+            {
+                close(f, r, 1e-4, &format!("{name}, {case}"));
+            }
+            let [q, k, v, g, beta] = tokens().map(|d| Tensor::<Cpu, 3>::from_data(d, &device));
+            let plain: Vec<f32> = delta_rule_tokens(q, k, v, g, beta, h)
+                .into_data()
+                .to_vec()
+                .unwrap();
+            close(&plain, &reference.0, 1e-5, &format!("inference, {case}"));
         }
     }
 }

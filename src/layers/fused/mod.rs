@@ -4,8 +4,9 @@
 //! multi-head Hyena's Toeplitz-weighted mix ([`toeplitz`]), Hyena's long
 //! convolution ([`conv`]), Mamba's selective scan ([`scan`]), gated linear
 //! attention's recurrence ([`gla`]), Gated DeltaNet's delta rule
-//! ([`delta`]), Mamba-2's per-head scan ([`ssd`]) and
-//! the short depthwise convolution of Hyena and Mamba ([`short_conv`]),
+//! ([`delta`]), Mamba-2's per-head scan ([`ssd`]), SwiGLU's gate
+//! ([`glu`]), LFM2's gated short convolution ([`gated_conv`]) and the short
+//! depthwise convolution of Hyena and Mamba ([`short_conv`]),
 //! which they compute as chains of small ops.
 //!
 //! Each public function is generic over the backend like every layer, and
@@ -32,7 +33,9 @@ use super::{Cpu, CpuAutodiff};
 pub mod attention;
 pub mod conv;
 pub mod delta;
+pub mod gated_conv;
 pub mod gla;
+pub mod glu;
 pub mod scan;
 pub mod short_conv;
 pub mod ssd;

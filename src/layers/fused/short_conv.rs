@@ -80,14 +80,14 @@ impl Inputs {
 }
 
 /// `acc += a ⊙ b`.
-fn fma(acc: &mut [f32], a: &[f32], b: &[f32]) {
+pub(super) fn fma(acc: &mut [f32], a: &[f32], b: &[f32]) {
     for ((y, x), w) in acc.iter_mut().zip(a).zip(b) {
         *y += x * w;
     }
 }
 
 /// The taps `j` that reach output step `t` from input step `s = t − (k−1) + j ≥ 0`.
-fn taps(t: usize, kernel: usize) -> std::ops::Range<usize> {
+pub(super) fn taps(t: usize, kernel: usize) -> std::ops::Range<usize> {
     (kernel - 1).saturating_sub(t)..kernel
 }
 
