@@ -50,8 +50,9 @@ pub struct CalibrateArgs {
     /// (seed 0: the protocol's data, as `eval` uses).
     #[arg(long, default_value_t = 1)]
     pub seeds: usize,
-    /// An architecture (baseline name, layer string, short run id or genome
-    /// file); repeat for several. Default: all of the paper's baselines and
+    /// An architecture (a baseline name: the `--space`'s own baselines, then
+    /// the paper's; a layer string, compact form accepted; a short run id;
+    /// or a genome file); repeat for several. Default: all of the paper's baselines and
     /// every architecture the findings name.
     #[arg(long)]
     pub arch: Vec<String>,
