@@ -482,12 +482,20 @@ pub(crate) struct Progress {
     early_stop: f64,
 }
 
-/// Most epochs of all of a stage's runs (each task's own cap, times the sweep).
+/// Most epochs of all of a stage's runs (each setting's own cap, a step
+/// cap included, times the sweep).
 pub(crate) fn stage_epochs(settings: &crate::space::StageSettings) -> usize {
     let sweep = settings.lr.len() * settings.weight_decay.len();
     crate::stages::stage_settings(settings)
         .iter()
-        .map(|s| settings.max_epochs_of(s.task) * sweep)
+        .map(|s| {
+            crate::train::run::epoch_cap(
+                settings.max_epochs_of(s.task),
+                settings.max_steps_of(s.task),
+                s.num_train,
+                settings.batch_size,
+            ) * sweep
+        })
         .sum()
 }
 

@@ -154,7 +154,8 @@ pub(crate) mod nan_as_null {
 pub struct EpochReport {
     /// Epoch just finished (1-based).
     pub epoch: usize,
-    /// Of at most.
+    /// Of at most (fewer than the schedule's `max_epochs` where the step
+    /// cap ends the run first).
     pub max_epochs: usize,
     /// Mean training loss of the epoch.
     pub loss: f64,
@@ -173,6 +174,22 @@ pub(crate) fn improves(valid: &Scores, best: Option<&Scores>, metric: Metric) ->
 pub fn cosine_lr(cfg: &RunConfig, epoch: usize) -> f64 {
     let t = epoch as f64 / cfg.max_epochs.max(1) as f64;
     cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
+/// Epochs a run on `train_rows` examples can take, as progress shows them:
+/// `max_epochs`, or as many (the last one partial) as `max_steps` fills when
+/// it ends the run first. `max_epochs` alone sets the schedule.
+pub fn epoch_cap(
+    max_epochs: usize,
+    max_steps: Option<usize>,
+    train_rows: usize,
+    batch_size: usize,
+) -> usize {
+    let per_epoch = train_rows.div_ceil(batch_size.max(1));
+    match max_steps {
+        Some(m) if per_epoch > 0 => max_epochs.min(m.div_ceil(per_epoch)),
+        _ => max_epochs,
+    }
 }
 
 /// The genome as the task needs it: compression uses the autoencoder.
@@ -416,6 +433,7 @@ pub fn run<B: AutodiffBackend>(
     let mut pending: Vec<(usize, Tensor<B::InnerBackend, 1>)> = Vec::new();
     let mut outcome = Outcome::Completed;
     let mut epochs = at.epoch;
+    let epoch_cap = epoch_cap(cfg.max_epochs, cfg.max_steps, train.n, cfg.batch_size);
     while at.epoch < cfg.max_epochs {
         let epoch = at.epoch;
         let lr = cosine_lr(cfg, epoch);
@@ -477,7 +495,7 @@ pub fn run<B: AutodiffBackend>(
         let valid = evaluate(&inner, &splits.valid, vocab, cfg.batch_size, device);
         report(&EpochReport {
             epoch: epochs,
-            max_epochs: cfg.max_epochs,
+            max_epochs: epoch_cap,
             loss: train_loss,
             valid,
         });

@@ -26,6 +26,23 @@ fn cosine_schedule_runs_from_lr_to_the_floor() {
 }
 
 #[test]
+fn a_step_cap_shortens_the_epochs_progress_counts() {
+    // 100 steps an epoch at 3,200 rows, 25 at 800, 7 (the last short) at
+    // 200: 2,400 steps are 24, 96 and 343 epochs, the last over the cap of
+    // 200, which holds.
+    assert_eq!(epoch_cap(200, Some(2400), 3200, 32), 24);
+    assert_eq!(epoch_cap(200, Some(2400), 800, 32), 96);
+    assert_eq!(epoch_cap(200, Some(2400), 200, 32), 200);
+    assert_eq!(epoch_cap(200, Some(1000), 200, 32), 143);
+    assert_eq!(epoch_cap(8, None, 800, 32), 8);
+    assert_eq!(
+        epoch_cap(8, Some(5), 0, 32),
+        8,
+        "no rows: no step, every epoch"
+    );
+}
+
+#[test]
 fn compression_trains_the_autoencoder() {
     let spec = ArchSpec::from_layers_str("hyena swiglu").unwrap();
     assert_eq!(
@@ -84,6 +101,7 @@ fn step_cap_stops_the_run() {
         max_steps: Some(20),
         ..RunConfig::default()
     };
+    let mut shown = Vec::new();
     let r = run::<CpuAutodiff>(
         &spec,
         &setting,
@@ -91,11 +109,14 @@ fn step_cap_stops_the_run() {
         &cfg,
         &Default::default(),
         RunControl::default(),
-        &mut |_| {},
+        &mut |e| shown.push((e.epoch, e.max_epochs)),
     )
     .unwrap();
     assert_eq!(r.steps, 20);
     assert_eq!(r.epochs, 2);
+    // 16 steps an epoch: the cap ends the run in its second epoch, and
+    // progress says so (not "of 5").
+    assert_eq!(shown, vec![(1, 2), (2, 2)]);
     assert_eq!(r.outcome, Outcome::Completed);
     // Same seed, same run.
     let again = run::<CpuAutodiff>(

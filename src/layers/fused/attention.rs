@@ -434,13 +434,7 @@ mod tests {
     }
 
     fn close(a: Vec<f32>, b: Vec<f32>, what: &str) {
-        assert_eq!(a.len(), b.len());
-        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert!(
-                (x - y).abs() <= 3e-5 * (1.0 + y.abs()),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
+        crate::layers::fused::assert_close(&a, &b, 3e-5, what);
     }
 
     const CASES: [([usize; 3], Heads); 5] = [

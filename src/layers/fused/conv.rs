@@ -185,13 +185,7 @@ mod tests {
     use crate::layers::Init;
 
     fn close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= 5e-5 * (1.0 + y.abs()),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
+        crate::layers::fused::assert_close(a, b, 5e-5, what);
     }
 
     /// Output and the gradients of the input and of the whole filter

@@ -547,15 +547,7 @@ mod tests {
     use crate::layers::Init;
     use crate::layers::deltanet::{l2_normalize, recurrent};
 
-    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                x.is_finite() && (x - y).abs() <= tol * (1.0 + y.abs()),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
-    }
+    use crate::layers::fused::assert_close as close;
 
     /// q, k (L2-normalised, as the layer gives them), v, log-decays from
     /// gentle to strong (down to ≈ −20 a step) and β in (0, 1).

@@ -304,15 +304,7 @@ mod tests {
     use super::*;
     use crate::layers::Init;
 
-    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                x.is_finite() && (x - y).abs() <= tol * (1.0 + y.abs()),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
-    }
+    use crate::layers::fused::assert_close as close;
 
     /// q, k, v, and log-decays from gentle to strong (down to ≈ −30 a step:
     /// `exp` of it underflows nothing in the recurrence).

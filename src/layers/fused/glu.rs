@@ -146,13 +146,7 @@ mod tests {
     use crate::layers::Init;
 
     fn close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= 2e-6 * (1.0 + y.abs()),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
+        crate::layers::fused::assert_close(a, b, 2e-6, what);
     }
 
     /// Output and both gradients equal the composite's, over inputs from

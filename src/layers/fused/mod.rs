@@ -256,6 +256,20 @@ pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// Asserts that `a` is finite and equals `b` element by element within
+/// `tol` relative to `1 + |b|`: a fused kernel against its composite
+/// reference.
+#[cfg(test)]
+pub(crate) fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            x.is_finite() && (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{what}[{i}]: {x} vs {y}"
+        );
+    }
+}
+
 /// Asserts that `backward` gives the same bits on pools of 1, 3 and 4
 /// threads, twice on the last: what [`ordered_sum`] is for.
 #[cfg(test)]

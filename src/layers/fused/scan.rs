@@ -309,15 +309,7 @@ mod tests {
     use super::*;
     use crate::layers::Init;
 
-    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= tol * (1.0 + y.abs()),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
-    }
+    use crate::layers::fused::assert_close as close;
 
     fn values<const D: usize>(t: Tensor<CpuAutodiff, D>) -> Vec<f32> {
         t.into_data().to_vec().unwrap()

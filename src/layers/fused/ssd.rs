@@ -340,15 +340,7 @@ mod tests {
     use crate::layers::Init;
     use crate::layers::mamba2::recurrent;
 
-    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= tol * (1.0 + y.abs()),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
-    }
+    use crate::layers::fused::assert_close as close;
 
     /// x, Δ (positive, up to ~6), A (negative, |A| from 0.1 to ~4), B, C for
     /// `[batch, seq, heads, head_dim, d_state]`.

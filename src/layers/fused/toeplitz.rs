@@ -303,13 +303,7 @@ mod tests {
     use crate::layers::mh_hyena::head_kernels;
 
     fn close(a: Vec<f32>, b: Vec<f32>, what: &str) {
-        assert_eq!(a.len(), b.len());
-        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert!(
-                (x - y).abs() <= 5e-5 * (1.0 + y.abs()),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
+        crate::layers::fused::assert_close(&a, &b, 5e-5, what);
     }
 
     /// Output and the gradients of q, k, v, the filter taps and the skip
