@@ -422,7 +422,6 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
         Ok(_) => log("the database is still in use: no status snapshot"),
         Err(e) => log(format!("could not build the status snapshot: {e}")),
     }
-    drop(presence);
     if let Some((handle, thread)) = usr1 {
         handle.close();
         let _ = thread.join();
@@ -433,14 +432,24 @@ pub fn run(cfg: DaemonConfig, store: Store) -> anyhow::Result<()> {
             kib as f64 / 1024.0
         ));
     }
-    match scheduled {
-        Ok(Some(why)) => log(format!("search finished: {why}")),
-        Ok(None) => log("stopped"),
+    // The last lines go to the log before the pid file: whoever sees the
+    // daemon gone (`stop`, a script polling `status`) finds them there.
+    let ended = match scheduled {
+        Ok(Some(why)) => {
+            log(format!("search finished: {why}"));
+            Ok(())
+        }
+        Ok(None) => {
+            log("stopped");
+            Ok(())
+        }
         Err(e) => {
             log("stopped on the error above");
-            return Err(e.context("the daemon stopped on an error"));
+            Err(e.context("the daemon stopped on an error"))
         }
-    }
+    };
+    drop(presence);
+    ended?;
     stopped.context("recording the daemon's stop")?;
     Ok(())
 }
