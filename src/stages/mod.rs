@@ -97,7 +97,7 @@ impl StageProgress<'_> {
 /// 6,400 and 3,200 examples are all its baseline. Such a setting is kept
 /// once, where it first appears (47 of the 66 under `cpu`): the same
 /// experiment run twice would cost a second run for the same numbers, would
-/// weigh the baseline five times in its task's mean, and two workers running
+/// weigh the baseline six times in its task's mean, and two workers running
 /// it at once would share one checkpoint file.
 pub fn stage_settings(s: &StageSettings) -> Vec<TaskSetting> {
     let mut out: Vec<TaskSetting> = Vec::new();
