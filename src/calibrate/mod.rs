@@ -9,6 +9,7 @@
 //! (`<dir>/<stage>/<arch>/seed-<k>/`), so an interrupted calibration resumes
 //! where it stopped, and a finished one is read back, not re-run.
 
+pub mod clock;
 pub mod findings;
 
 use std::collections::BTreeMap;
@@ -72,11 +73,21 @@ pub fn seeds(base: u64, k: usize) -> (u64, Option<u64>) {
 pub struct Kept {
     /// The identity of the evaluation: genome, stage settings and seeds.
     pub fingerprint: String,
-    /// Whether some of its runs were resumed from an earlier invocation
-    /// (its wall time then undercounts).
-    pub resumed: bool,
+    /// Whether its wall time undercounts: some of its runs were resumed
+    /// from an invocation that kept no clock (a version before
+    /// [`clock`], or a clock lost or damaged).
+    #[serde(alias = "resumed")]
+    pub undercounts: bool,
+    /// Invocations that worked on it: 1 when it ran without interruption;
+    /// its wall time is their sum (see [`clock`]).
+    #[serde(default = "one")]
+    pub invocations: u32,
     /// The result.
     pub result: crate::stages::StageResult,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Version of the kept-result format and identity; a change makes earlier
@@ -152,7 +163,8 @@ pub fn carry_wall_time(old: &Kept, new: &mut Kept) {
     };
     if runs(old) == runs(new) && !runs(new).is_empty() {
         new.result.seconds = old.result.seconds;
-        new.resumed = old.resumed;
+        new.undercounts = old.undercounts;
+        new.invocations = old.invocations;
     }
 }
 
@@ -165,14 +177,14 @@ pub fn write_kept(dir: &Path, kept: &Kept) -> std::io::Result<()> {
     crate::train::checkpoint::write_atomic(&dir.join("result.json"), &bytes)
 }
 
-/// Whether `dir` holds anything of an earlier invocation (checkpoints or
+/// Whether `dir` holds runs of an earlier invocation (checkpoints or
 /// finished runs): the evaluation is then a resumption.
 pub fn has_runs(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .any(|e| e.file_name() != "result.json")
+        .any(|e| e.file_name() != "result.json" && !clock::is_clock_file(&e.file_name()))
 }
 
 /// Where evaluation (`stage`, `subject`, seed `k`) keeps its runs.
@@ -217,8 +229,13 @@ pub struct Summary {
     pub score: Spread,
     /// Mean wall time of an evaluation, seconds.
     pub seconds: f64,
-    /// Whether a finished evaluation was resumed (its wall time undercounts).
-    pub resumed: bool,
+    /// Whether a finished evaluation's wall time undercounts (resumed from
+    /// an invocation that kept no clock).
+    #[serde(alias = "resumed")]
+    pub undercounts: bool,
+    /// The most invocations one evaluation took (1: none was interrupted).
+    #[serde(default = "one")]
+    pub invocations: u32,
 }
 
 impl SubjectResults {
@@ -249,7 +266,8 @@ impl SubjectResults {
             per_task: tasks.into_iter().map(|(t, v)| (t, spread(v))).collect(),
             score: spread(done.iter().map(|k| k.result.score).collect()),
             seconds: done.iter().map(|k| k.result.seconds).sum::<f64>() / done.len() as f64,
-            resumed: done.iter().any(|k| k.resumed),
+            undercounts: done.iter().any(|k| k.undercounts),
+            invocations: done.iter().map(|k| k.invocations).max().unwrap_or(1),
         })
     }
 }

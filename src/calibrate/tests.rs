@@ -205,13 +205,14 @@ fn findings_hold_fail_or_go_unchecked_on_hand_made_scores() {
     );
 }
 
-fn kept(score: f64, cr: f64, seconds: f64, resumed: bool) -> Kept {
+fn kept(score: f64, cr: f64, seconds: f64, undercounts: bool) -> Kept {
     let settings = crate::space::StageSettings::protocol(StageName::Screen);
     let mut per_task = BTreeMap::new();
     per_task.insert(TaskKind::InContextRecall, cr);
     Kept {
         fingerprint: "f".into(),
-        resumed,
+        undercounts,
+        invocations: if undercounts { 2 } else { 1 },
         result: StageResult {
             stage: StageName::Screen,
             settings,
@@ -246,7 +247,8 @@ fn summaries_average_over_seeds_and_agreement_counts_pairs() {
     assert!((s.score.std - 0.02f64.sqrt()).abs() < 1e-12);
     assert_eq!(s.seeds, 2);
     assert!((s.seconds - 110.0).abs() < 1e-12);
-    assert!(s.resumed);
+    assert!(s.undercounts);
+    assert_eq!(s.invocations, 2);
     assert!(subject("b", vec![None, None]).summary().is_none());
 
     // Seed rankings: scores by seed for four subjects; seed 1 swaps the
@@ -299,6 +301,27 @@ fn seeds_keep_the_protocol_data_for_the_first_evaluation() {
     assert_ne!(a, fingerprint(&spec, &u, 1, None, "cpu"));
 }
 
+/// A result kept before the clock (`resumed`, no invocation count) reads
+/// as an undercounted single invocation, as it was.
+#[test]
+fn results_kept_before_the_clock_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = serde_json::to_value(kept(0.5, 0.5, 100.0, true)).unwrap();
+    let m = v.as_object_mut().unwrap();
+    let flag = m.remove("undercounts").unwrap();
+    m.insert("resumed".into(), flag);
+    m.remove("invocations").unwrap();
+    std::fs::write(dir.path().join("result.json"), v.to_string()).unwrap();
+    let KeptState::Current(k) = read_kept(dir.path(), "f") else {
+        panic!("an older result is still current")
+    };
+    assert_eq!((k.undercounts, k.invocations), (true, 1));
+    // The clock's own files are not runs.
+    std::fs::write(dir.path().join(clock::CLOCK_FILE), "{}").unwrap();
+    std::fs::write(dir.path().join("clock.json.1-0.tmp"), "{").unwrap();
+    assert!(!has_runs(dir.path()));
+}
+
 /// A kept result is read back only when it is the same evaluation's; a
 /// stale or damaged file is reported as such (and evaluated again).
 #[test]
@@ -343,12 +366,12 @@ fn kept_results_are_checked_against_their_evaluation() {
     let mut reread = kept(0.5, 0.5, 0.01, true);
     reread.result.per_setting = vec![run(290.0)];
     carry_wall_time(&old, &mut reread);
-    assert_eq!((reread.result.seconds, reread.resumed), (300.0, false));
+    assert_eq!((reread.result.seconds, reread.undercounts), (300.0, false));
     let mut rerun = kept(0.5, 0.5, 280.0, true);
     rerun.result.per_setting = vec![run(275.0)];
     carry_wall_time(&old, &mut rerun);
     assert_eq!(
-        (rerun.result.seconds, rerun.resumed),
+        (rerun.result.seconds, rerun.undercounts),
         (280.0, true),
         "other runs"
     );

@@ -16,6 +16,7 @@ use clap::{Args, ValueEnum};
 
 use super::eval::{Progress, lanes, parse_arch, stage_epochs, stop_on_ctrl_c};
 use super::out;
+use crate::calibrate::clock::{self, Clock};
 use crate::calibrate::findings::{Check, Finding, Verdict};
 use crate::calibrate::{
     Kept, KeptState, SeedAgreement, Subject, SubjectResults, carry_wall_time, check_findings,
@@ -287,11 +288,38 @@ fn calibrate_stage(
             std::fs::create_dir_all(&here)
                 .with_context(|| format!("creating {}", here.display()))?;
             let resumed = has_runs(&here);
+            // The time of earlier invocations: none for a fresh evaluation
+            // or one of other settings (its clock counted those); unknown
+            // where runs were left by an invocation that kept no clock.
+            let earlier = if stale.is_some() || !resumed {
+                Ok(None)
+            } else {
+                clock::read(&here)
+            };
+            let earlier = match earlier {
+                Ok(spent) => spent,
+                Err(why) => {
+                    eprintln!("[{n}/{count}] {why}: unreadable; the wall time will undercount");
+                    None
+                }
+            };
+            let undercounts = resumed && earlier.is_none();
+            let clock = Clock::start(&here, earlier.unwrap_or_default(), clock::TICK)
+                .with_context(|| format!("keeping the wall time in {}", here.display()))?;
             eprintln!(
                 "[{n}/{count}] {} {} seed {k}{}",
                 stage.name(),
                 subject.name,
-                if resumed { " (resuming)" } else { "" }
+                match (resumed, earlier) {
+                    (false, _) => String::new(),
+                    (true, Some(e)) => format!(
+                        " (resuming: {:.0} s over {} earlier invocation{})",
+                        e.seconds,
+                        e.invocations,
+                        if e.invocations == 1 { "" } else { "s" }
+                    ),
+                    (true, None) => " (resuming)".into(),
+                }
             );
             let progress = Progress::new(stage_epochs(settings), settings.early_stop);
             let report = |p: &StageProgress<'_>| progress.epoch(p);
@@ -308,6 +336,7 @@ fn calibrate_stage(
                 &subject.spec, stage, settings, seed, &dev, ctl, &report,
             ));
             progress.finish();
+            let spent = clock.stop();
             let result = match result {
                 Ok(r) => r,
                 Err(TrainError::Interrupted { .. }) => return Ok(None),
@@ -319,21 +348,31 @@ fn calibrate_stage(
                     )));
                 }
             };
-            eprintln!(
-                "[{n}/{count}] {} {} seed {k}: score {:.3} in {:.0} s",
-                stage.name(),
-                subject.name,
-                result.score,
-                result.seconds
-            );
+
             let mut kept = Kept {
                 fingerprint: print,
-                resumed,
+                undercounts,
+                invocations: spent.invocations,
                 result,
             };
+            // This invocation's stage time (what an uninterrupted one
+            // reports) plus the earlier invocations'.
+            kept.result.seconds += earlier.map_or(0.0, |e| e.seconds);
             if let Some(old) = &stale {
                 carry_wall_time(old, &mut kept);
             }
+            eprintln!(
+                "[{n}/{count}] {} {} seed {k}: score {:.3} in {:.0} s{}",
+                stage.name(),
+                subject.name,
+                kept.result.score,
+                kept.result.seconds,
+                match (kept.invocations, kept.undercounts) {
+                    (_, true) => " (and earlier invocations' uncounted time)".to_string(),
+                    (1, false) => String::new(),
+                    (i, false) => format!(" over {i} invocations"),
+                }
+            );
             write_kept(&here, &kept)
                 .with_context(|| format!("keeping the result in {}", here.display()))?;
             results[i].seeds[k] = Some(kept);
@@ -427,13 +466,13 @@ impl Report {
                 " {:>w$} {:>7.0}{}",
                 cell(&x.score),
                 x.seconds,
-                if x.resumed { "*" } else { " " }
+                if x.undercounts { "*" } else { " " }
             );
         }
-        if self.summaries.iter().any(|x| x.resumed) {
+        if self.summaries.iter().any(|x| x.undercounts) {
             let _ = writeln!(
                 s,
-                "* resumed: the wall time counts only the last invocation"
+                "* resumed from an invocation that kept no clock: the wall time undercounts"
             );
         }
         if let Some(a) = &self.seed_agreement {
