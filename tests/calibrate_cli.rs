@@ -80,6 +80,7 @@ fn comparable(mut v: serde_json::Value) -> serde_json::Value {
         match v {
             serde_json::Value::Object(m) => {
                 m.remove("seconds");
+                m.remove("resumed");
                 m.remove("undercounts");
                 m.remove("invocations");
                 m.values_mut().for_each(strip);
@@ -240,6 +241,18 @@ fn calibrate_reports_seeds_findings_and_resumes_after_kill() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
+    // The killed evaluation's clock is what the resumed one adds to: a
+    // planted hour shows up in its wall time.
+    let unfinished = clocks(&dir)
+        .into_iter()
+        .filter(|c| !c.with_file_name("result.json").exists())
+        .collect::<Vec<_>>();
+    assert_eq!(unfinished.len(), 1, "one evaluation was killed part-way");
+    let mut clock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&unfinished[0]).unwrap()).unwrap();
+    assert!(clock["invocations"].as_u64() >= Some(1), "{clock}");
+    clock["seconds"] = (clock["seconds"].as_f64().unwrap() + 3600.0).into();
+    std::fs::write(&unfinished[0], clock.to_string()).unwrap();
     let resumed = run_in(tmp.path(), &resumable);
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));
     let r: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
@@ -250,14 +263,33 @@ fn calibrate_reports_seeds_findings_and_resumes_after_kill() {
     assert!(
         summaries
             .iter()
-            .any(|s| s["invocations"].as_u64() >= Some(2)),
-        "the killed evaluation counts its invocations: {r}"
+            .any(|s| s["invocations"].as_u64() >= Some(2) && s["seconds"].as_f64() >= Some(1800.0)),
+        "the killed evaluation counts its invocations and their time: {r}"
     );
     let mut want = comparable(v);
     let mut got = comparable(r);
     want["dir"] = serde_json::Value::Null;
     got["dir"] = serde_json::Value::Null;
     assert_eq!(got, want);
+}
+
+/// The clocks under `dir`, recursively.
+fn clocks(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                clocks(&p)
+            } else if e.file_name() == "clock.json" {
+                vec![p]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect()
 }
 
 /// Files under `dir`, recursively.

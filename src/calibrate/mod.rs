@@ -73,13 +73,15 @@ pub fn seeds(base: u64, k: usize) -> (u64, Option<u64>) {
 pub struct Kept {
     /// The identity of the evaluation: genome, stage settings and seeds.
     pub fingerprint: String,
-    /// Whether its wall time undercounts: some of its runs were resumed
-    /// from an invocation that kept no clock (a version before
-    /// [`clock`], or a clock lost or damaged).
-    #[serde(alias = "resumed")]
+    /// Whether its wall time undercounts: some of its runs were left by
+    /// an invocation no clock counted (a version before [`clock`], a clock
+    /// lost or damaged). Kept as `resumed`, the name versions before the
+    /// clock read and write (with this meaning).
+    #[serde(rename = "resumed")]
     pub undercounts: bool,
-    /// Invocations that worked on it: 1 when it ran without interruption;
-    /// its wall time is their sum (see [`clock`]).
+    /// Invocations that worked on it (a lower bound where it undercounts;
+    /// 1 in results kept before the clock): 1 when it ran without
+    /// interruption. Its wall time is their sum (see [`clock`]).
     #[serde(default = "one")]
     pub invocations: u32,
     /// The result.
@@ -229,12 +231,10 @@ pub struct Summary {
     pub score: Spread,
     /// Mean wall time of an evaluation, seconds.
     pub seconds: f64,
-    /// Whether a finished evaluation's wall time undercounts (resumed from
-    /// an invocation that kept no clock).
-    #[serde(alias = "resumed")]
+    /// Whether a finished evaluation's wall time undercounts (some runs
+    /// left by an invocation no clock counted).
     pub undercounts: bool,
     /// The most invocations one evaluation took (1: none was interrupted).
-    #[serde(default = "one")]
     pub invocations: u32,
 }
 

@@ -287,38 +287,29 @@ fn calibrate_stage(
             }
             std::fs::create_dir_all(&here)
                 .with_context(|| format!("creating {}", here.display()))?;
-            let resumed = has_runs(&here);
-            // The time of earlier invocations: none for a fresh evaluation
-            // or one of other settings (its clock counted those); unknown
-            // where runs were left by an invocation that kept no clock.
-            let earlier = if stale.is_some() || !resumed {
-                Ok(None)
-            } else {
-                clock::read(&here)
-            };
-            let earlier = match earlier {
-                Ok(spent) => spent,
-                Err(why) => {
-                    eprintln!("[{n}/{count}] {why}: unreadable; the wall time will undercount");
-                    None
-                }
-            };
-            let undercounts = resumed && earlier.is_none();
-            let clock = Clock::start(&here, earlier.unwrap_or_default(), clock::TICK)
+            // The time of earlier invocations, from the clock they kept.
+            let (earlier, why) = clock::earlier(&here, &print, has_runs(&here));
+            if let Some(why) = why {
+                eprintln!("[{n}/{count}] {why}: unreadable; counted as no clock");
+            }
+            let clock = Clock::start(&here, earlier.clone(), clock::TICK)
                 .with_context(|| format!("keeping the wall time in {}", here.display()))?;
             eprintln!(
                 "[{n}/{count}] {} {} seed {k}{}",
                 stage.name(),
                 subject.name,
-                match (resumed, earlier) {
-                    (false, _) => String::new(),
-                    (true, Some(e)) => format!(
-                        " (resuming: {:.0} s over {} earlier invocation{})",
-                        e.seconds,
-                        e.invocations,
-                        if e.invocations == 1 { "" } else { "s" }
+                match (earlier.invocations, earlier.undercounts) {
+                    (0, _) => String::new(),
+                    (_, true) => format!(
+                        " (resuming: {:.0} s counted, runs no clock counted: \
+                         the wall time will undercount)",
+                        earlier.seconds
                     ),
-                    (true, None) => " (resuming)".into(),
+                    (i, false) => format!(
+                        " (resuming: {:.0} s over {i} earlier invocation{})",
+                        earlier.seconds,
+                        if i == 1 { "" } else { "s" }
+                    ),
                 }
             );
             let progress = Progress::new(stage_epochs(settings), settings.early_stop);
@@ -351,16 +342,26 @@ fn calibrate_stage(
 
             let mut kept = Kept {
                 fingerprint: print,
-                undercounts,
+                undercounts: spent.undercounts,
                 invocations: spent.invocations,
                 result,
             };
             // This invocation's stage time (what an uninterrupted one
             // reports) plus the earlier invocations'.
-            kept.result.seconds += earlier.map_or(0.0, |e| e.seconds);
+            kept.result.seconds += earlier.seconds;
             if let Some(old) = &stale {
                 carry_wall_time(old, &mut kept);
             }
+            // The clock agrees with the result (a carried wall time
+            // included), should the result be lost and evaluated again.
+            let total = clock::Spent {
+                seconds: kept.result.seconds,
+                invocations: kept.invocations,
+                undercounts: kept.undercounts,
+                ..spent
+            };
+            clock::keep(&here, &total)
+                .with_context(|| format!("keeping the wall time in {}", here.display()))?;
             eprintln!(
                 "[{n}/{count}] {} {} seed {k}: score {:.3} in {:.0} s{}",
                 stage.name(),
@@ -472,7 +473,7 @@ impl Report {
         if self.summaries.iter().any(|x| x.undercounts) {
             let _ = writeln!(
                 s,
-                "* resumed from an invocation that kept no clock: the wall time undercounts"
+                "* some runs were left by an invocation no clock counted: the wall time undercounts"
             );
         }
         if let Some(a) = &self.seed_agreement {
