@@ -273,43 +273,34 @@ fn calibrate_reports_seeds_findings_and_resumes_after_kill() {
     assert_eq!(got, want);
 }
 
-/// The clocks under `dir`, recursively.
-fn clocks(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+/// Files under `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .flat_map(|e| {
             let p = e.path();
-            if p.is_dir() {
-                clocks(&p)
-            } else if e.file_name() == "clock.json" {
-                vec![p]
-            } else {
-                Vec::new()
-            }
+            if p.is_dir() { files(&p) } else { vec![p] }
         })
         .collect()
 }
 
-/// Files under `dir`, recursively.
+/// The clocks under `dir`.
+fn clocks(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut c = files(dir);
+    c.retain(|p| p.file_name().is_some_and(|n| n == "clock.json"));
+    c
+}
+
+/// Files under `dir` that show progress: not the lock, nor the wall clock
+/// (written the moment an evaluation starts).
 fn walk(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p)
-            } else {
-                // The lock and the wall clock are not progress: the
-                // clock is written the moment an evaluation starts.
-                let name = e.file_name();
-                usize::from(name != ".lock" && !name.to_string_lossy().starts_with("clock.json"))
-            }
-        })
-        .sum()
+    files(dir)
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str())
+        .filter(|n| *n != ".lock" && !n.starts_with("clock.json"))
+        .count()
 }
 
 #[test]
