@@ -250,7 +250,6 @@ fn calibrate_reports_seeds_findings_and_resumes_after_kill() {
     assert_eq!(unfinished.len(), 1, "one evaluation was killed part-way");
     let mut clock: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&unfinished[0]).unwrap()).unwrap();
-    assert!(clock["invocations"].as_u64() >= Some(1), "{clock}");
     clock["seconds"] = (clock["seconds"].as_f64().unwrap() + 3600.0).into();
     std::fs::write(&unfinished[0], clock.to_string()).unwrap();
     let resumed = run_in(tmp.path(), &resumable);

@@ -76,8 +76,9 @@ pub struct Kept {
     /// Whether its wall time undercounts: some of its runs were left by
     /// an invocation no clock counted (a version before [`clock`], a clock
     /// lost or damaged). Kept as `resumed`, the name versions before the
-    /// clock read and write (with this meaning).
-    #[serde(rename = "resumed")]
+    /// clock read and write (with this meaning); `undercounts` is what the
+    /// clock's first version wrote.
+    #[serde(rename = "resumed", alias = "undercounts")]
     pub undercounts: bool,
     /// Invocations that worked on it (a lower bound where it undercounts;
     /// 1 in results kept before the clock): 1 when it ran without

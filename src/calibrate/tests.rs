@@ -315,6 +315,15 @@ fn results_kept_before_the_clock_still_read() {
         panic!("an older result is still current")
     };
     assert_eq!((k.undercounts, k.invocations), (true, 1));
+    // As the clock's first version wrote it.
+    let m = v.as_object_mut().unwrap();
+    let flag = m.remove("resumed").unwrap();
+    m.insert("undercounts".into(), flag);
+    std::fs::write(dir.path().join("result.json"), v.to_string()).unwrap();
+    let KeptState::Current(k) = read_kept(dir.path(), "f") else {
+        panic!("a result of the clock's first version is still current")
+    };
+    assert!(k.undercounts);
     // The clock's own files are not runs.
     std::fs::write(dir.path().join(clock::CLOCK_FILE), "{}").unwrap();
     std::fs::write(dir.path().join("clock.json.1-0.tmp"), "{").unwrap();
