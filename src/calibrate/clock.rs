@@ -120,8 +120,8 @@ pub struct Clock {
     /// Earlier invocations' time, this invocation counted.
     base: Spent,
     start: Instant,
+    /// The ticker; `None` once stopped.
     tick: Option<(Sender<()>, JoinHandle<()>)>,
-    stopped: bool,
 }
 
 impl Clock {
@@ -158,7 +158,6 @@ impl Clock {
             base,
             start,
             tick: Some((tx, ticker)),
-            stopped: false,
         })
     }
 
@@ -179,7 +178,6 @@ impl Clock {
     }
 
     fn halt(&mut self) -> Spent {
-        self.stopped = true;
         if let Some((tx, handle)) = self.tick.take() {
             drop(tx);
             let _ = handle.join();
@@ -192,7 +190,7 @@ impl Clock {
 
 impl Drop for Clock {
     fn drop(&mut self) {
-        if !self.stopped {
+        if self.tick.is_some() {
             self.halt();
         }
     }

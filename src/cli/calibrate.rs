@@ -339,7 +339,6 @@ fn calibrate_stage(
                     )));
                 }
             };
-
             let mut kept = Kept {
                 fingerprint: print,
                 undercounts: spent.undercounts,
