@@ -25,20 +25,20 @@ fn capped_settings_that_coincide_run_once() {
     let cpu = &space.preset("cpu").unwrap().mad;
     let kept = stage_settings(cpu);
     let per_task = |t: TaskKind| kept.iter().filter(|s| s.task == t).count();
-    // In-context recall, noisy recall and selective copying keep the
-    // protocol's examples: the baseline, three vocabularies, 6,400 to 800
-    // examples (recall's lengths 256–1,024 → 64: the baseline); noisy
-    // recall adds three noise fractions, selective copying's 32–96 copied
-    // tokens keep their own lengths. Fuzzy recall: the baseline, three
-    // vocabularies, 1,600 and 800 examples (6,400 and 3,200 → 3,200: the
-    // baseline); compression's lengths 128 and 256 become its length 64.
+    // Every task but memorization keeps the protocol's examples: the
+    // baseline, three vocabularies, 6,400 to 800 examples (the recall
+    // tasks' lengths 256–1,024 and selective copying's 512 and 1,024 → 64:
+    // the baseline); noisy recall adds three noise fractions, selective
+    // copying's 32–96 copied tokens keep their own lengths, compression's
+    // lengths 128 and 256 become its length 64. Memorization: six
+    // vocabularies of 256 examples.
     let counts: Vec<usize> = TaskKind::ALL.iter().map(|&t| per_task(t)).collect();
-    assert_eq!(counts, vec![8, 6, 11, 11, 7, 6]);
-    assert_eq!(kept.len(), 49);
+    assert_eq!(counts, vec![8, 8, 11, 11, 9, 6]);
+    assert_eq!(kept.len(), 53);
     let names: std::collections::BTreeSet<String> =
         kept.iter().map(TaskSetting::reference_dir_name).collect();
     assert_eq!(names.len(), kept.len(), "names are distinct");
-    assert_eq!(setting_keys(cpu).len(), 49);
+    assert_eq!(setting_keys(cpu).len(), 53);
     for &t in TaskKind::ALL {
         let first = kept.iter().find(|s| s.task == t).unwrap();
         let base = TaskSetting::baseline(t);
