@@ -92,13 +92,13 @@ impl StageProgress<'_> {
 
 /// The task settings a stage runs, with the preset's caps applied.
 ///
-/// Caps can make two of the grid's settings one: under `cpu`'s 64-token and
-/// 3,200-example caps, fuzzy recall at length 256, 512 and 1,024 and with
-/// 6,400 and 3,200 examples are all its baseline. Such a setting is kept
-/// once, where it first appears (47 of the 66 under `cpu`): the same
-/// experiment run twice would cost a second run for the same numbers, would
-/// weigh the baseline six times in its task's mean, and two workers running
-/// it at once would share one checkpoint file.
+/// Caps can make two of the grid's settings one: under `cpu`'s 64-token
+/// cap, fuzzy recall at length 256, 512 and 1,024 is its baseline at 64
+/// (and under a 3,200-example cap, so would be 6,400 and 3,200 examples).
+/// Such a setting is kept once, where it first appears (53 of the 66 under
+/// `cpu`): the same experiment run twice would cost a second run for the
+/// same numbers, would weigh the baseline four times in its task's mean,
+/// and two workers running it at once would share one checkpoint file.
 pub fn stage_settings(s: &StageSettings) -> Vec<TaskSetting> {
     let mut out: Vec<TaskSetting> = Vec::new();
     for &task in &s.tasks {

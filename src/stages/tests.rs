@@ -29,7 +29,7 @@ fn capped_settings_that_coincide_run_once() {
     // baseline, three vocabularies, 6,400 to 800 examples (the recall
     // tasks' lengths 256–1,024 and selective copying's 512 and 1,024 → 64:
     // the baseline); noisy recall adds three noise fractions, selective
-    // copying's 32–96 copied tokens keep their own lengths, compression's
+    // copying's 32–96 copied tokens keep 2n + 2 (66–194), compression's
     // lengths 128 and 256 become its length 64. Memorization: six
     // vocabularies of 256 examples.
     let counts: Vec<usize> = TaskKind::ALL.iter().map(|&t| per_task(t)).collect();
