@@ -111,6 +111,11 @@ pub fn ask_daemon(state: &Path, req: &Request) -> anyhow::Result<Option<Answer>>
              version? restart it with `mad-search stop` and `start`): {e}",
             state.display()
         ),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => bail!(
+            "the daemon on {} did not finish its answer: {e}; try again (a large answer on a \
+             busy machine can take longer than the daemon waits)",
+            state.display()
+        ),
         Err(_) => Ok(None),
     }
 }

@@ -116,7 +116,12 @@ pub fn socket_path(state: &Path) -> PathBuf {
 /// Sends one request and reads the answer. `Err` when nothing listens.
 ///
 /// # Errors
-/// No socket, no listener, a timeout, or a malformed answer.
+/// No socket, no listener, a timeout, a connection closed without a byte
+/// of answer ([`io::ErrorKind::ConnectionAborted`]: a daemon on its way
+/// out), an answer cut off before its newline
+/// ([`io::ErrorKind::UnexpectedEof`]: the daemon gave up sending it within
+/// its deadline, or went away), or a whole answer this version cannot read
+/// ([`io::ErrorKind::InvalidData`]).
 pub fn request(state: &Path, req: &Request, timeout: Duration) -> io::Result<Answer> {
     let mut s = UnixStream::connect(socket_path(state))?;
     s.set_read_timeout(Some(timeout))?;
@@ -124,8 +129,32 @@ pub fn request(state: &Path, req: &Request, timeout: Duration) -> io::Result<Ans
     let mut line = serde_json::to_string(req).expect("requests serialise");
     line.push('\n');
     s.write_all(line.as_bytes())?;
+    read_answer(BufReader::new(s))
+}
+
+/// One answer line from `from`. Every answer the daemon sends ends with a
+/// newline, so a line without one was cut off (or never begun): neither is
+/// a sign of another version, and the error says which it was.
+fn read_answer(mut from: impl BufRead) -> io::Result<Answer> {
     let mut answer = String::new();
-    BufReader::new(s).read_line(&mut answer)?;
+    from.read_line(&mut answer)?;
+    if answer.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the daemon closed the connection without answering (it is stopping)",
+        ));
+    }
+    if !answer.ends_with('\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the answer was cut off after {} bytes (the daemon sends each answer within {} s \
+                 and went away or gave up before this one was read whole)",
+                answer.len(),
+                ANSWER_DEADLINE.as_secs()
+            ),
+        ));
+    }
     serde_json::from_str(&answer)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad answer: {e}")))
 }

@@ -72,9 +72,7 @@ impl Drop for Served {
 }
 
 fn read_answer(s: UnixStream) -> Answer {
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).expect("an answer");
-    serde_json::from_str(&line).expect("a well-formed answer")
+    super::read_answer(BufReader::new(s)).expect("a whole, well-formed answer")
 }
 
 fn ping(path: &Path) -> Answer {
@@ -209,4 +207,39 @@ fn read_request_stops_at_the_newline_and_at_the_cap() {
         read_request(&mut b, Duration::from_millis(50), 16),
         Err(ReadError::Deadline)
     ));
+}
+
+#[test]
+fn an_answer_is_told_cut_off_never_begun_or_unreadable() {
+    let whole = b"{\"answer\":\"pong\",\"pid\":3}\n";
+    assert_eq!(
+        super::read_answer(&whole[..]).expect("whole"),
+        Answer::Pong { pid: 3 }
+    );
+    let cut = super::read_answer(&whole[..12]).expect_err("cut off");
+    assert_eq!(cut.kind(), io::ErrorKind::UnexpectedEof);
+    assert!(cut.to_string().contains("cut off after 12 bytes"), "{cut}");
+    let none = super::read_answer(&b""[..]).expect_err("nothing");
+    assert_eq!(none.kind(), io::ErrorKind::ConnectionAborted);
+    let odd = super::read_answer(&b"{\"answer\":\"news\"}\n"[..]).expect_err("unknown");
+    assert_eq!(odd.kind(), io::ErrorKind::InvalidData);
+}
+
+#[test]
+fn a_daemon_that_stops_mid_answer_is_reported_as_such_by_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listener = bind(dir.path()).expect("bind");
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("a client");
+        let mut line = String::new();
+        BufReader::new(&conn)
+            .read_line(&mut line)
+            .expect("its request");
+        // Half of an answer, then gone (as `send` past its deadline).
+        conn.write_all(b"{\"answer\":\"status\",\"rep")
+            .expect("half written");
+    });
+    let e = request(dir.path(), &Request::Ping, Duration::from_secs(30)).expect_err("cut off");
+    server.join().expect("server");
+    assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
 }
