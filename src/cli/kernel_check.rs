@@ -1,7 +1,8 @@
-//! `mad-search kernel-check --device D`: `mad-kernels`' kernels against the
-//! same functions from Burn ops on device `D`, with and without
-//! burn-fusion ([`crate::layers::kernel_check`]); a table, or JSON, and a
-//! failing exit status when one disagrees.
+//! `mad-search kernel-check --device D [--models]`: `mad-kernels`' kernels
+//! on device `D`, with and without burn-fusion, against the same functions
+//! from Burn ops on the CPU, and with `--models` whole models against the
+//! CPU ([`crate::layers::kernel_check`]); a table, or JSON, and a failing
+//! exit status when one disagrees.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -18,6 +19,11 @@ pub struct KernelCheckArgs {
     /// Device: cuda, cuda:N or wgpu (the CPU runs its own fused kernels, not these).
     #[arg(long)]
     pub device: String,
+    /// Also check whole models on the device against the CPU: the paper's
+    /// baselines and one stack of every other primitive, logits and every
+    /// parameter's gradient (slow on a software device: minutes).
+    #[arg(long)]
+    pub models: bool,
     /// Print every check as JSON.
     #[arg(long)]
     pub json: bool,
@@ -37,7 +43,7 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<ExitCode> {
         );
     }
     spec.check()?;
-    let checks = checks(spec)?;
+    let checks = checks(spec, args.models)?;
     let failed = checks.iter().filter(|(_, c)| !c.passed()).count();
     if args.json {
         let rows: Vec<serde_json::Value> = checks
@@ -84,18 +90,29 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Every check on `spec`'s backend, fused and unfused.
+/// Every check on `spec`'s backend, fused and unfused (and the models'
+/// where `models`).
 #[cfg_attr(
     not(any(feature = "wgpu", feature = "cuda")),
     allow(unused_variables, clippy::unnecessary_wraps)
 )]
 fn checks(
     spec: DeviceSpec,
+    models: bool,
 ) -> anyhow::Result<Vec<(&'static str, crate::layers::kernel_check::Check)>> {
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     {
-        use crate::layers::kernel_check::run;
+        use crate::layers::kernel_check::{Check, run, run_models};
+        use burn::tensor::backend::AutodiffBackend;
+        use mad_kernels::Kernels;
         crate::layers::device::configure_cubecl();
+        fn both<B: AutodiffBackend + Kernels>(dev: &B::Device, models: bool) -> Vec<Check> {
+            let mut all = run::<B>(dev);
+            if models {
+                all.extend(run_models::<B>(dev));
+            }
+            all
+        }
         let tag = |name: &'static str, v: Vec<_>| v.into_iter().map(move |c| (name, c));
         match spec {
             #[cfg(feature = "cuda")]
@@ -103,12 +120,12 @@ fn checks(
                 let dev = burn::backend::cuda::CudaDevice::new(i);
                 let mut all: Vec<_> = tag(
                     "fused",
-                    run::<burn::backend::Autodiff<burn::backend::Cuda>>(&dev),
+                    both::<burn::backend::Autodiff<burn::backend::Cuda>>(&dev, models),
                 )
                 .collect();
                 all.extend(tag(
                     "unfused",
-                    run::<burn::backend::Autodiff<crate::layers::device::CudaPlain>>(&dev),
+                    both::<burn::backend::Autodiff<crate::layers::device::CudaPlain>>(&dev, models),
                 ));
                 return Ok(all);
             }
@@ -117,12 +134,12 @@ fn checks(
                 let dev = Default::default();
                 let mut all: Vec<_> = tag(
                     "fused",
-                    run::<burn::backend::Autodiff<burn::backend::Wgpu>>(&dev),
+                    both::<burn::backend::Autodiff<burn::backend::Wgpu>>(&dev, models),
                 )
                 .collect();
                 all.extend(tag(
                     "unfused",
-                    run::<burn::backend::Autodiff<crate::layers::device::WgpuPlain>>(&dev),
+                    both::<burn::backend::Autodiff<crate::layers::device::WgpuPlain>>(&dev, models),
                 ));
                 return Ok(all);
             }

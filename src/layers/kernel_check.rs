@@ -8,9 +8,15 @@
 //! this first); CI runs the same on wgpu (lavapipe). The cases are the
 //! layers' shapes at small width plus the edges the kernels' indexing has
 //! (a sequence of one, odd sizes, more units than one cube holds).
+//!
+//! [`run_models`] does the same for whole models — the paper's baselines and
+//! one stack of every other primitive, at the protocol's width — so that a
+//! fault in the backend's own ops (burn-fusion included) that the kernels'
+//! cases do not reach still shows before a search trains on the device.
 
 #![cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
 
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
@@ -24,10 +30,10 @@ type Flex = crate::layers::CpuAutodiff;
 /// (at least 1): the kernels sum in another order than Burn's ops.
 pub const TOLERANCE: f32 = 2e-3;
 
-/// One kernel on one shape against its reference.
+/// One kernel (or model) on one shape against its reference.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Check {
-    /// The kernel.
+    /// The kernel, or `model`.
     pub kernel: &'static str,
     /// The case, in words (shapes and parameters).
     pub case: String,
@@ -298,9 +304,149 @@ pub fn run<B: AutodiffBackend + Kernels>(dev: &B::Device) -> Vec<Check> {
     out
 }
 
+/// Every parameter's gradient, in visiting order, with its path.
+struct Grads<'a, B: AutodiffBackend> {
+    grads: &'a B::Gradients,
+    path: Vec<String>,
+    out: Vec<(String, Vec<f32>)>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let at = self.path.join(".");
+        let g = param.val().grad(self.grads).map(values).unwrap_or_default();
+        self.out.push((at, g));
+    }
+}
+
+/// The logits of `spec` (weights from seed 5: equal on every backend) on
+/// `batch` fixed sequences, and every parameter's gradient (with its path)
+/// of the tasks' masked cross-entropy on them (every third position
+/// unscored), on backend `B`.
+///
+/// # Panics
+/// If `spec` does not build at `ctx` (the callers' specs are fixed).
+pub(crate) fn forward_backward<B: AutodiffBackend>(
+    spec: &crate::genome::ArchSpec,
+    ctx: crate::genome::Context,
+    batch: usize,
+    dev: &B::Device,
+) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+    let model = crate::layers::Model::<B>::new(spec, ctx, 5, dev).expect("the spec builds");
+    let n = batch * ctx.seq_len;
+    let tokens = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(
+            (0..n).map(|i| (i * 7 % ctx.vocab) as i64).collect(),
+            [batch, ctx.seq_len],
+        ),
+        dev,
+    );
+    let targets = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(
+            (0..n)
+                .map(|i| {
+                    if i % 3 == 2 {
+                        crate::tasks::IGNORE
+                    } else {
+                        (i * 3 % ctx.vocab) as i64
+                    }
+                })
+                .collect(),
+            [n],
+        ),
+        dev,
+    );
+    let logits = model.forward(tokens).reshape([n, ctx.vocab]);
+    let y = values(logits.clone());
+    let grads = crate::train::loss::masked_cross_entropy(logits, targets).backward();
+    let mut visit = Grads::<B> {
+        grads: &grads,
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    model.visit(&mut visit);
+    (y, visit.out)
+}
+
+/// The models [`run_models`] checks: the paper's baselines, and one stack of
+/// every primitive none of them has (each sequence mixer followed by a
+/// channel mixer, the unused ones first).
+pub fn model_cases() -> Vec<(String, crate::genome::ArchSpec)> {
+    use crate::genome::{ArchSpec, Primitive, Role};
+    let mut out: Vec<(String, ArchSpec)> = crate::space::Baseline::embedded()
+        .into_iter()
+        .map(|b| (b.name, b.genome))
+        .collect();
+    let used: std::collections::HashSet<Primitive> = out
+        .iter()
+        .flat_map(|(_, g)| g.layers.iter().map(|l| l.primitive()))
+        .collect();
+    let unused = |role: Role| -> Vec<Primitive> {
+        Primitive::ALL
+            .iter()
+            .copied()
+            .filter(|p| p.role() == role && !used.contains(p))
+            .collect()
+    };
+    let mut channels = unused(Role::Channel).into_iter();
+    let mut stack = Vec::new();
+    for p in unused(Role::Sequence) {
+        stack.push(p);
+        stack.push(channels.next().unwrap_or(Primitive::SwiGlu));
+    }
+    stack.extend(unused(Role::Fused));
+    let names = |f: fn(Primitive) -> &'static str| {
+        stack.iter().map(|&p| f(p)).collect::<Vec<_>>().join(" ")
+    };
+    let spec =
+        ArchSpec::from_layers_str(&names(Primitive::name)).expect("a valid stack of primitives");
+    out.push((format!("the rest: {}", names(Primitive::short)), spec));
+    out
+}
+
+/// Every model of [`model_cases`] on backend `B` and `dev` against flex (the
+/// CPU): the logits and every parameter's gradient of the tasks' loss, at
+/// the protocol's width on a short sequence.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub fn run_models<B: AutodiffBackend + Kernels>(dev: &B::Device) -> Vec<Check> {
+    let ctx = crate::genome::Context {
+        vocab: 16,
+        seq_len: 32,
+    };
+    let batch = 2;
+    model_cases()
+        .into_iter()
+        .map(|(name, spec)| {
+            let (y, g) = forward_backward::<B>(&spec, ctx, batch, dev);
+            let (want_y, want_g) = forward_backward::<Flex>(&spec, ctx, batch, &Default::default());
+            let mut pairs = vec![("logits".to_string(), y, want_y)];
+            for ((path, got), (_, want)) in g.into_iter().zip(want_g) {
+                pairs.push((format!("gradient of {path}"), got, want));
+            }
+            check(
+                "model",
+                format!(
+                    "{name} [batch {batch}, seq {}, vocab {}]",
+                    ctx.seq_len, ctx.vocab
+                ),
+                pairs,
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::genome::{Context, Primitive};
 
     /// The comparison fails where it should: a value off by more than the
     /// tolerance, a non-finite value, a missing gradient (lengths differ).
@@ -342,5 +488,35 @@ mod tests {
             vec![pair("gradient of v", vec![], vec![1.0])],
         );
         assert!(!missing.passed());
+    }
+
+    #[test]
+    fn the_model_cases_cover_every_primitive_and_train_on_the_cpu() {
+        let cases = model_cases();
+        assert_eq!(cases.len(), 12, "eleven baselines and the rest");
+        for &p in Primitive::ALL {
+            assert!(
+                cases
+                    .iter()
+                    .any(|(_, g)| g.layers.iter().any(|l| l.primitive() == p)),
+                "{} is in no case",
+                p.name()
+            );
+        }
+        let ctx = Context {
+            vocab: 16,
+            seq_len: 32,
+        };
+        let (name, rest) = cases.last().expect("the rest");
+        assert!(name.starts_with("the rest: A "), "{name}");
+        let (y, grads) = forward_backward::<Flex>(rest, ctx, 2, &Default::default());
+        assert_eq!(y.len(), 2 * 32 * 16);
+        assert!(y.iter().all(|v| v.is_finite()));
+        for (path, g) in &grads {
+            assert!(
+                !g.is_empty() && g.iter().any(|v| *v != 0.0),
+                "{path}: no gradient"
+            );
+        }
     }
 }

@@ -399,11 +399,16 @@ fn mamba2_layer_is_its_definition() {
 /// the output projection. The norm's scale is randomised.
 #[test]
 fn gated_deltanet_layer_is_its_definition() {
+    // Small, and the default at the protocol's width (dk 32, dv 64).
+    gated_deltanet_layer_at(8, 2, 2, 13);
+    gated_deltanet_layer_at(128, 4, 2, 32);
+}
+
+fn gated_deltanet_layer_at(d: usize, h: usize, ev: usize, seq: usize) {
     use super::deltanet::{GatedDeltaNet, recurrent};
     use super::mamba::softplus;
     use super::ops::linear;
     use burn::tensor::activation::{sigmoid, silu};
-    let (d, h, ev) = (8, 2, 2);
     let (dk, dv) = (d / h, ev * d / h);
     let spec = crate::genome::GatedDeltaNet {
         n_heads: h,
@@ -412,7 +417,7 @@ fn gated_deltanet_layer_is_its_definition() {
     };
     let mut layer = GatedDeltaNet::<B>::new(&spec, d, &mut Init::new(9, &device()));
     layer.norm = Param::from_tensor(randn([dv], 90));
-    let (batch, seq) = (2, 13);
+    let batch = 2;
     let x = randn([batch, seq, d], 91);
     let width = 2 * d + ev * d;
     let conv = silu(super::short_conv::composite(
@@ -435,7 +440,15 @@ fn gated_deltanet_layer_is_its_definition() {
     let rate = softplus(linear(&layer.a, x.clone()) + layer.dt_bias.val().reshape([1, 1, h]));
     let g = per_head(-(rate * layer.a_log.val().exp().reshape([1, 1, h])));
     let beta = per_head(sigmoid(linear(&layer.beta, x.clone())));
-    let o = recurrent(q, k, v, g, beta);
+    let o = recurrent(q.clone(), k.clone(), v.clone(), g.clone(), beta.clone());
+    // The chunked form (the GPU backends') on the layer's own operands.
+    let chunked = super::deltanet::chunked(q, k, v, g, beta, super::deltanet::CHUNK);
+    assert_close(
+        chunked,
+        o.clone(),
+        1e-4,
+        "the chunked rule on the layer's operands",
+    );
     let o = o.clone() / (o.square().mean_dim(3) + 1e-5).sqrt()
         * layer.norm.val().reshape([1, 1, 1, dv]);
     let o = o.swap_dims(1, 2).reshape([batch, seq, h * dv]);
