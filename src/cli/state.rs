@@ -95,7 +95,8 @@ pub fn reach(state: &Path, req: &Request) -> anyhow::Result<Reach> {
 /// The daemon's answer, or `None` when no daemon answers on the socket.
 ///
 /// # Errors
-/// No state dir, or a daemon whose answer this version cannot read.
+/// No state dir, a daemon whose answer was cut off, or one whose answer this
+/// version cannot read.
 pub fn ask_daemon(state: &Path, req: &Request) -> anyhow::Result<Option<Answer>> {
     if !state.is_dir() {
         bail!(
@@ -112,8 +113,8 @@ pub fn ask_daemon(state: &Path, req: &Request) -> anyhow::Result<Option<Answer>>
             state.display()
         ),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => bail!(
-            "the daemon on {} did not finish its answer: {e}; try again (a large answer on a \
-             busy machine can take longer than the daemon waits)",
+            "the daemon on {} did not finish its answer: {e}; try again (on a busy machine a \
+             large answer can take a client longer to read than the daemon waits)",
             state.display()
         ),
         Err(_) => Ok(None),

@@ -117,8 +117,8 @@ pub fn socket_path(state: &Path) -> PathBuf {
 ///
 /// # Errors
 /// No socket, no listener, a timeout, a connection closed without a byte
-/// of answer ([`io::ErrorKind::ConnectionAborted`]: a daemon on its way
-/// out), an answer cut off before its newline
+/// of answer ([`io::ErrorKind::ConnectionAborted`]: a daemon stopping or
+/// crashed; a reset connection is `ConnectionReset`), an answer cut off before its newline
 /// ([`io::ErrorKind::UnexpectedEof`]: the daemon gave up sending it within
 /// its deadline, or went away), or a whole answer this version cannot read
 /// ([`io::ErrorKind::InvalidData`]).
@@ -134,28 +134,30 @@ pub fn request(state: &Path, req: &Request, timeout: Duration) -> io::Result<Ans
 
 /// One answer line from `from`. Every answer the daemon sends ends with a
 /// newline, so a line without one was cut off (or never begun): neither is
-/// a sign of another version, and the error says which it was.
+/// a sign of another version, and the error says which it was. Read as
+/// bytes, so a cut inside a multi-byte character is a cut, not bad UTF-8.
 fn read_answer(mut from: impl BufRead) -> io::Result<Answer> {
-    let mut answer = String::new();
-    from.read_line(&mut answer)?;
+    let mut answer = Vec::new();
+    from.read_until(b'\n', &mut answer)?;
     if answer.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionAborted,
-            "the daemon closed the connection without answering (it is stopping)",
+            "the daemon closed the connection without answering (stopping, crashed, or out of \
+             resources)",
         ));
     }
-    if !answer.ends_with('\n') {
+    if answer.last() != Some(&b'\n') {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             format!(
-                "the answer was cut off after {} bytes (the daemon sends each answer within {} s \
-                 and went away or gave up before this one was read whole)",
+                "the answer was cut off after {} bytes (the daemon gives a client {} s to take \
+                 an answer, and went away or gave up before this one was read whole)",
                 answer.len(),
                 ANSWER_DEADLINE.as_secs()
             ),
         ));
     }
-    serde_json::from_str(&answer)
+    serde_json::from_slice(&answer)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad answer: {e}")))
 }
 

@@ -219,6 +219,12 @@ fn an_answer_is_told_cut_off_never_begun_or_unreadable() {
     let cut = super::read_answer(&whole[..12]).expect_err("cut off");
     assert_eq!(cut.kind(), io::ErrorKind::UnexpectedEof);
     assert!(cut.to_string().contains("cut off after 12 bytes"), "{cut}");
+    // Cut inside a multi-byte character: still a cut, not bad UTF-8.
+    let dash = "{\"answer\":\"error\",\"message\":\"a — b\"}\n".as_bytes();
+    let inside = dash.iter().position(|&b| b >= 0x80).expect("the dash") + 1;
+    let cut = super::read_answer(&dash[..inside]).expect_err("cut in a character");
+    assert_eq!(cut.kind(), io::ErrorKind::UnexpectedEof, "{cut}");
+    assert!(super::read_answer(dash).is_ok());
     let none = super::read_answer(&b""[..]).expect_err("nothing");
     assert_eq!(none.kind(), io::ErrorKind::ConnectionAborted);
     let odd = super::read_answer(&b"{\"answer\":\"news\"}\n"[..]).expect_err("unknown");

@@ -428,7 +428,27 @@ pub fn run_models<B: AutodiffBackend + Kernels>(dev: &B::Device) -> Vec<Check> {
             let (y, g) = forward_backward::<B>(&spec, ctx, batch, dev);
             let (want_y, want_g) = forward_backward::<Flex>(&spec, ctx, batch, &Default::default());
             let mut pairs = vec![("logits".to_string(), y, want_y)];
-            for ((path, got), (_, want)) in g.into_iter().zip(want_g) {
+            if g.len() != want_g.len() {
+                // Lengths that differ fail the check (infinite error).
+                pairs.push((
+                    "the parameters".into(),
+                    vec![0.0; g.len()],
+                    vec![0.0; want_g.len()],
+                ));
+            }
+            for ((path, got), (want_path, want)) in g.into_iter().zip(want_g) {
+                // A missing gradient on either side, or parameters visited in
+                // another order, fails rather than comparing empty to empty.
+                let got = if path == want_path && !want.is_empty() {
+                    got
+                } else {
+                    Vec::new()
+                };
+                let want = if want.is_empty() {
+                    vec![f32::NAN]
+                } else {
+                    want
+                };
                 pairs.push((format!("gradient of {path}"), got, want));
             }
             check(
