@@ -51,3 +51,5 @@ pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
 mod tests;
 #[cfg(all(test, feature = "wgpu"))]
 mod tests_gpu;
+#[cfg(all(test, feature = "wgpu"))]
+mod tests_gpu_faults;
