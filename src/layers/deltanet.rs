@@ -255,7 +255,9 @@ pub fn chunked<B: Backend>(
     let device = q.device();
     let c = chunk.min(seq).max(1);
     let n = seq.div_ceil(c);
-    let blocks = |t: Tensor<B, 4>, e: usize| pad_seq(t, c).reshape([b, h, n, c, e]);
+    // Copied first where strided (free where not): Burn 0.21's cubecl
+    // backends split a strided view with a unit dim (g, β) wrongly.
+    let blocks = |t: Tensor<B, 4>, e: usize| contiguous(pad_seq(t, c)).reshape([b, h, n, c, e]);
     let (q, k, v) = (blocks(q, dk), blocks(k, dk), blocks(v, dv));
     // Padding: g = 0 (no decay), β = 0 (no write): the state passes unchanged.
     let (g, beta) = (blocks(g, 1), blocks(beta, 1));

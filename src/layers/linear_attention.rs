@@ -159,9 +159,9 @@ pub fn chunked<B: Backend>(
         q.matmul(k.swap_dims(2, 3)).tril(0).matmul(v)
     } else {
         let n = seq.div_ceil(chunk);
-        let q = pad_seq(q, chunk).reshape([b, h, n, chunk, dk]);
-        let k = pad_seq(k, chunk).reshape([b, h, n, chunk, dk]);
-        let v = pad_seq(v, chunk).reshape([b, h, n, chunk, dv]);
+        let q = contiguous(pad_seq(q, chunk)).reshape([b, h, n, chunk, dk]);
+        let k = contiguous(pad_seq(k, chunk)).reshape([b, h, n, chunk, dk]);
+        let v = contiguous(pad_seq(v, chunk)).reshape([b, h, n, chunk, dv]);
         let intra = q
             .clone()
             .matmul(k.clone().swap_dims(3, 4))

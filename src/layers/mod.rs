@@ -49,6 +49,8 @@ pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_deltanet;
 #[cfg(all(test, feature = "wgpu"))]
 mod tests_gpu;
 #[cfg(all(test, feature = "wgpu"))]

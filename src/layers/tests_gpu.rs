@@ -118,6 +118,25 @@ fn every_primitive_on_wgpu_equals_flex_values_and_gradients() {
     }
 }
 
+/// The two primitives `kernel-check --models` found wrong on wgpu at the
+/// protocol's width (2026-12-07), as it checks them: gated DeltaNet (its g
+/// and β met Burn's wrong split of a strided view, `tests_gpu_faults`) and
+/// MH linear attention (ill-conditioned at init: the noise floor), fused
+/// and unfused.
+#[test]
+fn gated_deltanet_and_mh_linear_attention_at_the_protocols_width_equal_flex() {
+    for layers in ["gated-deltanet swiglu", "mh-linear-attention swiglu"] {
+        let spec = ArchSpec::from_layers_str(layers).unwrap();
+        let dev = Default::default();
+        let fused = super::kernel_check::run_model::<Gpu>(layers, &spec, &dev);
+        assert!(fused.passed(), "{fused:?}");
+        let unfused = super::kernel_check::run_model::<
+            burn::backend::Autodiff<super::device::WgpuPlain>,
+        >(layers, &spec, &dev);
+        assert!(unfused.passed(), "{unfused:?}");
+    }
+}
+
 #[test]
 fn constants_are_built_once_per_shape_on_the_device() {
     let ctx = Context {

@@ -6,8 +6,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::CpuAutodiff;
-use super::tests_gpu::{Gpu, assert_close, filled, forward_backward, grad_values};
-use crate::genome::{ArchSpec, Context, Primitive};
+use super::tests_gpu::{Gpu, assert_close, filled, grad_values};
 
 /// Gated linear attention's recurrence from Burn ops ([`reference`]'s
 /// composition: `S_t = S_{t−1} ⊙ exp(g_t)ᵀ + k_tᵀ v_t`, `o_t = q_t S_t`),
@@ -60,43 +59,44 @@ fn burn_fusion_computes_the_two_step_recurrence_gradient_right() {
     }
 }
 
-/// Every primitive at the protocol's width (128, default heads: gated
-/// DeltaNet's dk 32 / dv 64, MH linear attention's 16 heads) on wgpu
-/// against flex, fused and not. Fails today: gated DeltaNet's logits differ
-/// by 1.3 of their largest magnitude and MH linear attention's gradients
-/// (embedding, q, k) by ≈ 1.0, fused and unfused alike, while the other
-/// primitives agree within 1.4e-6 (and all of them at width 32, the test
-/// above). Flex is the right side for gated DeltaNet: its layer equals the
-/// token-by-token definition at width 128 (`layers::tests::
-/// gated_deltanet_layer_is_its_definition`), and so does the chunked form
-/// the GPU backends run, on the layer's own operands, on flex. Found by
-/// `kernel-check --models` (2026-12-07); ignored until mended.
+/// `[batch, seq, heads]` as `[batch, heads, seq, 1]` (a strided view with a
+/// unit dim), its seq split in `[chunks, chunk]`, read back, on `B`.
+fn split_view<B: Backend>([b, seq, h, c]: [usize; 4]) -> Vec<f32> {
+    let dev = B::Device::default();
+    let t = filled::<B>([b, seq, h, 1], 0.5, &dev).reshape([b, seq, h]);
+    let view = t.swap_dims(1, 2).reshape([b, h, seq, 1]);
+    view.reshape([b, h, seq / c, c, 1])
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+/// A fault of Burn 0.21's cubecl backends (burn-std's `split_strides`, the
+/// strides of a reshape that splits a dim of a strided tensor without a
+/// copy): a size-1 dim of the old shape is never consumed, so every stride
+/// after it is taken from the wrong dim. Found in gated DeltaNet's
+/// composite path on wgpu (its g and β, `[batch, seq, heads]` →
+/// `[batch, heads, seq, 1]`, split in chunks: logits off by 1.3 at the
+/// protocol's width); mended there by copying first
+/// ([`crate::layers::ops::contiguous`]). Flex is right; the values read
+/// back are the view's own strides gone wrong, on wgpu fused and unfused.
+/// Ignored until a Burn that passes it: `cargo test --release --features
+/// wgpu --lib split_strides -- --ignored`.
 #[test]
-#[ignore = "fails: gated-deltanet and mh-linear-attention disagree with flex on wgpu at width 128"]
-fn every_primitive_at_the_protocols_width_on_wgpu_equals_flex() {
-    let ctx = Context {
-        vocab: 16,
-        seq_len: 32,
-    };
-    for &p in Primitive::ALL {
-        let layers = match p.role() {
-            crate::genome::Role::Channel => format!("mh-attention {}", p.name()),
-            crate::genome::Role::Sequence => format!("{} swiglu", p.name()),
-            crate::genome::Role::Fused => p.name().to_string(),
-        };
-        let spec = ArchSpec::from_layers_str(&layers).expect("a valid stack");
-        let (cpu_y, cpu_g) = forward_backward::<CpuAutodiff>(&spec, ctx, 2);
-        for fused in [true, false] {
-            let (y, g) = if fused {
-                forward_backward::<Gpu>(&spec, ctx, 2)
-            } else {
-                forward_backward::<burn::backend::Autodiff<super::device::WgpuPlain>>(&spec, ctx, 2)
-            };
-            let what = format!("{layers} (fused: {fused})");
-            assert_close(&format!("{what}: logits"), &y, &cpu_y);
-            for ((path, g), (_, c)) in g.iter().zip(&cpu_g) {
-                assert_close(&format!("{what}: gradient of {path}"), g, c);
-            }
-        }
+#[ignore = "fails: Burn 0.21's cubecl reshape splits a strided view with a unit dim wrongly"]
+fn burn_cubecl_split_strides_of_a_view_with_a_unit_dim_are_right() {
+    for dims in [[2, 32, 4, 16], [2, 32, 2, 16], [2, 24, 4, 8]] {
+        let want = split_view::<super::Cpu>(dims);
+        assert_close(
+            &format!("{dims:?}: unfused wgpu"),
+            &split_view::<super::device::WgpuPlain>(dims),
+            &want,
+        );
+        assert_close(
+            &format!("{dims:?}: fused wgpu"),
+            &split_view::<burn::backend::Wgpu>(dims),
+            &want,
+        );
     }
 }

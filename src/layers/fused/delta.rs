@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use super::{Dispatch, axpy, cast, dispatch, dot, exp, give, host, host_of, incoming, primitive};
 use crate::layers::deltanet::{self, CHUNK};
 use crate::layers::linear_attention::{merge_heads, split_heads};
+use crate::layers::ops::contiguous;
 use crate::layers::{Cpu, CpuAutodiff};
 
 /// Steps between the states the backward keeps.
@@ -101,7 +102,12 @@ pub fn delta_rule_tokens<B: Backend>(
         )),
         Dispatch::Composite => {
             let [b, seq, _] = q.dims();
-            let per_head = |t: Tensor<B, 3>| t.swap_dims(1, 2).reshape([b, heads, seq, 1]);
+            // `[batch, seq, heads]` → `[batch, heads, seq, 1]`, copied first:
+            // Burn 0.21's cubecl backends compute wrong strides when a
+            // strided view with a unit dim is reshaped again (`chunked`
+            // splits seq), see `tests_gpu_faults`.
+            let per_head =
+                |t: Tensor<B, 3>| contiguous(t.swap_dims(1, 2)).reshape([b, heads, seq, 1]);
             merge_heads(deltanet::chunked(
                 split_heads(q, heads),
                 split_heads(k, heads),
