@@ -21,8 +21,9 @@ pub struct KernelCheckArgs {
     pub device: String,
     /// Also check whole models on the device against the CPU: the paper's
     /// baselines and one model per other primitive, logits and every
-    /// parameter's gradient, each within the tolerance plus its noise floor
-    /// (slow on a software device: minutes).
+    /// parameter's gradient, each value within the tolerance plus four
+    /// times its noise floor (how far the CPU's own value moves when every
+    /// parameter is nudged by 1e-6; slow on a software device: minutes).
     #[arg(long)]
     pub models: bool,
     /// Print every check as JSON.
@@ -80,7 +81,8 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<ExitCode> {
         }
         let _ = writeln!(
             s,
-            "{} checks, {failed} failed (tolerance {:.0e} of the reference's largest magnitude)",
+            "{} checks, {failed} failed (tolerance {:.0e} of the reference's largest magnitude; \
+             a model's values also four noise floors each: `allowed`)",
             checks.len(),
             crate::layers::kernel_check::TOLERANCE
         );

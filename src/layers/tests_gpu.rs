@@ -129,11 +129,20 @@ fn gated_deltanet_and_mh_linear_attention_at_the_protocols_width_equal_flex() {
         let spec = ArchSpec::from_layers_str(layers).unwrap();
         let dev = Default::default();
         let fused = super::kernel_check::run_model::<Gpu>(layers, &spec, &dev);
-        assert!(fused.passed(), "{fused:?}");
         let unfused = super::kernel_check::run_model::<
             burn::backend::Autodiff<super::device::WgpuPlain>,
         >(layers, &spec, &dev);
-        assert!(unfused.passed(), "{unfused:?}");
+        for check in [fused, unfused] {
+            assert!(check.passed(), "{check:?}");
+            // Gated DeltaNet is well-conditioned: its floor must not grow
+            // enough to let a fault like the one mended through.
+            if layers.starts_with("gated") {
+                assert!(
+                    check.allowed < 2.0 * super::kernel_check::TOLERANCE,
+                    "{check:?}"
+                );
+            }
+        }
     }
 }
 
