@@ -93,7 +93,10 @@ pub fn block_toeplitz_conv<B: Backend>(
     } else {
         v
     };
-    let vt = v.permute([2, 1, 0]).reshape([channels, nb, block, batch]);
+    // Copied first: Burn 0.21's cubecl backends give a strided view ending
+    // in a size-1 dim (batch 1) wrong strides when it is split
+    // (`tests_gpu_faults`).
+    let vt = contiguous(v.permute([2, 1, 0])).reshape([channels, nb, block, batch]);
     let mut y: Option<Tensor<B, 4>> = None;
     for lag in 0..nb {
         let build = || -> (Vec<i64>, Vec<f32>) {
