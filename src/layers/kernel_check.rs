@@ -131,30 +131,24 @@ fn check_floored(kernel: &'static str, case: String, pairs: Vec<Floored>) -> Che
         {
             (f32::INFINITY, TOLERANCE, f32::INFINITY)
         } else {
-            let mut at = (0f32, TOLERANCE * scale, -1f32);
+            // The largest difference, and the value furthest over its
+            // allowance (its allowance, the ratio).
+            let (mut error, mut at) = (0f32, (TOLERANCE * scale, -1f32));
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 let d = (a - b).abs();
                 let allow = TOLERANCE * scale + if floored { FLOOR_SLACK * floor[i] } else { 0.0 };
-                let r = d / allow;
                 // NaN anywhere (value, reference or floor) counts as over.
-                let r = if r.is_nan() || !allow.is_finite() {
-                    f32::INFINITY
+                let (d, r) = if d.is_nan() || !allow.is_finite() {
+                    (if d.is_nan() { f32::INFINITY } else { d }, f32::INFINITY)
                 } else {
-                    r
+                    (d, d / allow)
                 };
-                if r > at.2 {
-                    at = (d, allow, r);
+                error = error.max(d);
+                if r > at.1 {
+                    at = (allow, r);
                 }
             }
-            let error = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(
-                    0f32,
-                    |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-                );
-            (error / scale, at.1 / scale, at.2)
+            (error / scale, at.0 / scale, at.1)
         };
         out.within &= ratio <= 1.0;
         if ratio > most {
